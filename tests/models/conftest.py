@@ -1,0 +1,55 @@
+"""Shared fixtures for the model tests: small models of every family, in float64."""
+
+import pytest
+import torch
+
+from clebsch.models import REPRESENTATIONS, build_model
+
+FAMILIES = ("schnet", "egnn", "painn", "nequip", "segnn", "mace")
+
+# small but complete: every family at two layers and few channels, so the
+# whole contract runs in seconds
+SMALL = {
+    "schnet": {"num_layers": 2, "channels": 8},
+    "egnn": {"num_layers": 2, "channels": 8},
+    "painn": {"num_layers": 2, "channels": 8},
+    "nequip": {"num_layers": 2, "channels": 4, "lmax": 2},
+    "segnn": {"num_layers": 2, "channels": 4, "lmax": 2},
+    "mace": {"num_layers": 2, "channels": 4, "lmax": 2},
+}
+
+OUTPUTS = ["energy", "forces", "stress", "dipole", "polarizability"]
+
+
+def small_model(name, species=("H", "C", "O"), cutoff=3.0, seed=0, **extra):
+    torch.manual_seed(seed)
+    config = {
+        "name": name,
+        "species": list(species),
+        "cutoff": cutoff,
+        "atomic_energies": [-0.5 * (i + 1) for i in range(len(species))],
+        "scale": 1.3,
+        "outputs": OUTPUTS,
+        **SMALL.get(name, {}),
+        **extra,
+    }
+    with torch.random.fork_rng():
+        torch.set_default_dtype(torch.float64)
+        try:
+            model = build_model(config)
+        finally:
+            torch.set_default_dtype(torch.float32)
+    model = model.double()
+    # random non-zero readouts, so no part of the network is trivially zero
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.fixture(params=[f for f in FAMILIES], ids=list(FAMILIES))
+def family(request):
+    if request.param not in REPRESENTATIONS:
+        pytest.fail(f"model family {request.param!r} is not registered")
+    return request.param
