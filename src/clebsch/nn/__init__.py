@@ -1,0 +1,29 @@
+"""Equivariant layers: tensor products, linear maps, gates, norms, radial bases and scalar MLPs."""
+
+from ._activation import activation_parity, normalize2mom
+from ._mlp import ScalarMLP
+from ._radial import BesselBasis, CosineCutoff, GaussianBasis, PolynomialCutoff
+from ._tensor_product import (
+    ChannelwiseTensorProduct,
+    ElementwiseTensorProduct,
+    FullTensorProduct,
+    FullyConnectedTensorProduct,
+    Path,
+    TensorProduct,
+)
+
+__all__ = [
+    "Path",
+    "TensorProduct",
+    "FullyConnectedTensorProduct",
+    "ChannelwiseTensorProduct",
+    "ElementwiseTensorProduct",
+    "FullTensorProduct",
+    "ScalarMLP",
+    "normalize2mom",
+    "activation_parity",
+    "BesselBasis",
+    "GaussianBasis",
+    "PolynomialCutoff",
+    "CosineCutoff",
+]
