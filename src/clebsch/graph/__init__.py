@@ -1,0 +1,30 @@
+"""Atomic graphs: structures as tensors, neighbour lists, batching.
+
+- :class:`AtomicGraph` — positions, atomic numbers, cell, pbc, edges (sender
+  ``j`` -> receiver ``i``) with cell shifts, batch index and targets; one
+  structure or a batch.
+- :func:`batch` — many graphs into one; :meth:`AtomicGraph.split` back.
+- :func:`radius_graph`, :func:`knn_graph`, :func:`bond_graph` — neighbour lists
+  (vesin cell lists, periodic orthorhombic and triclinic cells).
+"""
+
+from ._ase import DEFAULT_KEYS, PER_ATOM_TARGETS, read_targets, voigt_to_matrix
+from ._validate import MIN_DISTANCE, check_cell, check_cutoff, check_positions
+from .atomic_graph import AtomicGraph, batch
+from .neighbors import bond_graph, knn_graph, radius_graph
+
+__all__ = [
+    "AtomicGraph",
+    "batch",
+    "radius_graph",
+    "knn_graph",
+    "bond_graph",
+    "read_targets",
+    "voigt_to_matrix",
+    "check_cutoff",
+    "check_positions",
+    "check_cell",
+    "DEFAULT_KEYS",
+    "PER_ATOM_TARGETS",
+    "MIN_DISTANCE",
+]
