@@ -2,13 +2,13 @@
 
 from ._activation import activation_parity, normalize2mom
 from ._mlp import ScalarMLP
+from ._path import Path
 from ._radial import BesselBasis, CosineCutoff, GaussianBasis, PolynomialCutoff
 from ._tensor_product import (
     ChannelwiseTensorProduct,
     ElementwiseTensorProduct,
     FullTensorProduct,
     FullyConnectedTensorProduct,
-    Path,
     TensorProduct,
 )
 

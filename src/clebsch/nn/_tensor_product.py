@@ -1,255 +1,95 @@
-r"""Clebsch–Gordan tensor product compiled into a few dense contractions.
+"""Clebsch-Gordan tensor products compiled into grouped dense contractions.
 
-For every path :math:`(l_1, l_2 \to l_3)` the product of two features is
+A :class:`TensorProduct` is described by typed :class:`~clebsch.nn.Path`
+objects. At construction the paths are grouped by connection mode and
+multiplicities; each group becomes one block-sparse Clebsch-Gordan tensor
+``C[I, J, K]`` (a buffer) where ``I`` / ``J`` run over the concatenated
+components of the first / second inputs it uses and ``K`` over the concatenated
+output components of its paths, with the path normalisation folded in. At run
+time a group costs
 
-.. math:: z_{k} = c \sum_{i j} C^{l_1 l_2 l_3}_{i j k} \, x_{i}\, y_{j}
+1. two index gathers (``mul_ir`` layout -> ``[z, u, I]`` and ``[z, v, J]``),
+2. ``M[z, v, I, K] = sum_j C[I, j, K] x2[z, v, j]`` (the small input first),
+3. one batched matmul ``T[z, u, v, K] = sum_I x1[z, u, I] M[z, I, v, K]``,
+4. the path weights broadcast over each path's ``K`` segment (one contraction
+   per distinct output dimension, at most ``lmax + 1``),
+5. one index gather back to the ``mul_ir`` layout of the output.
 
-with :math:`C` the real Wigner 3j symbol and :math:`c` the normalisation.
-Paths that share the connection mode and the multiplicities of their inputs
-are stacked into one *group*: their Clebsch–Gordan blocks are placed into one
-dense tensor ``C[I, J, K]`` (a buffer, built once), so that a whole group costs
-two matrix products whatever its number of paths:
-
-1. ``M[z, v, I, K] = sum_J y[z, v, J] C[J, I, K]`` (the small second input,
-   e.g. edge spherical harmonics, first);
-2. ``T[z, u, v, K] = sum_I x[z, u, I] M[z, v, I, K]`` (one batched matmul);
-3. the per-path weights are gathered to each path's ``K`` segment and applied,
-   and the paths are summed into their output irreps by one more matmul.
-
-Layout changes between e3nn's ``mul_ir`` layout and ``[z, u, I]`` are
-precomputed index gathers. No Python loop over paths runs at call time.
+There is no Python loop over paths at run time, and every operation is a plain
+differentiable torch op, so double backward (forces) works.
 """
 
+from __future__ import annotations
+
 import math
-from typing import Optional, Sequence
+from typing import Iterable, Sequence
 
 import torch
 
 from ..o3 import Irreps, wigner_3j
-from ._path import Path
+from ._path import MODES, Path
 
-__all__ = ["TensorProduct"]
-
-
-def _w3j(l1: int, l2: int, l3: int) -> torch.Tensor:
-    """Real Wigner 3j symbol in float64."""
-    try:
-        c = wigner_3j(l1, l2, l3, dtype=torch.float64)
-    except TypeError:  # pragma: no cover - o3 without a dtype argument
-        c = wigner_3j(l1, l2, l3)
-    return c.to(torch.float64)
+__all__ = [
+    "TensorProduct",
+    "FullyConnectedTensorProduct",
+    "ChannelwiseTensorProduct",
+    "ElementwiseTensorProduct",
+    "FullTensorProduct",
+]
 
 
-def _is_arange(idx: torch.Tensor, n: int) -> bool:
-    return idx.numel() == n and bool((idx == torch.arange(n)).all())
+def _as_path(p) -> Path:
+    if isinstance(p, Path):
+        return p
+    return Path(*p)
 
 
-class _PathGroup(torch.nn.Module):
-    """Paths sharing ``mode``, ``has_weight`` and input multiplicities, evaluated together.
+def _path_shape(mode: str, u: int, v: int, w: int) -> tuple:
+    return {"uvw": (u, v, w), "uvu": (u, v), "uvv": (u, v), "uuu": (u,), "uvuv": (u, v)}[mode]
 
-    ``forward`` returns a ``[n, N]`` block of output values and ``self.dest`` says,
-    for each of the ``N`` columns, where it goes in the flat (``mul_ir``) output.
-    """
 
-    def __init__(self, irreps_in1, irreps_in2, irreps_out, entries, mode, weighted):
-        super().__init__()
-        # entries: list of (path, coefficient, weight_offset)
-        self.mode = mode
-        self.weighted = weighted
-        p0 = entries[0][0]
-        U, V = irreps_in1[p0.i_in1].mul, irreps_in2[p0.i_in2].mul
-        Wm = irreps_out[p0.i_out].mul
-        self.U, self.V = U, V
-        if mode == "uvw":  # paths of equal output dimension next to each other
-            entries = sorted(entries, key=lambda e: irreps_out[e[0].i_out].ir.dim)
+def _num_elements(mode: str, u: int, v: int) -> int:
+    return {"uvw": u * v, "uvu": v, "uvv": u, "uuu": 1, "uvuv": 1}[mode]
 
-        s1, s2, so = irreps_in1.slices(), irreps_in2.slices(), irreps_out.slices()
 
-        # -- inputs: one copy of every irrep used, side by side ([z, u, I] and [z, v, J])
-        def blocks(indices, irreps):
-            order, off, n = [], {}, 0
-            for i in indices:
-                if i not in off:
-                    off[i] = n
-                    order.append(i)
-                    n += irreps[i].ir.dim
-            return order, off, n
+class _Group:
+    """Static description of one group of paths with the same mode and multiplicities."""
 
-        a_order, a_off, I = blocks([e[0].i_in1 for e in entries], irreps_in1)
-        b_order, b_off, J = blocks([e[0].i_in2 for e in entries], irreps_in2)
-        self.I, self.J = I, J
-
-        def gather(order, irreps, slices, mul):
-            return torch.tensor(
-                [slices[i].start + u * irreps[i].ir.dim + m for u in range(mul) for i in order for m in range(irreps[i].ir.dim)],
-                dtype=torch.long,
-            )
-
-        idx1 = gather(a_order, irreps_in1, s1, U)
-        idx2 = gather(b_order, irreps_in2, s2, V)
-        self.gather1 = not _is_arange(idx1, irreps_in1.dim)
-        self.gather2 = not _is_arange(idx2, irreps_in2.dim)
-        self.register_buffer("idx1", idx1, persistent=False)
-        self.register_buffer("idx2", idx2, persistent=False)
-
-        # -- Clebsch-Gordan blocks, one K segment per path
-        k_off, PK = [], 0
-        for path, _, _ in entries:
-            k_off.append(PK)
-            PK += irreps_out[path.i_out].ir.dim
-        self.PK = PK
-        C = torch.zeros(I, J, PK, dtype=torch.float64)
-        for (path, coeff, _), k in zip(entries, k_off):
-            ir1, ir2, iro = irreps_in1[path.i_in1].ir, irreps_in2[path.i_in2].ir, irreps_out[path.i_out].ir
-            a, b = a_off[path.i_in1], b_off[path.i_in2]
-            C[a : a + ir1.dim, b : b + ir2.dim, k : k + iro.dim] = coeff * _w3j(ir1.l, ir2.l, iro.l)
-        self.register_buffer("cg", C.permute(1, 0, 2).reshape(J, I * PK).contiguous(), persistent=False)
-
-        def dest_of(i_out, copy, m):
-            return so[i_out].start + copy * irreps_out[i_out].ir.dim + m
-
-        if mode != "uvw":
-            # -- output columns: every target irrep once; S sums the paths into them
-            t_off, K = {}, 0
-            for path, _, _ in entries:
-                if path.i_out not in t_off:
-                    t_off[path.i_out] = K
-                    K += irreps_out[path.i_out].ir.dim
-            S = torch.zeros(PK, K, dtype=torch.float64)
-            for (path, _, _), k in zip(entries, k_off):
-                d = irreps_out[path.i_out].ir.dim
-                S[k : k + d, t_off[path.i_out] : t_off[path.i_out] + d] = torch.eye(d, dtype=torch.float64)
-            if mode == "uvu":
-                S = S.repeat(V, 1)  # sums over v as well
-            self.register_buffer("S", S, persistent=False)
-            cols = [(i_out, m) for i_out in t_off for m in range(irreps_out[i_out].ir.dim)]
-            copies = {"uvu": U, "uvv": V, "uuu": U, "uvuv": U * V}[mode]
-            dest = [dest_of(i_out, c, m) for c in range(copies) for i_out, m in cols]
-            self.register_buffer("dest", torch.tensor(dest, dtype=torch.long), persistent=False)
-            if weighted:
-                if mode == "uuu":
-                    widx = [w_off + u for u in range(U) for (_, _, w_off), k in zip(entries, k_off) for _ in range(self._dim(irreps_out, entries, k_off, k))]
-                else:
-                    widx = [
-                        w_off + u * V + v
-                        for u in range(U)
-                        for v in range(V)
-                        for (path, _, w_off) in entries
-                        for _ in range(irreps_out[path.i_out].ir.dim)
-                    ]
-                self.register_buffer("widx", torch.tensor(widx, dtype=torch.long), persistent=False)
-        else:
-            # -- uvw: per output dimension d, one matmul [z, d, (uv, p)] @ [(uv, p), (w, o)]
-            self.classes = []  # (start, stop, n_paths, d, n_targets)
-            dests = []
-            i = 0
-            while i < len(entries):
-                d = irreps_out[entries[i][0].i_out].ir.dim
-                j = i
-                while j < len(entries) and irreps_out[entries[j][0].i_out].ir.dim == d:
-                    j += 1
-                cls = entries[i:j]
-                targets = list(dict.fromkeys(p.i_out for p, _, _ in cls))
-                P, O = len(cls), len(targets)
-                widx = torch.zeros(U * V, P, Wm, O, dtype=torch.long)
-                mask = torch.zeros(U * V, P, Wm, O, dtype=torch.float64)
-                for pi, (path, _, w_off) in enumerate(cls):
-                    o = targets.index(path.i_out)
-                    widx[:, pi, :, o] = w_off + torch.arange(U * V)[:, None] * Wm + torch.arange(Wm)[None, :]
-                    mask[:, pi, :, o] = 1.0
-                c = len(self.classes)
-                self.register_buffer(f"widx{c}", widx.reshape(-1), persistent=False)
-                self.register_buffer(f"mask{c}", mask.reshape(U * V * P, Wm * O) if O > 1 else None, persistent=False)
-                self.classes.append((k_off[i], k_off[i] + P * d, P, d, Wm * O))
-                dests += [dest_of(targets[o], w, m) for m in range(d) for w in range(Wm) for o in range(O)]
-                i = j
-            self.register_buffer("dest", torch.tensor(dests, dtype=torch.long), persistent=False)
-
-    @staticmethod
-    def _dim(irreps_out, entries, k_off, k):
-        return irreps_out[entries[k_off.index(k)][0].i_out].ir.dim
-
-    def _weights(self, w: Optional[torch.Tensor], idx: torch.Tensor, shape) -> torch.Tensor:
-        # w is [numel] (shared) or [n, numel] (per sample)
-        return w.index_select(-1, idx).view(*w.shape[:-1], *shape)
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, w: Optional[torch.Tensor]) -> torch.Tensor:
-        n = x1.shape[0]
-        U, V, I, J, PK = self.U, self.V, self.I, self.J, self.PK
-        x1g = (x1.index_select(1, self.idx1) if self.gather1 else x1).view(n, U, I)
-        x2g = (x2.index_select(1, self.idx2) if self.gather2 else x2).reshape(n * V, J)
-        cg = self.cg.to(x1.dtype)
-        if self.mode == "uuu":
-            m = (x2g @ cg).view(n * U, I, PK)
-            t = torch.bmm(x1g.reshape(n * U, 1, I), m).view(n, U, PK)
-            if self.weighted:
-                t = t * self._weights(w, self.widx, (U, PK))
-            return (t @ self.S.to(t.dtype)).reshape(n, -1)
-
-        m = (x2g @ cg).view(n, V, I, PK)
-        m = m.view(n, I, PK) if V == 1 else m.transpose(1, 2).reshape(n, I, V * PK)
-        t = torch.bmm(x1g, m)  # [n, U, V * PK]
-
-        if self.mode == "uvw":
-            t = t.view(n, U * V, PK)
-            outs = []
-            for c, (start, stop, P, d, WO) in enumerate(self.classes):
-                tc = t[:, :, start:stop].reshape(n, U * V, P, d).permute(0, 3, 1, 2).reshape(n, d, U * V * P)
-                wc = self._weights(w, getattr(self, f"widx{c}"), (U * V * P, WO))
-                mask = getattr(self, f"mask{c}")
-                if mask is not None:
-                    wc = wc * mask.to(wc.dtype)
-                outs.append(torch.matmul(tc, wc).reshape(n, d * WO))
-            return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-
-        if self.weighted:
-            t = t * self._weights(w, self.widx, (U, V * PK))
-        S = self.S.to(t.dtype)
-        if self.mode == "uvu":
-            return (t @ S).reshape(n, -1)  # S also sums over v
-        if self.mode == "uvv":
-            return (t.view(n, U, V, PK).sum(1) @ S).reshape(n, -1)
-        return (t.view(n, U * V, PK) @ S).reshape(n, -1)  # uvuv
+    def __init__(self, mode, has_weight, mul1, mul2, mul_out):
+        self.mode, self.has_weight = mode, has_weight
+        self.U, self.V, self.W = mul1, mul2, mul_out
+        self.paths: list[tuple[int, Path, float]] = []  # (weight offset, path, coefficient)
 
 
 class TensorProduct(torch.nn.Module):
-    r"""Tensor product of two irreps features along a list of typed paths.
+    r"""General Clebsch-Gordan tensor product with e3nn 0.6 semantics.
 
-    Equal (same paths, same weights) to e3nn's ``o3.TensorProduct``, with the
-    same normalisations and the same flat weight layout: the weights of the
-    weighted paths, in order, each flattened row-major over
-    :meth:`Path.weight_shape`.
+    .. math:: z_{w k} = \sum_{\text{paths}} c_\text{path} \sum_{u v i j} W_{u v w}\, C_{i j k}\, x_{u i}\, y_{v j}
+
+    with the multiplicity connection fixed by each path's ``mode``.
 
     Parameters
     ----------
     irreps_in1, irreps_in2, irreps_out : Irreps or str
-        Irreps of the two inputs and of the output.
-    paths : sequence of :class:`Path`
-        Which input irreps are combined into which output irrep.
+    paths : iterable of Path
     irrep_normalization : {"component", "norm", "none"}
-        Normalisation assumed for inputs and outputs.
     path_normalization : {"element", "path", "none"}
-        How the paths into one output share its variance.
     internal_weights : bool, optional
-        Own the weights as a parameter ``weight``. Defaults to ``shared_weights``
-        (when any path is weighted).
+        Store the weights as a parameter (default: ``shared_weights``).
     shared_weights : bool, optional
-        One set of weights for the whole batch (``weight`` of shape
-        ``(weight_numel,)``) instead of one per sample (``(..., weight_numel)``).
-        Defaults to ``True``.
-    in1_var, in2_var, out_var : sequence of float, optional
-        Variances of the input irreps and the wanted output variances.
+        One weight vector for the whole batch (default ``True``). With
+        ``False`` the weights are given per batch element at call time.
+    in1_var, in2_var, out_var : list of float, optional
+        Variances of the input / output blocks (default all ones).
 
     Examples
     --------
     >>> from clebsch.nn import Path
-    >>> tp = TensorProduct("8x0e + 8x1o", "0e + 1o", "8x0e + 8x1o",
-    ...                    [Path(0, 0, 0, "uvu"), Path(0, 1, 1, "uvu"), Path(1, 0, 1, "uvu"), Path(1, 1, 0, "uvu")],
-    ...                    shared_weights=False)
-    >>> tp
-    TensorProduct(8x0e+8x1o x 1x0e+1x1o -> 8x0e+8x1o | 4 paths | 32 weights)
-    >>> tp(torch.randn(10, 32), torch.randn(10, 4), torch.randn(10, tp.weight_numel)).shape
-    torch.Size([10, 32])
+    >>> tp = TensorProduct("2x1o", "1x1o", "2x0e + 2x1e", [Path(0, 0, 0, "uvu"), Path(0, 0, 1, "uvu")])
+    >>> tp.weight_numel
+    4
+    >>> tp(torch.randn(5, 6), torch.randn(5, 3)).shape
+    torch.Size([5, 8])
     """
 
     def __init__(
@@ -257,220 +97,477 @@ class TensorProduct(torch.nn.Module):
         irreps_in1,
         irreps_in2,
         irreps_out,
-        paths: Sequence[Path],
+        paths: Iterable[Path],
         *,
         irrep_normalization: str = "component",
         path_normalization: str = "element",
-        internal_weights: Optional[bool] = None,
-        shared_weights: Optional[bool] = None,
-        in1_var: Optional[Sequence[float]] = None,
-        in2_var: Optional[Sequence[float]] = None,
-        out_var: Optional[Sequence[float]] = None,
+        internal_weights: bool | None = None,
+        shared_weights: bool | None = None,
+        in1_var: Sequence[float] | None = None,
+        in2_var: Sequence[float] | None = None,
+        out_var: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.irreps_in1 = Irreps(irreps_in1)
         self.irreps_in2 = Irreps(irreps_in2)
-        self.irreps_out = Irreps(irreps_out)
-        self.paths = tuple(paths)
+        self._irreps_out = Irreps(irreps_out)
+        self.paths = tuple(_as_path(p) for p in paths)
         if irrep_normalization not in ("component", "norm", "none"):
             raise ValueError(f"irrep_normalization must be 'component', 'norm' or 'none', got {irrep_normalization!r}")
         if path_normalization not in ("element", "path", "none"):
             raise ValueError(f"path_normalization must be 'element', 'path' or 'none', got {path_normalization!r}")
         self.irrep_normalization = irrep_normalization
         self.path_normalization = path_normalization
-        self._check_paths()
-
-        def variances(var, irreps, name):
-            if var is None:
-                return [1.0] * len(irreps)
-            var = [float(v) for v in var]
-            if len(var) != len(irreps):
-                raise ValueError(f"{name} has {len(var)} entries but there are {len(irreps)} irreps")
-            return var
-
-        in1_var = variances(in1_var, self.irreps_in1, "in1_var")
-        in2_var = variances(in2_var, self.irreps_in2, "in2_var")
-        out_var = variances(out_var, self.irreps_out, "out_var")
-        self.path_coefficients = tuple(self._coefficient(p, in1_var, in2_var, out_var) for p in self.paths)
-
-        # -- weights
-        self.weight_shapes = tuple(self._weight_shape(p) if p.has_weight else () for p in self.paths)
-        offsets, n = [], 0
-        for p, shape in zip(self.paths, self.weight_shapes):
-            offsets.append(n)
-            n += math.prod(shape) if p.has_weight else 0
-        self.weight_numel = n
-        self._weight_offsets = tuple(offsets)
-
-        if shared_weights is False and internal_weights is None:
-            internal_weights = False
         if shared_weights is None:
-            shared_weights = True
+            shared_weights = True if internal_weights is None else internal_weights
         if internal_weights is None:
-            internal_weights = shared_weights and any(p.has_weight for p in self.paths)
+            internal_weights = shared_weights
         if internal_weights and not shared_weights:
-            raise ValueError("internal_weights=True needs shared_weights=True")
+            raise ValueError("internal_weights=True requires shared_weights=True")
         self.shared_weights = bool(shared_weights)
         self.internal_weights = bool(internal_weights)
+
+        in1 = list(self.irreps_in1)
+        in2 = list(self.irreps_in2)
+        out = list(self._irreps_out)
+        in1_var = [1.0] * len(in1) if in1_var is None else [float(x) for x in in1_var]
+        in2_var = [1.0] * len(in2) if in2_var is None else [float(x) for x in in2_var]
+        out_var = [1.0] * len(out) if out_var is None else [float(x) for x in out_var]
+        if (len(in1_var), len(in2_var), len(out_var)) != (len(in1), len(in2), len(out)):
+            raise ValueError("in1_var / in2_var / out_var must have one entry per irrep of the corresponding irreps")
+
+        for p in self.paths:
+            self._check_path(p, in1, in2, out)
+
+        # -- normalisation coefficients (e3nn 0.6 rules) --
+        def n_el(p: Path) -> int:
+            return _num_elements(p.mode, in1[p.i_in1].mul, in2[p.i_in2].mul)
+
+        coeffs = []
+        for p in self.paths:
+            ir1, ir2, iro = in1[p.i_in1].ir, in2[p.i_in2].ir, out[p.i_out].ir
+            alpha = {"component": iro.dim, "norm": ir1.dim * ir2.dim, "none": 1}[irrep_normalization]
+            if path_normalization == "element":
+                x = sum(in1_var[q.i_in1] * in2_var[q.i_in2] * n_el(q) for q in self.paths if q.i_out == p.i_out)
+            elif path_normalization == "path":
+                x = in1_var[p.i_in1] * in2_var[p.i_in2] * n_el(p)
+                x *= sum(1 for q in self.paths if q.i_out == p.i_out)
+            else:
+                x = 1
+            if x > 0:
+                alpha /= x
+            alpha *= out_var[p.i_out] * p.path_weight
+            coeffs.append(math.sqrt(alpha))
+        self.path_coefficients = tuple(coeffs)
+
+        # -- weight layout: paths in order, each path_shape flattened row-major --
+        offsets, numel = [], 0
+        for p in self.paths:
+            offsets.append(numel)
+            if p.has_weight:
+                numel += math.prod(_path_shape(p.mode, in1[p.i_in1].mul, in2[p.i_in2].mul, out[p.i_out].mul))
+        self.weight_numel = numel
+
+        # -- group paths --
+        groups: dict[tuple, _Group] = {}
+        for p, off, c in zip(self.paths, offsets, coeffs):
+            m1, m2, mo = in1[p.i_in1].mul, in2[p.i_in2].mul, out[p.i_out].mul
+            if m1 == 0 or m2 == 0 or mo == 0:
+                continue
+            key = (p.mode, p.has_weight, m1, m2, mo)
+            if key not in groups:
+                groups[key] = _Group(p.mode, p.has_weight, m1, m2, mo)
+            groups[key].paths.append((off, p, c))
+        self._groups = list(groups.values())
+        out_starts = [s.start for s in self._irreps_out.slices()]
+        in1_starts = [s.start for s in self.irreps_in1.slices()]
+        in2_starts = [s.start for s in self.irreps_in2.slices()]
+        self._plans = []
+        for gi, g in enumerate(self._groups):
+            self._plans.append(self._build_group(gi, g, in1, in2, out, in1_starts, in2_starts, out_starts))
+
         if self.internal_weights and self.weight_numel > 0:
             self.weight = torch.nn.Parameter(torch.randn(self.weight_numel))
         else:
-            self.register_parameter("weight", None)
+            self.register_buffer("weight", torch.empty(0), persistent=False)
 
-        self._build()
+    # ------------------------------------------------------------------ build
+    def _check_path(self, p: Path, in1, in2, out) -> None:
+        if p.mode not in MODES:
+            raise ValueError(f"{p}: unknown mode {p.mode!r}, expected one of {MODES}")
+        for name, idx, lst in (("i_in1", p.i_in1, in1), ("i_in2", p.i_in2, in2), ("i_out", p.i_out, out)):
+            if not 0 <= idx < len(lst):
+                raise ValueError(f"{p}: {name}={idx} is out of range for irreps with {len(lst)} entries")
+        (m1, ir1), (m2, ir2), (mo, iro) = in1[p.i_in1], in2[p.i_in2], out[p.i_out]
+        if ir1.p * ir2.p != iro.p:
+            raise ValueError(f"{p}: parity violated, {ir1} x {ir2} cannot give {iro}")
+        if not abs(ir1.l - ir2.l) <= iro.l <= ir1.l + ir2.l:
+            raise ValueError(f"{p}: triangle rule violated, {ir1} x {ir2} cannot give {iro}")
+        need = {"uvu": (m1, "mul of input 1"), "uvv": (m2, "mul of input 2"), "uuu": (m1, "mul of input 1"),
+                "uvuv": (m1 * m2, "mul1 * mul2")}.get(p.mode)
+        if need is not None and mo != need[0]:
+            raise ValueError(f"{p}: mode {p.mode} needs output multiplicity {need[1]} = {need[0]}, got {mo}")
+        if p.mode == "uuu" and m1 != m2:
+            raise ValueError(f"{p}: mode uuu needs equal input multiplicities, got {m1} and {m2}")
+        if p.mode == "uvw" and not p.has_weight:
+            raise ValueError(f"{p}: mode uvw requires has_weight=True")
 
-    # ------------------------------------------------------------------ construction
-    def _describe(self, p: Path) -> str:
-        def ir(irreps, i):
-            return str(irreps[i].ir) if i < len(irreps) else "?"
-
-        return f"{p.short()} [{ir(self.irreps_in1, p.i_in1)} x {ir(self.irreps_in2, p.i_in2)} -> {ir(self.irreps_out, p.i_out)}]"
-
-    def _check_paths(self) -> None:
-        for p in self.paths:
-            if not isinstance(p, Path):
-                raise TypeError(f"paths must be clebsch.nn.Path objects, got {p!r}")
-            for i, irreps, name in ((p.i_in1, self.irreps_in1, "irreps_in1"), (p.i_in2, self.irreps_in2, "irreps_in2"), (p.i_out, self.irreps_out, "irreps_out")):
-                if i >= len(irreps):
-                    raise ValueError(f"{self._describe(p)}: index {i} out of range for {name} = {irreps} ({len(irreps)} irreps)")
-            (m1, ir1), (m2, ir2), (mo, iro) = self.irreps_in1[p.i_in1], self.irreps_in2[p.i_in2], self.irreps_out[p.i_out]
-            if ir1.p * ir2.p != iro.p:
-                raise ValueError(f"{self._describe(p)}: parity rule violated ({ir1.p} * {ir2.p} != {iro.p})")
-            if not abs(ir1.l - ir2.l) <= iro.l <= ir1.l + ir2.l:
-                raise ValueError(f"{self._describe(p)}: triangle rule violated (|{ir1.l} - {ir2.l}| <= {iro.l} <= {ir1.l} + {ir2.l} fails)")
-            need = {"uvu": (mo == m1, "mul_out == mul_in1"), "uvv": (mo == m2, "mul_out == mul_in2"),
-                    "uuu": (m1 == m2 == mo, "mul_in1 == mul_in2 == mul_out"), "uvuv": (mo == m1 * m2, "mul_out == mul_in1 * mul_in2")}
-            if p.mode in need and not need[p.mode][0]:
-                raise ValueError(f"{self._describe(p)}: mode {p.mode!r} needs {need[p.mode][1]}, got multiplicities {m1}, {m2} -> {mo}")
-
-    def _weight_shape(self, p: Path) -> tuple:
-        return p.weight_shape(self.irreps_in1[p.i_in1].mul, self.irreps_in2[p.i_in2].mul, self.irreps_out[p.i_out].mul)
-
-    def _coefficient(self, p: Path, in1_var, in2_var, out_var) -> float:
-        (m1, ir1), (m2, ir2), (_, iro) = self.irreps_in1[p.i_in1], self.irreps_in2[p.i_in2], self.irreps_out[p.i_out]
-        alpha = {"component": iro.dim, "norm": ir1.dim * ir2.dim, "none": 1}[self.irrep_normalization]
-
-        def n_el(q):
-            return in1_var[q.i_in1] * in2_var[q.i_in2] * q.num_elements(self.irreps_in1[q.i_in1].mul, self.irreps_in2[q.i_in2].mul)
-
-        if self.path_normalization == "element":
-            x = sum(n_el(q) for q in self.paths if q.i_out == p.i_out)
-        elif self.path_normalization == "path":
-            x = n_el(p) * sum(1 for q in self.paths if q.i_out == p.i_out)
-        else:
-            x = 1.0
-        if x > 0:
-            alpha /= x
-        return math.sqrt(alpha * out_var[p.i_out] * p.path_weight)
-
-    def _build(self) -> None:
-        groups = {}
-        for p, c, off in zip(self.paths, self.path_coefficients, self._weight_offsets):
-            (m1, ir1), (m2, ir2), (mo, iro) = self.irreps_in1[p.i_in1], self.irreps_in2[p.i_in2], self.irreps_out[p.i_out]
-            if m1 * m2 * mo == 0 or c == 0.0:
-                continue
-            key = (p.mode, p.has_weight, m1, m2, mo if p.mode == "uvw" else 0)
-            groups.setdefault(key, []).append((p, c, off))
-        self.groups = torch.nn.ModuleList(
-            _PathGroup(self.irreps_in1, self.irreps_in2, self.irreps_out, entries, key[0], key[1]) for key, entries in groups.items()
+    def _build_group(self, gi, g: _Group, in1, in2, out, s1, s2, so) -> dict:
+        U, V, W = g.U, g.V, g.W
+        # first input components used by the group: [U, I]
+        used1 = sorted({p.i_in1 for _, p, _ in g.paths})
+        used2 = sorted({p.i_in2 for _, p, _ in g.paths})
+        off1, I = {}, 0
+        for i in used1:
+            off1[i] = I
+            I += in1[i].ir.dim
+        off2, J = {}, 0
+        for i in used2:
+            off2[i] = J
+            J += in2[i].ir.dim
+        idx1 = torch.tensor(
+            [s1[i] + u * in1[i].ir.dim + m for u in range(U) for i in used1 for m in range(in1[i].ir.dim)],
+            dtype=torch.long,
         )
-        dest = torch.cat([g.dest for g in self.groups]) if len(self.groups) else torch.zeros(0, dtype=torch.long)
-        n_cols, dim = dest.numel(), self.irreps_out.dim
-        self._scatter = bool(dest.unique().numel() != n_cols)
-        self._pad = False
-        self._identity = False
-        if self._scatter:
-            self.register_buffer("_out_index", dest, persistent=False)
+        idx2 = torch.tensor(
+            [s2[i] + v * in2[i].ir.dim + m for v in range(V) for i in used2 for m in range(in2[i].ir.dim)],
+            dtype=torch.long,
+        )
+        # paths ordered by output dimension -> contiguous K segments per dimension
+        ordered = sorted(g.paths, key=lambda t: out[t[1].i_out].ir.dim)
+        dims = sorted({out[p.i_out].ir.dim for _, p, _ in ordered})
+        K = sum(out[p.i_out].ir.dim for _, p, _ in ordered)
+        C = torch.zeros(I, J, K, dtype=torch.float64)
+        k = 0
+        seg = []
+        Mo = {"uvw": W, "uvu": U, "uvv": V, "uuu": U, "uvuv": U * V}[g.mode]
+        out_src = []  # flat output position of each element of the group's concatenated result
+        for d in dims:
+            ps = [(off, p, c) for off, p, c in ordered if out[p.i_out].ir.dim == d]
+            k0 = k
+            for _, p, c in ps:
+                l1, l2, lo = in1[p.i_in1].ir.l, in2[p.i_in2].ir.l, out[p.i_out].ir.l
+                C[off1[p.i_in1] : off1[p.i_in1] + 2 * l1 + 1, off2[p.i_in2] : off2[p.i_in2] + 2 * l2 + 1, k : k + d] = (
+                    c * wigner_3j(l1, l2, lo).to(torch.float64)
+                )
+                k += d
+            outs = sorted({p.i_out for _, p, _ in ps})
+            P, O = len(ps), len(outs)
+            S = None
+            if [p.i_out for _, p, _ in ps] != outs:  # several paths into one output: sum them
+                S = torch.zeros(P, O, dtype=torch.float64)
+                for a, (_, p, _) in enumerate(ps):
+                    S[a, outs.index(p.i_out)] = 1.0
+            widx = None
+            if g.has_weight:
+                if g.mode in ("uvu", "uvv", "uvuv"):
+                    widx = [off + u * V + v for u in range(U) for v in range(V) for off, _, _ in ps]
+                elif g.mode == "uvw":
+                    widx = [off + (u * V + v) * W + w for u in range(U) for v in range(V) for w in range(W)
+                            for off, _, _ in ps]
+                else:  # uuu
+                    widx = [off + u for u in range(U) for off, _, _ in ps]
+                widx = torch.tensor(widx, dtype=torch.long)
+            # the result of this segment is laid out [Mo, O, d]
+            for m in range(Mo):
+                for o in outs:
+                    for c_ in range(d):
+                        out_src.append(so[o] + m * d + c_)
+            seg.append(dict(k0=k0, k1=k, d=d, P=P, O=O, S=S, widx=widx))
+        plan = dict(mode=g.mode, has_weight=g.has_weight, U=U, V=V, W=W, I=I, J=J, K=K, seg=seg)
+        pre = f"_g{gi}_"
+        dt = torch.get_default_dtype()
+        self.register_buffer(pre + "idx1", idx1, persistent=False)
+        self.register_buffer(pre + "idx2", idx2, persistent=False)
+        if g.mode == "uuu":
+            self.register_buffer(pre + "C", C.reshape(I * J, K).to(dt), persistent=False)
+        else:  # [J, I*K] so that x2 is contracted first
+            self.register_buffer(pre + "C", C.permute(1, 0, 2).reshape(J, I * K).to(dt), persistent=False)
+        for si, s in enumerate(seg):
+            S = s.pop("S")
+            s["S"] = None
+            if S is not None:
+                self.register_buffer(f"{pre}S{si}", S.to(dt), persistent=False)
+                s["S"] = f"{pre}S{si}"
+            widx = s.pop("widx")
+            s["widx"] = None
+            if widx is not None:
+                self.register_buffer(f"{pre}w{si}", widx, persistent=False)
+                s["widx"] = f"{pre}w{si}"
+        src = torch.tensor(out_src, dtype=torch.long)
+        plan["full"] = len(out_src) == self._irreps_out.dim and len(set(out_src)) == len(out_src)
+        if plan["full"]:
+            inv = torch.empty_like(src)
+            inv[src] = torch.arange(len(src))
+            self.register_buffer(pre + "out", inv, persistent=False)
         else:
-            src = torch.full((dim,), n_cols, dtype=torch.long)
-            src[dest] = torch.arange(n_cols)
-            self._pad = bool((src == n_cols).any())
-            self._identity = (not self._pad) and _is_arange(src, dim)
-            self.register_buffer("_out_index", src, persistent=False)
+            self.register_buffer(pre + "out", src, persistent=False)
+        plan["pre"] = pre
+        return plan
 
-    # ------------------------------------------------------------------ call
-    def _check_weight(self, weight: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        if weight is None:
-            if self.weight_numel == 0:
-                return None
-            if self.weight is None:
-                raise ValueError(f"this TensorProduct has no internal weights: pass weight of shape (..., {self.weight_numel})")
-            return self.weight
-        if self.shared_weights:
-            if tuple(weight.shape) != (self.weight_numel,):
-                raise ValueError(f"weight has shape {tuple(weight.shape)}, expected ({self.weight_numel},) (shared weights)")
-        elif weight.dim() == 0 or weight.shape[-1] != self.weight_numel:
-            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected (..., {self.weight_numel})")
-        return weight
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Evaluate the product.
-
-        Parameters
-        ----------
-        x1 : torch.Tensor
-            ``(..., irreps_in1.dim)``.
-        x2 : torch.Tensor
-            ``(..., irreps_in2.dim)``; batch dimensions broadcast with ``x1``.
-        weight : torch.Tensor, optional
-            ``(weight_numel,)`` if ``shared_weights`` else ``(..., weight_numel)``;
-            defaults to the internal weights.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(..., irreps_out.dim)``.
-        """
-        d1, d2, do = self.irreps_in1.dim, self.irreps_in2.dim, self.irreps_out.dim
-        if x1.dim() == 0 or x1.shape[-1] != d1:
-            raise ValueError(f"x1 has shape {tuple(x1.shape)}, expected (..., {d1}) for irreps_in1 = {self.irreps_in1}")
-        if x2.dim() == 0 or x2.shape[-1] != d2:
-            raise ValueError(f"x2 has shape {tuple(x2.shape)}, expected (..., {d2}) for irreps_in2 = {self.irreps_in2}")
-        w = self._check_weight(weight)
-        shapes = [x1.shape[:-1], x2.shape[:-1]]
-        if w is not None and not self.shared_weights:
-            shapes.append(w.shape[:-1])
-        try:
-            batch = torch.broadcast_shapes(*shapes)
-        except RuntimeError:
-            raise ValueError(f"batch shapes {[tuple(s) for s in shapes]} of x1, x2 (and weight) do not broadcast") from None
-        x1 = x1.expand(*batch, d1).reshape(-1, d1)
-        x2 = x2.expand(*batch, d2).reshape(-1, d2)
-        if w is not None and not self.shared_weights:
-            w = w.expand(*batch, self.weight_numel).reshape(-1, self.weight_numel)
-        if len(self.groups) == 0:
-            return x1.new_zeros(*batch, do)
-
-        ys = [g(x1, x2, w) for g in self.groups]
-        y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
-        if self._scatter:
-            out = y.new_zeros(y.shape[0], do).index_add(1, self._out_index, y)
-        elif self._identity:
-            out = y
-        else:
-            if self._pad:
-                y = torch.nn.functional.pad(y, (0, 1))
-            out = y.index_select(1, self._out_index)
-        return out.reshape(*batch, do)
-
-    def weight_view(self, path_index: int, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The weights of one path, shaped ``(..., *weight_shape)``.
-
-        Examples
-        --------
-        >>> tp = TensorProduct("2x0e", "3x0e", "4x0e", [Path(0, 0, 0, "uvw")])
-        >>> tp.weight_view(0).shape
-        torch.Size([2, 3, 4])
-        """
-        if not self.paths[path_index].has_weight:
-            raise ValueError(f"{self.paths[path_index].short()} has no weights")
-        w = self.weight if weight is None else weight
-        shape = self.weight_shapes[path_index]
-        off = self._weight_offsets[path_index]
-        return w.narrow(-1, off, math.prod(shape)).reshape(*w.shape[:-1], *shape)
+    # ------------------------------------------------------------ properties
+    @property
+    def irreps_out(self) -> Irreps:
+        """Output irreps."""
+        return self._irreps_out
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}({self.irreps_in1.simplify()} x {self.irreps_in2.simplify()} -> "
-            f"{self.irreps_out.simplify()} | {len(self.paths)} paths | {self.weight_numel} weights)"
+            f"{type(self).__name__}({self.irreps_in1} x {self.irreps_in2} -> {self._irreps_out} | "
+            f"{len(self.paths)} paths, {len(self._groups)} groups, weight_numel={self.weight_numel})"
         )
+
+    def weight_view(self, path: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """View of the weights of path number ``path``, shaped ``(..., *path_shape)``."""
+        w = self.weight if weight is None else weight
+        p = self.paths[path]
+        if not p.has_weight:
+            raise ValueError(f"{p} has no weight")
+
+        def shape(q):
+            return _path_shape(q.mode, self.irreps_in1[q.i_in1].mul, self.irreps_in2[q.i_in2].mul,
+                               self._irreps_out[q.i_out].mul)
+
+        off = sum(math.prod(shape(q)) for q in self.paths[:path] if q.has_weight)
+        return w.narrow(-1, off, math.prod(shape(p))).view(w.shape[:-1] + shape(p))
+
+    # --------------------------------------------------------------- forward
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Tensor product of ``x1`` ``(..., irreps_in1.dim)`` and ``x2`` ``(..., irreps_in2.dim)``.
+
+        ``weight`` is required unless the weights are internal: shape
+        ``(weight_numel,)`` for shared weights, ``(..., weight_numel)`` otherwise.
+        Returns ``(..., irreps_out.dim)``.
+        """
+        if x1.shape[-1] != self.irreps_in1.dim:
+            raise ValueError(
+                f"input 1 has shape {tuple(x1.shape)}, expected last dimension {self.irreps_in1.dim} ({self.irreps_in1})"
+            )
+        if x2.shape[-1] != self.irreps_in2.dim:
+            raise ValueError(
+                f"input 2 has shape {tuple(x2.shape)}, expected last dimension {self.irreps_in2.dim} ({self.irreps_in2})"
+            )
+        if weight is None:
+            if self.weight_numel > 0 and not self.internal_weights:
+                raise ValueError(f"weights of shape (..., {self.weight_numel}) must be given (internal_weights=False)")
+            weight = self.weight
+        elif weight.shape[-1:] != (self.weight_numel,) or (self.shared_weights and weight.dim() != 1):
+            expect = f"({self.weight_numel},)" if self.shared_weights else f"(..., {self.weight_numel})"
+            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {expect}")
+        shapes = [x1.shape[:-1], x2.shape[:-1]]
+        if not self.shared_weights and self.weight_numel > 0:
+            shapes.append(weight.shape[:-1])
+        try:
+            batch = torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            raise ValueError(
+                f"batch shapes do not broadcast: input 1 {tuple(x1.shape)}, input 2 {tuple(x2.shape)}, "
+                f"weight {tuple(weight.shape)}"
+            ) from None
+        z = math.prod(batch)
+        dtype = torch.promote_types(x1.dtype, x2.dtype)
+        x1 = x1.to(dtype).expand(batch + x1.shape[-1:]).reshape(z, -1)
+        x2 = x2.to(dtype).expand(batch + x2.shape[-1:]).reshape(z, -1)
+        if not self.shared_weights and self.weight_numel > 0:
+            weight = weight.expand(batch + weight.shape[-1:]).reshape(z, -1)
+        out = None
+        for plan in self._plans:
+            y = self._run_group(plan, x1, x2, weight, z)
+            out = y if out is None else out + y
+        if out is None:
+            out = x1.new_zeros(z, self._irreps_out.dim)
+        return out.reshape(batch + (self._irreps_out.dim,))
+
+    def _run_group(self, plan, x1, x2, weight, z):
+        pre, mode = plan["pre"], plan["mode"]
+        U, V, W, I, J, K = plan["U"], plan["V"], plan["W"], plan["I"], plan["J"], plan["K"]
+        C = getattr(self, pre + "C").to(x1.dtype)
+        a = x1.index_select(1, getattr(self, pre + "idx1")).view(z, U, I)
+        b = x2.index_select(1, getattr(self, pre + "idx2"))
+        if mode == "uuu":
+            xx = (a.unsqueeze(-1) * b.view(z, U, 1, J)).reshape(z * U, I * J)
+            T = (xx @ C).view(z, U, K)
+        else:
+            M = (b.view(z * V, J) @ C).view(z, V, I, K)
+            M = M.view(z, I, K) if V == 1 else M.permute(0, 2, 1, 3).reshape(z, I, V * K)
+            T = torch.bmm(a, M).view(z, U, V, K)
+        shared = self.shared_weights
+        pieces = []
+        for s in plan["seg"]:  # one entry per distinct output dimension
+            d, P = s["d"], s["P"]
+            Td = T[..., s["k0"] : s["k1"]]
+            Td = Td.reshape(Td.shape[:-1] + (P, d))
+            w = None
+            if s["widx"] is not None:
+                w = weight.index_select(-1, getattr(self, s["widx"])).to(x1.dtype)
+            if mode == "uvu":
+                if w is None:
+                    r = Td.sum(2)
+                elif V == 1:
+                    r = Td.squeeze(2) * w.view(-1, U, P, 1)
+                elif shared:
+                    r = torch.einsum("zuvpd,uvp->zupd", Td, w.view(U, V, P))
+                else:
+                    r = torch.einsum("zuvpd,zuvp->zupd", Td, w.view(z, U, V, P))
+            elif mode == "uvv":
+                if w is None:
+                    r = Td.sum(1)
+                elif shared:
+                    r = torch.einsum("zuvpd,uvp->zvpd", Td, w.view(U, V, P))
+                else:
+                    r = torch.einsum("zuvpd,zuvp->zvpd", Td, w.view(z, U, V, P))
+            elif mode == "uvw":
+                if shared:
+                    r = torch.einsum("zuvpd,uvwp->zwpd", Td, w.view(U, V, W, P))
+                else:
+                    r = torch.einsum("zuvpd,zuvwp->zwpd", Td, w.view(z, U, V, W, P))
+            elif mode == "uvuv":
+                r = Td if w is None else Td * w.view(-1, U, V, P, 1)
+                r = r.reshape(z, U * V, P, d)
+            else:  # uuu
+                r = Td if w is None else Td * w.view(-1, U, P, 1)
+            if s["S"] is not None:
+                r = torch.einsum("zmpd,po->zmod", r, getattr(self, s["S"]).to(r.dtype))
+            pieces.append(r.reshape(z, -1))
+        y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        idx = getattr(self, pre + "out")
+        if plan["full"]:
+            return y.index_select(1, idx)
+        return y.new_zeros(z, self._irreps_out.dim).index_add(1, idx, y)
+
+
+# ---------------------------------------------------------------- ready-made
+class FullyConnectedTensorProduct(TensorProduct):
+    """Every allowed ``(in1, in2) -> out`` path, mode ``uvw`` (all channels mixed).
+
+    Examples
+    --------
+    >>> tp = FullyConnectedTensorProduct("4x0e + 4x1o", "0e + 1o", "8x0e + 8x1o")
+    >>> tp.weight_numel
+    192
+    """
+
+    def __init__(self, irreps_in1, irreps_in2, irreps_out, **kwargs) -> None:
+        i1, i2, io = Irreps(irreps_in1), Irreps(irreps_in2), Irreps(irreps_out)
+        paths = [
+            Path(a, b, c, "uvw")
+            for a, (_, ir1) in enumerate(i1)
+            for b, (_, ir2) in enumerate(i2)
+            for c, (_, iro) in enumerate(io)
+            if iro in ir1 * ir2
+        ]
+        super().__init__(i1, i2, io, paths, **kwargs)
+
+
+def _filter(filter_ir_out, lmax):
+    keep = None
+    if filter_ir_out is not None:
+        if isinstance(filter_ir_out, (list, tuple)) and not isinstance(filter_ir_out, Irreps):
+            keep = {ir for x in filter_ir_out for _, ir in Irreps(x)} if filter_ir_out else set()
+        else:
+            keep = {ir for _, ir in Irreps(filter_ir_out)}
+
+    def ok(ir) -> bool:
+        return (keep is None or ir in keep) and (lmax is None or ir.l <= lmax)
+
+    return ok
+
+
+class ChannelwiseTensorProduct(TensorProduct):
+    """Channel-wise (``uvu``) product, the NequIP / MACE convolution.
+
+    Every pair ``(in1, in2)`` and every ``ir_out`` of the selection rule passing the
+    filters gives one path with its own output block ``mul1 x ir_out``; output blocks
+    are then sorted by irrep (e3nn order). Weights default to external and per edge
+    (``shared_weights=False``), as given by a radial MLP.
+
+    Parameters
+    ----------
+    irreps_in1, irreps_in2 : Irreps
+    filter_ir_out : Irreps or list of irreps, optional
+        Keep only these output irreps.
+    lmax : int, optional
+        Keep only outputs with ``l <= lmax``.
+    **kwargs
+        Passed to :class:`TensorProduct` (normalisations, weight options).
+
+    Examples
+    --------
+    >>> tp = ChannelwiseTensorProduct("8x0e + 8x1o", "0e + 1o + 2e", lmax=1)
+    >>> tp.irreps_out
+    8x0e+8x0e+8x1o+8x1o+8x1o+8x1e
+    >>> tp(torch.randn(3, 32), torch.randn(3, 9), torch.randn(3, tp.weight_numel)).shape
+    torch.Size([3, 96])
+    """
+
+    def __init__(self, irreps_in1, irreps_in2, filter_ir_out=None, lmax: int | None = None, **kwargs) -> None:
+        i1, i2 = Irreps(irreps_in1), Irreps(irreps_in2)
+        ok = _filter(filter_ir_out, lmax)
+        outs, raw = [], []
+        for a, (m1, ir1) in enumerate(i1):
+            for b, (_, ir2) in enumerate(i2):
+                for iro in ir1 * ir2:
+                    if ok(iro):
+                        raw.append((a, b, len(outs)))
+                        outs.append((m1, iro))
+        io, perm, _ = Irreps(outs).sort()
+        paths = [Path(a, b, perm[c], "uvu") for a, b, c in raw]
+        kwargs.setdefault("shared_weights", False)
+        super().__init__(i1, i2, io, paths, **kwargs)
+
+
+class ElementwiseTensorProduct(TensorProduct):
+    """Element-wise (``uuu``, no weights) product of two irreps with the same number of irreps.
+
+    Examples
+    --------
+    >>> tp = ElementwiseTensorProduct("2x1o", "2x0e")
+    >>> tp.irreps_out
+    2x1o
+    """
+
+    def __init__(self, irreps_in1, irreps_in2, filter_ir_out=None, **kwargs) -> None:
+        i1 = [(m, ir) for m, ir in Irreps(irreps_in1).simplify()]
+        i2 = [(m, ir) for m, ir in Irreps(irreps_in2).simplify()]
+        if sum(m for m, _ in i1) != sum(m for m, _ in i2):
+            raise ValueError(f"{Irreps(irreps_in1)} and {Irreps(irreps_in2)} have different numbers of irreps")
+        k = 0
+        while k < len(i1):  # split blocks so that multiplicities align
+            (m1, ir1), (m2, ir2) = i1[k], i2[k]
+            if m1 < m2:
+                i2[k : k + 1] = [(m1, ir2), (m2 - m1, ir2)]
+            elif m2 < m1:
+                i1[k : k + 1] = [(m2, ir1), (m1 - m2, ir1)]
+            k += 1
+        ok = _filter(filter_ir_out, None)
+        outs, paths = [], []
+        for k, ((m, ir1), (_, ir2)) in enumerate(zip(i1, i2)):
+            for iro in ir1 * ir2:
+                if ok(iro):
+                    paths.append(Path(k, k, len(outs), "uuu", has_weight=False))
+                    outs.append((m, iro))
+        super().__init__(Irreps(i1), Irreps(i2), Irreps(outs), paths, **kwargs)
+
+
+class FullTensorProduct(TensorProduct):
+    """All products ``mul1 x mul2`` (mode ``uvuv``, no weights), outputs sorted by irrep.
+
+    Examples
+    --------
+    >>> FullTensorProduct("2x1o", "1o").irreps_out
+    2x0e+2x1e+2x2e
+    """
+
+    def __init__(self, irreps_in1, irreps_in2, filter_ir_out=None, **kwargs) -> None:
+        i1, i2 = Irreps(irreps_in1), Irreps(irreps_in2)
+        ok = _filter(filter_ir_out, None)
+        outs, raw = [], []
+        for a, (m1, ir1) in enumerate(i1):
+            for b, (m2, ir2) in enumerate(i2):
+                for iro in ir1 * ir2:
+                    if ok(iro):
+                        raw.append((a, b, len(outs)))
+                        outs.append((m1 * m2, iro))
+        io, perm, _ = Irreps(outs).sort()
+        paths = [Path(a, b, perm[c], "uvuv", has_weight=False) for a, b, c in raw]
+        super().__init__(i1, i2, io, paths, **kwargs)
