@@ -1,0 +1,13 @@
+"""Running a trained model: ASE calculator, molecular dynamics, relaxation, export.
+
+- :class:`ClebschCalculator` — an ASE calculator over a model (or a packaged
+  model file), with a Verlet neighbour list (:class:`VerletList`).
+- :func:`md`, :func:`relax` — molecular dynamics (NVE, Langevin, NPT) and
+  geometry/cell relaxation, behind ``clebsch md`` and ``clebsch relax``.
+"""
+
+from ._calculator import ClebschCalculator, load_model
+from ._dynamics import md, relax
+from ._verlet import VerletList
+
+__all__ = ["ClebschCalculator", "VerletList", "load_model", "md", "relax"]
