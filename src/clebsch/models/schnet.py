@@ -68,8 +68,8 @@ class SchNet(torch.nn.Module):
         Interaction blocks.
     channels : int
         Atom feature size.
-    num_filters : int
-        Size of the continuous filters.
+    num_filters : int, optional
+        Size of the continuous filters; defaults to ``channels``.
     num_basis : int
         Radial basis functions expanding each distance.
     radial_basis : str
@@ -96,13 +96,14 @@ class SchNet(torch.nn.Module):
         *,
         num_layers: int = 3,
         channels: int = 64,
-        num_filters: int = 64,
+        num_filters: int | None = None,
         num_basis: int = 16,
         radial_basis: str = "gaussian",
         avg_num_neighbors: float = 10.0,
     ):
         super().__init__()
         self.irreps_out = Irreps(f"{channels}x0e")
+        num_filters = channels if num_filters is None else num_filters
         self.embedding = torch.nn.Embedding(num_species, channels)
         self.basis = radial_basis_of(radial_basis, cutoff, num_basis)
         self.envelope = PolynomialCutoff(cutoff)
