@@ -1,0 +1,27 @@
+"""Training: configuration, trainer loop, losses, metrics, EMA, checkpoints, packaged models.
+
+- :mod:`~clebsch.train.config` — the YAML schema (:class:`TrainConfig`, :func:`load_config`).
+- :mod:`~clebsch.train.trainer` — :func:`train` and the :class:`Trainer` loop.
+- :mod:`~clebsch.train.package` — one-file packaged models (:func:`save_package`, :func:`load`).
+- :mod:`~clebsch.train.evaluate` — metrics of a model on a data set.
+"""
+
+from .config import ConfigError, TrainConfig, default_config_yaml, load_config
+
+__all__ = ["ConfigError", "TrainConfig", "default_config_yaml", "load_config", "train", "load", "evaluate"]
+
+
+def __getattr__(name):
+    if name == "train":
+        from .trainer import train
+
+        return train
+    if name == "load":
+        from .package import load
+
+        return load
+    if name == "evaluate":
+        from .evaluate import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'clebsch.train' has no attribute {name!r}")

@@ -1,0 +1,430 @@
+"""The training configuration: one pydantic schema that a YAML file maps onto one to one.
+
+Every section is a class with defaults for every field that can have one, and
+unknown keys are errors. :func:`load_config` reads a YAML file, applies
+``--set key.path=value`` overrides and validates; a bad key or value raises a
+:class:`ConfigError` whose message names the dotted key and what is allowed.
+
+Examples
+--------
+>>> cfg = load_config(None, overrides=["data.train=frames.xyz", "model.name=schnet", "training.max_epochs=3"])
+>>> cfg.training.max_epochs, cfg.model.name
+(3, 'schnet')
+>>> load_config(None, overrides=["loss.kind=l1"])
+Traceback (most recent call last):
+...
+clebsch.train.config.ConfigError: loss.kind: 'l1' is not allowed; allowed values: 'mse', 'huber'
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "load_config",
+    "apply_overrides",
+    "default_config_yaml",
+    "parse_duration",
+    "FAMILIES",
+]
+
+FAMILIES = ("schnet", "egnn", "painn", "nequip", "segnn", "mace")
+"""Model families a config may name."""
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def parse_duration(value) -> Optional[float]:
+    """Seconds from a number or a string like ``"90s"``, ``"3m"``, ``"1.5h"``, ``"2d"``.
+
+    Examples
+    --------
+    >>> parse_duration("3m"), parse_duration(20), parse_duration(None)
+    (180.0, 20.0, None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration; use seconds or a number with s, m, h or d (e.g. '3m')")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return float(match.group(1)) * unit
+
+
+class ModelSection(BaseModel):
+    """The model: a family and its hyperparameters (see ``clebsch.models.hyperparameters``)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: Literal["schnet", "egnn", "painn", "nequip", "segnn", "mace"] = Field(
+        "nequip", description="model family: schnet, egnn, painn, nequip, segnn or mace"
+    )
+    cutoff: float = Field(5.0, gt=0, description="radial cutoff in Å")
+    species: Union[Literal["auto"], list[str]] = Field(
+        "auto", description="elements the model knows; auto: those in the training data"
+    )
+    atomic_energies: Union[Literal["auto", "zero"], list[float], dict[str, float]] = Field(
+        "auto",
+        description="reference energy per element (eV); auto: from data.isolated_atoms if given, "
+        "else a least-squares fit on the training set; zero; or {H: -13.6, ...}",
+    )
+    scale: Union[Literal["auto"], float] = Field("auto", description="energy scale (eV/Å); auto: force RMS of the training set")
+    avg_num_neighbors: Union[Literal["auto"], float] = Field(
+        "auto", description="message normalisation, for families that use it; auto: from the training set"
+    )
+    outputs: Union[Literal["auto"], list[Literal["energy", "forces", "stress", "dipole", "polarizability"]]] = Field(
+        "auto", description="model outputs; auto: energy, forces and whatever has a positive loss weight"
+    )
+
+    @model_validator(mode="after")
+    def _check_hyperparameters(self):
+        extra = dict(self.model_extra or {})
+        allowed = _family_hyperparameters(self.name)
+        if allowed is None:
+            return self
+        unknown = sorted(set(extra) - set(allowed))
+        if unknown:
+            names = sorted(set(allowed) | set(ModelSection.model_fields))
+            raise ValueError(
+                f"unknown key(s) {unknown} for model {self.name!r}; allowed keys: {', '.join(names)}"
+            )
+        return self
+
+    def hyperparameters(self) -> dict:
+        """The family hyperparameters given in the config (defaults excluded)."""
+        return dict(self.model_extra or {})
+
+
+def _family_hyperparameters(name: str) -> Optional[dict]:
+    """The family's hyperparameters with defaults, or None when the family is not available."""
+    try:
+        from .. import models
+
+        _import_families()
+        if name not in models.REPRESENTATIONS:
+            return None
+        return models.hyperparameters(name)
+    except ImportError:
+        return None
+
+
+def _import_families() -> None:
+    """Import every model family module so that it registers itself."""
+    import importlib
+
+    for name in FAMILIES:
+        try:
+            importlib.import_module(f"clebsch.models.{name}")
+        except ImportError:
+            pass
+
+
+class DataSection(_Section):
+    """Where the structures come from and how they are batched."""
+
+    train: Optional[str] = Field(None, description="training structures (any ASE-readable file, e.g. extxyz)")
+    valid: Optional[str] = Field(None, description="validation structures; if null, valid_fraction of train")
+    test: Optional[str] = Field(None, description="test structures; if null, test_fraction of train")
+    valid_fraction: float = Field(0.05, ge=0, lt=1, description="fraction of train held out for validation")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of train held out for testing")
+    max_train: Optional[int] = Field(None, gt=0, description="use at most this many training structures")
+    isolated_atoms: Optional[str] = Field(None, description="file of isolated-atom energies (one atom per frame)")
+    keys: dict[str, Optional[str]] = Field(
+        default_factory=lambda: {"energy": "energy", "forces": "forces", "stress": "stress", "dipole": "dipole"},
+        description="target name -> key in the file (info, arrays or calculator results)",
+    )
+    batch_size: int = Field(5, gt=0, description="structures per training batch (global, over all processes)")
+    valid_batch_size: int = Field(10, gt=0, description="structures per validation / test batch")
+
+    @field_validator("keys")
+    @classmethod
+    def _check_keys(cls, keys):
+        allowed = ("energy", "forces", "stress", "virial", "dipole", "polarizability", "weight")
+        bad = sorted(set(keys) - set(allowed))
+        if bad:
+            raise ValueError(f"unknown target(s) {bad}; allowed values: {', '.join(allowed)}")
+        return keys
+
+
+class LossSection(_Section):
+    """Weighted loss terms: energy per atom, forces, stress, dipole."""
+
+    kind: Literal["mse", "huber"] = Field("mse", description="mse or huber")
+    huber_delta: float = Field(0.01, gt=0, description="Huber transition point (in the target's units)")
+    energy_weight: float = Field(1.0, ge=0, description="weight of the energy-per-atom term")
+    forces_weight: float = Field(100.0, ge=0, description="weight of the force term")
+    stress_weight: float = Field(0.0, ge=0, description="weight of the stress term")
+    dipole_weight: float = Field(0.0, ge=0, description="weight of the dipole term")
+
+
+class OptimizerSection(_Section):
+    """Optimiser and gradient clipping."""
+
+    name: Literal["adam", "adamw"] = Field("adam", description="adam or adamw")
+    lr: float = Field(0.01, gt=0, description="learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    amsgrad: bool = Field(True, description="use the AMSGrad variant")
+    clip_grad_norm: Optional[float] = Field(100.0, gt=0, description="clip the gradient norm to this; null: no clipping")
+
+
+class SchedulerSection(_Section):
+    """Learning-rate schedule: linear warm-up, then plateau or cosine decay."""
+
+    name: Literal["plateau", "cosine", "none"] = Field("plateau", description="plateau, cosine or none")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up from lr/10 (0: none)")
+    factor: float = Field(0.8, gt=0, lt=1, description="plateau: multiply the lr by this")
+    patience: int = Field(10, ge=0, description="plateau: epochs without improvement before reducing")
+    min_lr: float = Field(1e-6, ge=0, description="lowest learning rate")
+
+
+class SecondStageSection(_Section):
+    """A second stage with other loss weights (as MACE's SWA stage); off unless enabled."""
+
+    enabled: bool = Field(False, description="switch to the weights below late in training")
+    start_fraction: float = Field(
+        0.75, gt=0, lt=1, description="start after this fraction of max_epochs (or of max_time, whichever comes first)"
+    )
+    start_epoch: Optional[int] = Field(None, ge=0, description="start at this epoch instead of start_fraction")
+    energy_weight: float = Field(1000.0, ge=0, description="energy weight in the second stage")
+    forces_weight: float = Field(100.0, ge=0, description="force weight in the second stage")
+    stress_weight: float = Field(0.0, ge=0, description="stress weight in the second stage")
+    dipole_weight: float = Field(0.0, ge=0, description="dipole weight in the second stage")
+    lr: Optional[float] = Field(None, gt=0, description="learning rate for the second stage; null: keep")
+
+
+class TrainingSection(_Section):
+    """How long to train, averaging, early stopping, checkpoints, logging."""
+
+    max_epochs: int = Field(100, gt=0, description="stop after this many epochs")
+    max_time: Optional[float] = Field(None, gt=0, description="stop after this wall time (seconds, or '30m', '2h')")
+    ema_decay: Optional[float] = Field(0.99, gt=0, lt=1, description="EMA of the weights, used for validation and saving; null: off")
+    early_stopping_patience: Optional[int] = Field(None, gt=0, description="stop after this many epochs without a better validation loss")
+    valid_every: int = Field(1, gt=0, description="validate every N epochs")
+    checkpoint_every: int = Field(1, gt=0, description="write a checkpoint every N epochs (and at each best validation)")
+    progress: bool = Field(True, description="show a progress bar")
+    tensorboard: bool = Field(False, description="also log to TensorBoard (needs the tensorboard package)")
+    plots: bool = Field(True, description="write parity plots and learning curves as PNG")
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _duration(cls, value):
+        return parse_duration(value)
+
+
+class TrainConfig(_Section):
+    """A whole training run; each section maps onto one block of the YAML file."""
+
+    run_dir: str = Field("runs/run", description="directory for checkpoints, metrics, plots and the packaged model")
+    seed: int = Field(0, description="random seed (weights, splits, data order)")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["float32", "float64"] = Field("float32", description="float32 or float64")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+    second_stage: SecondStageSection = Field(default_factory=SecondStageSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value):
+        if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+            return value
+        raise ValueError(f"{value!r} is not a device; allowed values: auto, cpu, cuda, cuda:N")
+
+    def to_dict(self) -> dict:
+        """Plain dict (YAML-ready) of every value, defaults included."""
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_errors(error: ValidationError, root=TrainConfig) -> str:
+    lines = []
+    for item in error.errors():
+        loc = [str(p) for p in item["loc"] if not str(p).startswith(("function-", "union[", "literal["))]
+        # pydantic appends the union member tried (e.g. 'list[float]') to the location; drop those
+        loc = [p for p in loc if not re.fullmatch(r"(list|dict|str|float|int|bool)\[.*\]|float|int|str|bool", p)]
+        key = ".".join(loc) or "<config>"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            section = _section_at(root, loc[:-1])
+            allowed = ", ".join(section.model_fields) if section is not None else "?"
+            lines.append(f"{key}: unknown key; allowed keys: {allowed}")
+        elif kind == "literal_error":
+            expected = item.get("ctx", {}).get("expected", "")
+            allowed = expected.replace(" or ", ", ")
+            lines.append(f"{key}: {item['input']!r} is not allowed; allowed values: {allowed}")
+        elif kind == "value_error":
+            lines.append(f"{key}: {str(item['msg']).removeprefix('Value error, ')}")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item['input']!r})")
+    # a union gives one error per member; keep the first per key
+    seen, unique = set(), []
+    for line in lines:
+        k = line.split(":", 1)[0]
+        if k not in seen:
+            seen.add(k)
+            unique.append(line)
+    return "\n".join(unique)
+
+
+def _section_at(root, loc):
+    cls = root
+    for part in loc:
+        field = cls.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cls = ann
+        else:
+            return None
+    return cls
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides) -> dict:
+    """Apply ``key.path=value`` strings to a nested dict (values parsed as YAML).
+
+    Examples
+    --------
+    >>> apply_overrides({"model": {"name": "nequip"}}, ["model.num_layers=3", "training.max_time=3m"])
+    {'model': {'name': 'nequip', 'num_layers': 3}, 'training': {'max_time': '3m'}}
+    """
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"--set expects key.path=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set expects key.path=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        _set(tree, key, value)
+    return tree
+
+
+def load_config(path=None, overrides=(), base: Optional[dict] = None) -> TrainConfig:
+    """Read and validate a training config.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A YAML file; None starts from the defaults (or ``base``).
+    overrides : sequence of str
+        ``key.path=value`` strings applied after reading (``--set``).
+    base : dict, optional
+        A config dict to start from instead of a file.
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read or parsed, or a key or value is invalid; the
+        message names the file, the dotted key and the allowed keys or values.
+    """
+    tree: dict = dict(base or {})
+    where = ""
+    if path is not None:
+        where = f"{path}: "
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+        tree.update(loaded)
+    apply_overrides(tree, overrides)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(where + _format_errors(err).replace("\n", "\n" + where)) from None
+
+
+def save_config(config: TrainConfig, path) -> None:
+    """Write a config as YAML (every value, defaults included)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------- commented default
+
+
+def _yaml_value(value) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def default_config_yaml(family: str = "nequip") -> str:
+    """A commented YAML file holding every key with its default value.
+
+    Examples
+    --------
+    >>> text = default_config_yaml()
+    >>> load_config(None, base=yaml.safe_load(text)).model.name
+    'nequip'
+    """
+    config = TrainConfig()
+    lines = [
+        "# clebsch training configuration; every key below is optional and shows its default.",
+        "# Override any key from the command line: clebsch train config.yaml --set model.num_layers=3",
+    ]
+    for name, field in TrainConfig.model_fields.items():
+        value = getattr(config, name)
+        if isinstance(value, BaseModel):
+            lines.append("")
+            lines.append(f"# {type(value).__doc__.strip().splitlines()[0]}")
+            lines.append(f"{name}:")
+            for sub, subfield in type(value).model_fields.items():
+                if subfield.description:
+                    lines.append(f"  # {subfield.description}")
+                lines.append(f"  {sub}: {_yaml_value(getattr(value, sub))}")
+            if name == "model":
+                hyper = _family_hyperparameters(family) or {}
+                if hyper:
+                    lines.append(f"  # hyperparameters of {family!r} (clebsch.models.hyperparameters({family!r}))")
+                for key, default in hyper.items():
+                    if key in type(value).model_fields:
+                        continue
+                    lines.append(f"  {key}: {_yaml_value(default)}")
+        else:
+            lines.append(f"# {field.description}")
+            lines.append(f"{name}: {_yaml_value(value)}")
+    return "\n".join(lines) + "\n"
