@@ -7,7 +7,7 @@ import os
 import numpy as np
 from ase import units
 from ase.io import Trajectory
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
 from ._calculator import ClebschCalculator
 
@@ -84,9 +84,8 @@ def md(
     seed: int = 0,
     interval: int = 10,
     pressure_bar: float = 1.0,
-    ttime_fs: float = 25.0,
-    ptime_fs: float = 75.0,
-    bulk_modulus_GPa: float = 100.0,
+    ttime_fs: float = 50.0,
+    ptime_fs: float = 500.0,
     init_velocities: bool = True,
     device: str = "cpu",
     dtype: str = "float64",
@@ -102,8 +101,9 @@ def md(
         The model, a packaged model file, or a ready calculator.
     atoms : ase.Atoms
     ensemble : {"nve", "langevin", "npt"}
-        Velocity Verlet; Langevin thermostat; isotropic Nosé-Hoover/Parrinello-
-        Rahman NPT (``ase.md.npt.NPT``, periodic structures only).
+        Velocity Verlet; Langevin thermostat; isotropic Martyna-Tobias-Klein
+        NPT with Nosé-Hoover chains (``ase.md.nose_hoover_chain.IsotropicMTKNPT``,
+        structures periodic in all directions only).
     temperature_K : float
         Initial (Maxwell-Boltzmann) and, for ``langevin``/``npt``, target temperature.
     timestep_fs : float
@@ -121,9 +121,9 @@ def md(
         Seeds the initial velocities and the Langevin noise.
     interval : int
         Steps between trajectory frames and log lines.
-    pressure_bar, ttime_fs, ptime_fs, bulk_modulus_GPa : float
-        NPT: external pressure, thermostat and barostat times, and the
-        bulk-modulus guess that sets the barostat mass.
+    pressure_bar, ttime_fs, ptime_fs : float
+        NPT: external pressure, and the damping times of the thermostat and
+        barostat chains.
     init_velocities : bool
         Draw Maxwell-Boltzmann velocities at ``temperature_K`` (zero total
         momentum and, for molecules, zero angular momentum) unless the atoms
@@ -151,7 +151,7 @@ def md(
     attach_calculator(model, atoms, device, dtype, skin)
     rng = np.random.default_rng(seed)
     if init_velocities and not np.any(atoms.get_momenta()) and temperature_K > 0:
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+        thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
         Stationary(atoms)
         if not np.any(atoms.pbc) and len(atoms) > 2:
             ZeroRotation(atoms)
@@ -163,22 +163,18 @@ def md(
     elif ensemble == "langevin":
         from ase.md.langevin import Langevin
 
-        dyn = Langevin(atoms, timestep=dt, temperature_K=temperature_K, friction=friction / units.fs, rng=rng)
+        dyn = Langevin(atoms, timestep=dt, temperature_K=temperature_K, friction=friction / units.fs, rng=rng, fixcm=False)
     else:
-        from ase.md.npt import NPT
+        from ase.md.nose_hoover_chain import IsotropicMTKNPT
 
-        if not NPT._isuppertriangular(atoms.get_cell()):
-            atoms.set_cell(atoms.cell.standard_form()[0], scale_atoms=True)
-        pfactor = (ptime_fs * units.fs) ** 2 * bulk_modulus_GPa * units.GPa
-        dyn = NPT(
-            atoms, timestep=dt, temperature_K=temperature_K, externalstress=pressure_bar * units.bar,
-            ttime=ttime_fs * units.fs, pfactor=pfactor,
+        dyn = IsotropicMTKNPT(
+            atoms, timestep=dt, temperature_K=temperature_K, pressure_au=pressure_bar * units.bar,
+            tdamp=ttime_fs * units.fs, pdamp=ptime_fs * units.fs,
         )
     writer = logger = None
     try:
         if trajectory is not None:
-            writer = _TrajectoryWriter(trajectory, atoms)
-            writer()
+            writer = _TrajectoryWriter(trajectory, atoms)  # ASE calls observers at step 0 too
             dyn.attach(writer, interval=interval)
         if logfile is not None:
             from ase.md import MDLogger
@@ -189,8 +185,8 @@ def md(
             dyn.attach(observer, interval=1)
         with _progress(steps, progress, f"MD {ensemble}") as bar:
             def tick():
-                bar.update(1)
-                if bar.n % max(interval, 1) == 0:
+                bar.update(dyn.nsteps - bar.n)
+                if bar.n and bar.n % max(interval, 1) == 0:
                     bar.set_postfix(T=f"{atoms.get_temperature():.0f}K", E=f"{atoms.get_total_energy():.4f}eV")
 
             dyn.attach(tick, interval=1)

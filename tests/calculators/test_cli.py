@@ -1,0 +1,72 @@
+"""``clebsch md`` / ``clebsch relax`` argument glue: runs end to end, and fails clearly."""
+
+import argparse
+import sys
+import types
+
+import pytest
+from ase.build import bulk, molecule
+from ase.io import read, write
+
+from clebsch.calculators._cli import add_md_arguments, add_relax_arguments, run_md, run_relax
+
+
+@pytest.fixture
+def model_file(tmp_path, monkeypatch, model):
+    """A model 'file' that the loader resolves to the small test model."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"")
+    package = types.ModuleType("clebsch.train.package")
+    package.load = lambda p: model
+    monkeypatch.setitem(sys.modules, "clebsch.train.package", package)
+    return str(path)
+
+
+def _parse(add, argv):
+    parser = argparse.ArgumentParser()
+    add(parser)
+    return parser.parse_args(argv)
+
+
+def test_md_command(tmp_path, model_file):
+    structure = tmp_path / "water.xyz"
+    write(structure, molecule("H2O"))
+    traj, log = tmp_path / "out.xyz", tmp_path / "md.log"
+    args = _parse(add_md_arguments, [model_file, str(structure), "--ensemble", "langevin", "--temperature", "200",
+                                     "--timestep", "0.5", "--steps", "20", "--trajectory", str(traj), "--log", str(log),
+                                     "--interval", "5", "--no-progress"])
+    assert run_md(args) == 0
+    assert len(read(traj, ":")) == 5
+    assert len(log.read_text().splitlines()) == 6
+
+
+def test_relax_command(tmp_path, model_file, capsys):
+    structure = tmp_path / "cu.cif"
+    atoms = bulk("Cu", cubic=True)
+    atoms.rattle(0.01, seed=0)
+    write(structure, atoms)
+    output = tmp_path / "relaxed.xyz"
+    args = _parse(add_relax_arguments, [model_file, str(structure), "--fmax", "0.5", "--optimizer", "fire",
+                                        "--output", str(output)])
+    assert run_relax(args) == 0
+    assert "converged" in capsys.readouterr().out
+    assert len(read(output)) == 4
+
+
+def test_errors_are_clear(tmp_path, model_file):
+    with pytest.raises(SystemExit, match="structure file .*missing.xyz.* does not exist"):
+        run_md(_parse(add_md_arguments, [model_file, str(tmp_path / "missing.xyz")]))
+    structure = tmp_path / "water.xyz"
+    write(structure, molecule("H2O"))
+    with pytest.raises(SystemExit, match="model file .*nomodel.pt.* does not exist"):
+        run_md(_parse(add_md_arguments, [str(tmp_path / "nomodel.pt"), str(structure)]))
+    with pytest.raises(SystemExit, match="cell relaxation needs a structure periodic"):
+        run_relax(_parse(add_relax_arguments, [model_file, str(structure), "--cell"]))
+    with pytest.raises(SystemExit, match="NPT needs a structure periodic"):
+        run_md(_parse(add_md_arguments, [model_file, str(structure), "--ensemble", "npt"]))
+    write(tmp_path / "salt.xyz", bulk("NaCl", "rocksalt", a=5.6))
+    with pytest.raises(SystemExit, match="atom 0 is Na"):
+        run_relax(_parse(add_relax_arguments, [model_file, str(tmp_path / "salt.xyz")]))
+    (tmp_path / "broken.xyz").write_text("3\n\nH 0 0\n")
+    with pytest.raises(SystemExit, match="cannot read frame 0 of structure file .*broken.xyz"):
+        run_md(_parse(add_md_arguments, [model_file, str(tmp_path / "broken.xyz")]))

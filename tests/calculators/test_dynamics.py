@@ -1,0 +1,98 @@
+"""Molecular dynamics and relaxation: conservation, thermostat/barostat sanity, robust output."""
+
+import numpy as np
+import pytest
+from ase.build import bulk, molecule
+from ase.io import read
+
+from clebsch.calculators import ClebschCalculator, md, relax
+
+
+def test_nve_conserves_energy(model):
+    atoms = molecule("CH3CH2OH")
+    total = []
+    md(model, atoms, "nve", temperature_K=300, timestep_fs=0.5, steps=400, seed=0, progress=False,
+       observers=[lambda: total.append(atoms.get_total_energy())])
+    total = np.array(total)
+    assert len(total) == 401  # ASE calls observers at step 0 too
+    assert atoms.get_temperature() > 50  # it really moved
+    drift = abs(total[-50:].mean() - total[:50].mean()) / len(atoms)
+    assert drift < 1e-3  # eV/atom
+    assert np.ptp(total) / len(atoms) < 1e-3
+
+
+def test_langevin_is_seeded(model):
+    finals = []
+    for _ in range(2):
+        atoms = molecule("H2O")
+        md(model, atoms, "langevin", temperature_K=500, timestep_fs=0.5, steps=20, seed=3, progress=False)
+        finals.append(atoms.positions.copy())
+    np.testing.assert_array_equal(finals[0], finals[1])
+
+
+def test_npt_keeps_a_sane_volume(trained_copper, tmp_path):
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+    v0 = atoms.get_volume()
+    md(trained_copper, atoms, "npt", temperature_K=300, timestep_fs=2.0, steps=200, seed=0, progress=False,
+       logfile=tmp_path / "npt.log", interval=20)
+    assert 0.9 < atoms.get_volume() / v0 < 1.1
+    assert 100 < atoms.get_temperature() < 700
+    lines = (tmp_path / "npt.log").read_text().splitlines()
+    assert "T[K]" in lines[0] and len(lines) == 1 + 200 // 20 + 1
+
+
+@pytest.mark.parametrize("suffix", [".traj", ".xyz"])
+def test_killed_md_leaves_a_readable_trajectory(model, tmp_path, suffix):
+    atoms = molecule("H2O")
+    path = tmp_path / f"md{suffix}"
+    calls = []
+
+    def kill():
+        calls.append(1)
+        if len(calls) == 25:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        md(model, atoms, "nve", steps=100, trajectory=path, interval=10, progress=False, observers=[kill])
+    frames = read(path, ":")
+    assert len(frames) == 3  # steps 0, 10 and 20
+    assert frames[-1].get_potential_energy() == pytest.approx(frames[-1].get_potential_energy())
+    assert frames[-1].get_forces().shape == (3, 3)
+
+
+def test_relax_reaches_fmax(trained_copper):
+    for optimizer in ("bfgs", "fire"):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 1, 1)
+        atoms.rattle(0.1, seed=4)
+        assert relax(trained_copper, atoms, fmax=0.01, optimizer=optimizer, steps=1000, logfile=None)
+        assert np.linalg.norm(atoms.get_forces(), axis=1).max() < 0.01
+
+
+def test_cell_relaxation(trained_copper, tmp_path):
+    atoms = bulk("Cu", "fcc", a=3.75, cubic=True)
+    atoms.rattle(0.02, seed=5)
+    assert relax(trained_copper, atoms, fmax=0.005, cell=True, steps=300, logfile=None, trajectory=tmp_path / "r.traj")
+    assert np.abs(atoms.get_stress()).max() * atoms.get_volume() < 0.01
+    assert 3.45 < atoms.get_volume() ** (1 / 3) < 3.75
+    assert len(read(tmp_path / "r.traj", ":")) > 1
+
+
+def test_open_structure_refuses_npt_and_cell_relaxation(model):
+    with pytest.raises(ValueError, match="periodic in all three"):
+        md(model, molecule("H2O"), "npt", steps=1, progress=False)
+    with pytest.raises(ValueError, match="periodic in all three"):
+        relax(model, molecule("H2O"), cell=True)
+
+
+def test_bad_arguments(model):
+    with pytest.raises(ValueError, match="ensemble"):
+        md(model, molecule("H2O"), "nvt", steps=1)
+    with pytest.raises(ValueError, match="optimizer"):
+        relax(model, molecule("H2O"), optimizer="lbfgsb")
+
+
+def test_md_accepts_a_calculator(model):
+    atoms = molecule("H2O")
+    calc = ClebschCalculator(model, skin=0.5)
+    md(calc, atoms, "nve", steps=10, progress=False)
+    assert atoms.calc is calc and calc.neighbors.builds >= 1
