@@ -180,7 +180,14 @@ def test_batch_equals_separate_structures(family):
 
 def test_config_rebuilds_the_model(family):
     model = small_model(family)
-    twin = build_model(model.config).double()
+    # built in float64 like small_model: constant buffers (Clebsch-Gordan blocks) computed in
+    # float32 and then cast would differ from the original's by ~1e-8
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        twin = build_model(model.config).double()
+    finally:
+        torch.set_default_dtype(default)
     twin.load_state_dict(model.state_dict())
     g = graph_of(molecule(13))
     assert torch.allclose(twin(g)["energy"], model(g)["energy"], rtol=0, atol=1e-12)

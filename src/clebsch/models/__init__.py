@@ -10,6 +10,8 @@ Every family is a *representation* (per-atom features) wrapped by a
 from ._heads import DipoleHead, IrrepsHead, PolarizabilityHead, ScalarReadout, irrep_block
 from ._potential import OUTPUTS, Potential
 from ._registry import REPRESENTATIONS, build_model, hyperparameters, register
+from . import nequip  # noqa: F401
+from . import mace  # noqa: F401
 from . import schnet, egnn, painn  # noqa: F401  (registers the families)
 
 __all__ = [

@@ -1,0 +1,176 @@
+"""MACE: higher-order equivariant message passing (Batatia et al., NeurIPS 2022).
+
+Every atom carries features ``h_i``: ``channels`` copies of each irrep
+``0e, 1o, 2e, ...`` up to ``hidden_lmax``. One layer does
+
+1. ``x_j = Linear(h_j)``;
+2. the atomic basis (eq. 8), a channel-wise tensor product of the neighbours'
+   features with the spherical harmonics of the edges, weighted by an MLP of
+   the distance ``R(r_ij)`` and the polynomial envelope ``u(r_ij)``, summed over
+   the neighbours and divided by ``avg_num_neighbors``, then mixed by a Linear
+   into ``channels`` copies of each spherical-harmonic irrep up to ``lmax``:
+
+       A_i = Linear( 1/n_avg sum_j u(r_ij) TP(x_j, Y(r_ij); R(r_ij)) );
+
+3. the product basis (eqs. 10-11): for each channel, every symmetric
+   polynomial of ``A_i`` of degree 1 to ``correlation`` coupled to each output
+   irrep, with weights that depend on the element (the symmetric contraction,
+   body order ``correlation + 1``);
+4. the update: ``h_i <- Linear(B_i) + W_{z_i} h_i`` (an element-dependent
+   residual, from the second layer on).
+
+The paper sums an energy readout of every layer; here the representation
+returns the features of the last layer (with their ``0e``, ``1o``, ``2e``
+blocks) and the :class:`~clebsch.models.Potential`'s heads read them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..nn import BesselBasis, ChannelwiseTensorProduct, FullyConnectedTensorProduct, PolynomialCutoff, ScalarMLP
+from ..o3 import Irreps, spherical_harmonics
+from ._registry import register
+from .nequip import Linear  # clebsch.nn.Linear
+from ._symmetric_contraction import SymmetricContraction
+
+__all__ = ["MACE"]
+
+
+def to_channels(x: torch.Tensor, irreps: Irreps) -> torch.Tensor:
+    """``[N, irreps.dim]`` with every irrep at multiplicity ``K`` -> ``[N, K, sum(2l+1)]``."""
+    blocks = [x[:, sl].reshape(x.shape[0], m.mul, m.ir.dim) for m, sl in zip(irreps, irreps.slices())]
+    return torch.cat(blocks, dim=-1)
+
+
+def from_channels(x: torch.Tensor, irreps: Irreps) -> torch.Tensor:
+    """Inverse of :func:`to_channels`."""
+    blocks, i = [], 0
+    for m in irreps:
+        blocks.append(x[:, :, i : i + m.ir.dim].reshape(x.shape[0], -1))
+        i += m.ir.dim
+    return torch.cat(blocks, dim=-1)
+
+
+class MACELayer(torch.nn.Module):
+    """One MACE layer: atomic basis, symmetric contraction, linear update with residual."""
+
+    def __init__(self, irreps_in, irreps_sh, channels, hidden_lmax, correlation, num_species, num_basis,
+                 radial_hidden, radial_layers, avg_num_neighbors, residual):
+        super().__init__()
+        self.irreps_in = Irreps(irreps_in)
+        self.num_species = num_species
+        self.irreps_a = Irreps([(channels, m.ir) for m in irreps_sh])
+        self.irreps_out = Irreps([(channels, (l, (-1) ** l)) for l in range(hidden_lmax + 1)])
+        self.linear_up = Linear(self.irreps_in, self.irreps_in)
+        self.conv = ChannelwiseTensorProduct(self.irreps_in, irreps_sh, filter_ir_out=self.irreps_a,
+                                             shared_weights=False, internal_weights=False)
+        self.radial = ScalarMLP([num_basis] + [radial_hidden] * radial_layers + [self.conv.weight_numel])
+        self.linear_a = Linear(self.conv.irreps_out, self.irreps_a)
+        self.contraction = SymmetricContraction(
+            Irreps([m.ir for m in irreps_sh]), Irreps([m.ir for m in self.irreps_out]), channels, correlation, num_species
+        )
+        self.linear_out = Linear(self.irreps_out, self.irreps_out)
+        self.residual = (
+            FullyConnectedTensorProduct(self.irreps_in, f"{num_species}x0e", self.irreps_out) if residual else None
+        )
+        self.inv_avg = 1.0 / avg_num_neighbors
+
+    def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope):
+        sender, receiver = edge_index[0], edge_index[1]
+        x = self.linear_up(h)
+        a = x.new_zeros(h.shape[0], self.conv.irreps_out.dim)
+        if sender.numel() > 0:
+            weights = self.radial(edge_basis) * edge_envelope[:, None]
+            messages = self.conv(x[sender], edge_sh, weights)
+            a = a.index_add(0, receiver, messages) * self.inv_avg
+        a = self.linear_a(a)
+        b = self.contraction(to_channels(a, self.irreps_a), species)
+        out = self.linear_out(from_channels(b, self.irreps_out))
+        if self.residual is not None:
+            onehot = torch.nn.functional.one_hot(species, self.num_species).to(h.dtype)
+            out = out + self.residual(h, onehot)
+        return out
+
+
+@register("mace")
+class MACE(torch.nn.Module):
+    """The MACE representation: equivariant features of body order ``correlation + 1`` per layer.
+
+    Parameters
+    ----------
+    num_species : int
+        Number of elements.
+    cutoff : float
+        Radial cutoff (Å).
+    num_layers : int
+        Number of message-passing layers (paper: 2).
+    channels : int
+        Copies of each irrep in the features and the atomic basis (paper: 128-256).
+    lmax : int
+        Highest degree of the spherical harmonics and of the atomic basis
+        (the paper's ``l_max``, 3 there).
+    hidden_lmax : int, optional
+        Highest degree of the features passed between layers (the paper's
+        ``L_max``); defaults to ``lmax``.
+    correlation : int
+        Highest degree of the product basis, ``nu`` (paper: 3, body order 4).
+    num_basis : int
+        Number of Bessel functions in the distance expansion.
+    radial_basis : {"bessel"}
+        Distance expansion.
+    radial_hidden, radial_layers : int
+        Width and depth of the radial MLP (paper: 64, 3).
+    polynomial_p : int
+        Degree of the polynomial cutoff envelope.
+    avg_num_neighbors : float
+        The atomic basis is divided by it.
+    """
+
+    def __init__(
+        self,
+        num_species: int,
+        cutoff: float,
+        *,
+        num_layers: int = 2,
+        channels: int = 32,
+        lmax: int = 2,
+        hidden_lmax: int | None = None,
+        correlation: int = 3,
+        num_basis: int = 8,
+        radial_basis: str = "bessel",
+        radial_hidden: int = 64,
+        radial_layers: int = 3,
+        polynomial_p: int = 6,
+        avg_num_neighbors: float = 10.0,
+    ):
+        super().__init__()
+        if radial_basis != "bessel":
+            raise ValueError(f"MACE supports radial_basis='bessel', got {radial_basis!r}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        hidden_lmax = lmax if hidden_lmax is None else hidden_lmax
+        self.num_species = num_species
+        self.irreps_sh = Irreps.spherical_harmonics(lmax)
+        self.embedding = torch.nn.Parameter(torch.randn(num_species, channels))
+        self.basis = BesselBasis(cutoff, num_basis)
+        self.envelope = PolynomialCutoff(cutoff, p=polynomial_p)
+        irreps = Irreps([(channels, "0e")])
+        self.layers = torch.nn.ModuleList()
+        for t in range(num_layers):
+            layer = MACELayer(irreps, self.irreps_sh, channels, hidden_lmax, correlation, num_species, num_basis,
+                              radial_hidden, radial_layers, avg_num_neighbors, residual=t > 0)
+            self.layers.append(layer)
+            irreps = layer.irreps_out
+        self.irreps_out = irreps
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Per-atom features ``[N, irreps_out.dim]`` from elements and edge vectors ``r_j - r_i``."""
+        length = edge_vectors.norm(dim=-1)
+        edge_sh = spherical_harmonics(self.irreps_sh, edge_vectors, normalize=True, normalization="component")
+        edge_basis = self.basis(length)
+        edge_envelope = self.envelope(length)
+        h = self.embedding.to(edge_vectors.dtype)[species]
+        for layer in self.layers:
+            h = layer(h, species, edge_index, edge_sh, edge_basis, edge_envelope)
+        return h

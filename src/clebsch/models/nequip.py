@@ -1,0 +1,228 @@
+"""NequIP: E(3)-equivariant interatomic potentials (Batzner et al., Nat. Commun. 13, 2453, 2022).
+
+Every atom carries features ``h_i`` made of ``channels`` copies of each irrep up
+to ``lmax`` (both parities when ``parity`` is set). One interaction block does
+
+1. self-interaction: ``x_i = Linear(h_i)`` (mixes the copies of each irrep);
+2. convolution: ``c_i = 1/sqrt(n_avg) sum_j u(r_ij) TP(x_j, Y(r_ij); R(r_ij))``,
+   a channel-wise tensor product of the neighbour's features with the
+   spherical harmonics of the edge, whose weights ``R`` are an MLP of a
+   Bessel expansion of the distance, and ``u`` the polynomial envelope (p = 6);
+3. ``Linear(c_i)`` plus a self-connection that depends on the element
+   (``h_i ⊗ onehot(z_i)``), then a gate nonlinearity: scalars through SiLU
+   (odd scalars through tanh) and every ``l > 0`` irrep scaled by a sigmoid of
+   its own scalar gate;
+4. a residual connection ``h_i <- h_i + block(h_i)`` when the irreps agree.
+
+The features start as a learned embedding of the element (``channels x 0e``)
+and the representation returns the features after the last block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..nn import BesselBasis, ChannelwiseTensorProduct, FullyConnectedTensorProduct, PolynomialCutoff, ScalarMLP
+from ..o3 import Irreps, spherical_harmonics
+from ._registry import register
+
+__all__ = ["NequIP"]
+
+try:
+    from ..nn import Gate, Linear
+except ImportError:  # minimal stand-ins until clebsch.nn ships its Linear and Gate
+    from ..nn import Path, TensorProduct, normalize2mom
+
+    class Linear(torch.nn.Module):
+        """Equivariant linear map: mixes the copies of each irrep (a tensor product with a constant ``0e``)."""
+
+        def __init__(self, irreps_in, irreps_out):
+            super().__init__()
+            self.irreps_in, self.irreps_out = Irreps(irreps_in), Irreps(irreps_out)
+            paths = [
+                Path(i, 0, j, "uvw")
+                for i, a in enumerate(self.irreps_in)
+                for j, b in enumerate(self.irreps_out)
+                if a.ir == b.ir
+            ]
+            self.tp = TensorProduct(self.irreps_in, "0e", self.irreps_out, paths)
+
+        def forward(self, x):
+            return self.tp(x, x.new_ones(*x.shape[:-1], 1))
+
+    class Gate(torch.nn.Module):
+        """Gated nonlinearity: input ``scalars + gates + gated``, output ``act(scalars) + gated * act(gates)``."""
+
+        def __init__(self, irreps_scalars, act_scalars, irreps_gates, act_gates, irreps_gated):
+            super().__init__()
+            self.scalars, self.gates, self.gated = Irreps(irreps_scalars), Irreps(irreps_gates), Irreps(irreps_gated)
+            self.act_scalars = torch.nn.ModuleList(normalize2mom(a) for a in act_scalars)
+            self.act_gates = torch.nn.ModuleList(normalize2mom(a) for a in act_gates)
+            self.irreps_in = self.scalars + self.gates + self.gated
+            self.irreps_out = self.scalars + self.gated
+
+        def forward(self, x):
+            out, i = [], 0
+            for m, act in zip(self.scalars, self.act_scalars):
+                out.append(act(x[..., i : i + m.dim]))
+                i += m.dim
+            gates = []
+            for m, act in zip(self.gates, self.act_gates):
+                gates.append(act(x[..., i : i + m.dim]))
+                i += m.dim
+            k = 0
+            for m in self.gated:
+                block = x[..., i : i + m.dim].reshape(*x.shape[:-1], m.mul, m.ir.dim)
+                g = torch.cat(gates, dim=-1)[..., k : k + m.mul, None]
+                out.append((block * g).reshape(*x.shape[:-1], m.dim))
+                i += m.dim
+                k += m.mul
+            return torch.cat(out, dim=-1)
+
+
+def hidden_irreps(channels: int, lmax: int, parity: bool) -> Irreps:
+    """``channels`` copies of every irrep up to ``lmax``: the spherical-harmonic parity first, then the other."""
+    irs = []
+    for l in range(lmax + 1):
+        irs.append((channels, (l, (-1) ** l)))
+        if parity:
+            irs.append((channels, (l, -((-1) ** l))))
+    return Irreps(irs)
+
+
+def gate_irreps(irreps: Irreps) -> tuple[Irreps, Irreps, Irreps]:
+    """Split target irreps into (scalars, gates, gated) for a :class:`~clebsch.nn.Gate`."""
+    scalars = Irreps([m for m in irreps if m.ir.l == 0])
+    gated = Irreps([m for m in irreps if m.ir.l > 0])
+    gates = Irreps([(gated.num_irreps, "0e")]) if gated.num_irreps else Irreps("")
+    return scalars, gates, gated
+
+
+def make_gate(irreps: Irreps) -> Gate:
+    """A gate whose output is ``irreps``: SiLU on even scalars, tanh on odd ones, sigmoid gates."""
+    scalars, gates, gated = gate_irreps(irreps)
+    acts = [torch.nn.functional.silu if m.ir.p == 1 else torch.tanh for m in scalars]
+    return Gate(scalars, acts, gates, [torch.sigmoid] * len(gates), gated)
+
+
+class InteractionBlock(torch.nn.Module):
+    """One NequIP interaction block (see the module docstring)."""
+
+    def __init__(self, irreps_in, target, irreps_sh, num_species, num_basis, radial_hidden, radial_layers,
+                 avg_num_neighbors, resnet):
+        super().__init__()
+        self.irreps_in = Irreps(irreps_in)
+        self.self_interaction = Linear(self.irreps_in, self.irreps_in)
+        self.conv = ChannelwiseTensorProduct(self.irreps_in, irreps_sh, filter_ir_out=target,
+                                             shared_weights=False, internal_weights=False)
+        irreps_mid = self.conv.irreps_out
+        # keep only the target irreps the convolution can reach
+        self.irreps_out = Irreps([m for m in target if m.ir in {x.ir for x in irreps_mid}])
+        self.radial = ScalarMLP([num_basis] + [radial_hidden] * radial_layers + [self.conv.weight_numel])
+        self.gate = make_gate(self.irreps_out)
+        self.linear = Linear(irreps_mid, self.gate.irreps_in)
+        # element-dependent linear map: h_i ⊗ onehot(z_i)
+        self.num_species = num_species
+        self.self_connection = FullyConnectedTensorProduct(self.irreps_in, f"{num_species}x0e", self.gate.irreps_in)
+        self.norm = 1.0 / math.sqrt(avg_num_neighbors)
+        self.resnet = resnet and self.irreps_out == self.irreps_in
+
+    def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope):
+        sender, receiver = edge_index[0], edge_index[1]
+        x = self.self_interaction(h)
+        conv = x.new_zeros(h.shape[0], self.conv.irreps_out.dim)
+        if sender.numel() > 0:
+            weights = self.radial(edge_basis) * edge_envelope[:, None]
+            messages = self.conv(x[sender], edge_sh, weights)
+            conv = conv.index_add(0, receiver, messages) * self.norm
+        onehot = torch.nn.functional.one_hot(species, self.num_species).to(h.dtype)
+        out = self.gate(self.linear(conv) + self.self_connection(h, onehot))
+        return h + out if self.resnet else out
+
+
+@register("nequip")
+class NequIP(torch.nn.Module):
+    """The NequIP representation: equivariant per-atom features.
+
+    Parameters
+    ----------
+    num_species : int
+        Number of elements.
+    cutoff : float
+        Radial cutoff (Å).
+    num_layers : int
+        Number of interaction blocks (paper: 4-6).
+    channels : int
+        Copies of each irrep in the hidden features (paper: 32-64).
+    lmax : int
+        Highest degree of the spherical harmonics and of the features (paper: 1-3).
+    parity : bool
+        Features of both parities for each ``l`` (O(3) NequIP); otherwise only
+        the spherical-harmonic parity ``(-1)**l``. Reflections are respected either way.
+    num_basis : int
+        Number of Bessel functions in the distance expansion.
+    radial_basis : {"bessel"}
+        Distance expansion (the paper's Bessel basis with trainable frequencies).
+    trainable_basis : bool
+        Learn the Bessel frequencies.
+    radial_hidden, radial_layers : int
+        Width and depth of the radial MLP that gives the convolution weights.
+    polynomial_p : int
+        Degree of the polynomial cutoff envelope.
+    avg_num_neighbors : float
+        Convolutions are divided by its square root.
+    resnet : bool
+        Residual connections between blocks of equal irreps.
+    """
+
+    def __init__(
+        self,
+        num_species: int,
+        cutoff: float,
+        *,
+        num_layers: int = 3,
+        channels: int = 32,
+        lmax: int = 2,
+        parity: bool = True,
+        num_basis: int = 8,
+        radial_basis: str = "bessel",
+        trainable_basis: bool = True,
+        radial_hidden: int = 64,
+        radial_layers: int = 2,
+        polynomial_p: int = 6,
+        avg_num_neighbors: float = 10.0,
+        resnet: bool = True,
+    ):
+        super().__init__()
+        if radial_basis != "bessel":
+            raise ValueError(f"NequIP supports radial_basis='bessel', got {radial_basis!r}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.num_species = num_species
+        self.lmax = lmax
+        self.irreps_sh = Irreps.spherical_harmonics(lmax)
+        self.embedding = torch.nn.Parameter(torch.randn(num_species, channels))
+        self.basis = BesselBasis(cutoff, num_basis, trainable=trainable_basis)
+        self.envelope = PolynomialCutoff(cutoff, p=polynomial_p)
+        target = hidden_irreps(channels, lmax, parity)
+        irreps = Irreps([(channels, "0e")])
+        self.layers = torch.nn.ModuleList()
+        for _ in range(num_layers):
+            block = InteractionBlock(irreps, target, self.irreps_sh, num_species, num_basis, radial_hidden,
+                                     radial_layers, avg_num_neighbors, resnet)
+            self.layers.append(block)
+            irreps = block.irreps_out
+        self.irreps_out = irreps
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Per-atom features ``[N, irreps_out.dim]`` from elements and edge vectors ``r_j - r_i``."""
+        length = edge_vectors.norm(dim=-1)
+        edge_sh = spherical_harmonics(self.irreps_sh, edge_vectors, normalize=True, normalization="component")
+        edge_basis = self.basis(length)
+        edge_envelope = self.envelope(length)
+        h = self.embedding.to(edge_vectors.dtype)[species]
+        for layer in self.layers:
+            h = layer(h, species, edge_index, edge_sh, edge_basis, edge_envelope)
+        return h
