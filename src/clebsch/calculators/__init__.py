@@ -4,10 +4,22 @@
   model file), with a Verlet neighbour list (:class:`VerletList`).
 - :func:`md`, :func:`relax` — molecular dynamics (NVE, Langevin, NPT) and
   geometry/cell relaxation, behind ``clebsch md`` and ``clebsch relax``.
+- :func:`export`, :func:`load_exported` — a ``torch.export`` archive that runs
+  without clebsch's model classes.
 """
 
 from ._calculator import ClebschCalculator, load_model
 from ._dynamics import md, relax
+from ._export import ExportedPotential, export, load_exported
 from ._verlet import VerletList
 
-__all__ = ["ClebschCalculator", "VerletList", "load_model", "md", "relax"]
+__all__ = [
+    "ClebschCalculator",
+    "ExportedPotential",
+    "VerletList",
+    "export",
+    "load_exported",
+    "load_model",
+    "md",
+    "relax",
+]

@@ -30,8 +30,9 @@ def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
     Parameters
     ----------
     model_or_path : torch.nn.Module or str or os.PathLike
-        A :class:`~clebsch.models.Potential`, or a file written by the training
-        package (read with :func:`clebsch.load`).
+        A :class:`~clebsch.models.Potential`, a file written by the training
+        package (read with :func:`clebsch.load`), or a ``.pt2`` file written
+        by :func:`export` (read with :func:`load_exported`).
     device : str or torch.device
     dtype : {"float64", "float32"} or torch.dtype
     """
@@ -39,6 +40,13 @@ def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
         path = os.fspath(model_or_path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file {path!r} does not exist")
+        if path.endswith(".pt2"):
+            from ._export import load_exported
+
+            model = load_exported(path, device=device)
+            if model.dtype != _as_dtype(dtype):
+                raise ValueError(f"{path!r} was exported in {model.dtype}; ask for that dtype, not {dtype}")
+            return model.eval()
         from ..train.package import load
 
         model = load(path)
@@ -55,7 +63,8 @@ class ClebschCalculator(Calculator):
     Parameters
     ----------
     model : Potential or str or os.PathLike
-        The model, or the path of a packaged model (see :func:`clebsch.load`).
+        The model, the path of a packaged model (see :func:`clebsch.load`), or
+        of an exported ``.pt2`` (see :func:`export`).
     device : str
         Torch device, e.g. ``"cpu"`` or ``"cuda"``.
     dtype : {"float64", "float32"}

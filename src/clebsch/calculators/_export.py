@@ -1,0 +1,207 @@
+"""Export a model with ``torch.export`` so that it runs without clebsch's Python classes.
+
+What is exported is the energy function of one structure,
+
+    (positions [N, 3], numbers [N], edge_index [2, E], shifts [E, 3], cell [3, 3]) -> atomic energies [N]
+
+with ``N`` and ``E`` dynamic, so one file serves structures of any size. The
+file is a standard ``.pt2`` archive (:func:`torch.export.save`) whose graph
+holds only ATen operations; the cutoff and elements are stored beside it in
+``extra_files["clebsch.json"]``.
+
+Forces and stress are not inside the graph: ``torch.export`` cannot trace
+``torch.autograd.grad`` (the double pass leaves fake tensors among the program
+constants). They are taken by autograd *through* the loaded program, which is
+differentiable like any ATen graph, in :class:`ExportedPotential` -- twenty
+lines of plain torch, reproduced here for use without clebsch::
+
+    program = torch.export.load("model.pt2").module()
+    positions.requires_grad_(True)
+    strain = torch.zeros(3, 3, dtype=positions.dtype, requires_grad=True)
+    sym = 0.5 * (strain + strain.T)
+    energy = program(positions + positions @ sym, numbers, edge_index, shifts, cell + cell @ sym).sum()
+    grad_r, grad_strain = torch.autograd.grad(energy, [positions, strain])
+    forces, stress = -grad_r, grad_strain / abs(torch.linalg.det(cell))
+
+Edges follow :func:`clebsch.graph.radius_graph`: row 0 the sender ``j``, row 1
+the receiver ``i``, vector ``r_j - r_i + shifts @ cell``, every pair within the
+cutoff in both directions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+__all__ = ["export", "load_exported", "ExportedPotential", "AtomicEnergies"]
+
+_META = "clebsch.json"
+
+
+class AtomicEnergies(torch.nn.Module):
+    """The exported function: per-atom energies of one structure from plain tensors.
+
+    It repeats :class:`~clebsch.models.Potential`'s energy path (representation,
+    energy head, isolated-atom reference) without its input checks, which
+    depend on tensor values and cannot be traced.
+    """
+
+    def __init__(self, potential):
+        super().__init__()
+        self.representation = potential.representation
+        self.energy_head = potential.energy_head
+        self.register_buffer("z_to_index", potential.z_to_index.clone())
+        self.register_buffer("atomic_energies", potential.atomic_energies.detach().clone())
+        self.register_buffer("scale", potential.scale.detach().clone())
+        self.num_species = len(potential.species)
+
+    def forward(self, positions, numbers, edge_index, shifts, cell):
+        species = self.z_to_index[numbers]
+        vectors = positions[edge_index[0]] - positions[edge_index[1]] + shifts @ cell
+        isolated = torch.arange(self.num_species, device=species.device)
+        features = self.representation(torch.cat([species, isolated]), edge_index, vectors)
+        out = self.energy_head(features)[:, 0]
+        n = species.shape[0]
+        learned = out[:n] - out[n:][species]
+        return self.atomic_energies.to(learned.dtype)[species] + self.scale.to(learned.dtype) * learned
+
+
+def _example(model, dtype, device):
+    """A small open structure of the model's elements with a few edges (N, E >= 2 so nothing specialises)."""
+    rng = np.random.default_rng(0)
+    species = list(model.species)
+    n = max(6, 2 * len(species))
+    grid = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n]
+    positions = grid * 0.6 * model.cutoff + rng.normal(scale=0.05, size=(n, 3))
+    numbers = np.array([species[k % len(species)] for k in range(n)])
+    from ..graph import radius_graph
+
+    edge_index, shifts = radius_graph(positions, model.cutoff)
+    return (
+        torch.as_tensor(positions, dtype=dtype, device=device),
+        torch.as_tensor(numbers, dtype=torch.long, device=device),
+        edge_index.to(device),
+        shifts.to(dtype=dtype, device=device),
+        torch.zeros(3, 3, dtype=dtype, device=device),
+    )
+
+
+def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
+    """Export ``model`` to a ``.pt2`` file that runs without clebsch.
+
+    Parameters
+    ----------
+    model : Potential or str
+        The model, or a packaged model file.
+    path : str or os.PathLike
+        Output file; ``.pt2`` by convention.
+    dtype : {"float64", "float32"}
+        Precision baked into the exported graph.
+    device : str
+        Device baked into the exported graph.
+
+    Returns
+    -------
+    str
+        The path written.
+
+    Notes
+    -----
+    Only energy, forces and stress (through :class:`ExportedPotential`) are
+    exported; other heads (dipole, polarizability) are not.
+    """
+    from ._calculator import load_model
+
+    model = load_model(model, device=device, dtype=dtype)
+    module = AtomicEnergies(model).eval()
+    example = _example(model, getattr(torch, dtype), torch.device(device))
+    n_atoms = torch.export.Dim("n_atoms", min=1)
+    n_edges = torch.export.Dim("n_edges", min=0)
+    dynamic = {
+        "positions": {0: n_atoms}, "numbers": {0: n_atoms}, "edge_index": {1: n_edges}, "shifts": {0: n_edges},
+        "cell": None,
+    }
+    with torch.no_grad():
+        program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
+    meta = {"cutoff": float(model.cutoff), "species": [int(z) for z in model.species], "dtype": dtype,
+            "config": getattr(model, "config", {})}
+    path = os.fspath(path)
+    torch.export.save(program, path, extra_files={_META: json.dumps(meta, default=str)})
+    return path
+
+
+class ExportedPotential(torch.nn.Module):
+    """A loaded ``.pt2`` export, with the same call as :class:`~clebsch.models.Potential`.
+
+    ``model(graph)`` takes anything with ``positions``, ``numbers``,
+    ``edge_index``, ``shifts``, ``cell`` [1, 3, 3] and ``pbc`` [1, 3] (one
+    structure) and returns ``energy`` [1], ``atomic_energies``, ``forces``
+    and, for periodic structures, ``stress`` [1, 3, 3], so
+    :class:`ClebschCalculator` runs it unchanged.
+    """
+
+    def __init__(self, program, meta: dict):
+        super().__init__()
+        self.program = program
+        self.cutoff = float(meta["cutoff"])
+        self.species = list(meta["species"])
+        self.dtype = getattr(torch, meta["dtype"])
+        self.outputs = ("energy", "forces", "stress")
+        self.config = meta.get("config", {})
+
+    def train(self, mode: bool = True):
+        """Only records the mode: an exported program has no training behaviour to switch."""
+        self.training = mode
+        return self
+
+    def _check(self, numbers):
+        unknown = ~torch.isin(numbers, torch.as_tensor(self.species, device=numbers.device))
+        if unknown.any():
+            from ase.data import chemical_symbols
+
+            bad = int(unknown.nonzero()[0])
+            z = int(numbers[bad])
+            raise ValueError(
+                f"atom {bad} is {chemical_symbols[z]} (Z={z}), an element this model was not trained on; "
+                f"it knows {[chemical_symbols[s] for s in self.species]}"
+            )
+
+    def forward(self, graph, compute_forces=None, compute_stress=None, training=None):
+        if graph.cell.shape[0] != 1:
+            raise ValueError("an exported model evaluates one structure at a time")
+        self._check(graph.numbers)
+        compute_forces = True if compute_forces is None else compute_forces
+        if compute_stress is None:
+            compute_stress = bool(graph.pbc.all())
+        positions = graph.positions.to(self.dtype).detach().requires_grad_(compute_forces or compute_stress)
+        cell = graph.cell[0].to(self.dtype)
+        strain = torch.zeros(3, 3, dtype=self.dtype, device=positions.device, requires_grad=bool(compute_stress))
+        sym = 0.5 * (strain + strain.T)
+        e_atom = self.program(positions + positions @ sym, graph.numbers, graph.edge_index,
+                              graph.shifts.to(self.dtype), cell + cell @ sym)
+        energy = e_atom.sum()
+        out = {"energy": energy.reshape(1), "atomic_energies": e_atom}
+        inputs = [t for t, want in ((positions, compute_forces), (strain, compute_stress)) if want]
+        if inputs:
+            grads = torch.autograd.grad(energy, inputs, allow_unused=True)
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+            if compute_forces:
+                out["forces"] = -grads[0]
+            if compute_stress:
+                out["stress"] = (grads[-1] / torch.linalg.det(cell).abs())[None]
+        return out
+
+
+def load_exported(path, device: str = "cpu") -> ExportedPotential:
+    """Load a file written by :func:`export` (needs torch only, not clebsch's model classes)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"exported model {path!r} does not exist")
+    extra = {_META: ""}
+    program = torch.export.load(path, extra_files=extra)
+    if not extra[_META]:
+        raise ValueError(f"{path!r} is a torch.export archive but not one written by clebsch.calculators.export")
+    return ExportedPotential(program.module(), json.loads(extra[_META]))
