@@ -12,6 +12,7 @@ from ._potential import OUTPUTS, Potential
 from ._registry import REPRESENTATIONS, build_model, hyperparameters, register
 from . import nequip  # noqa: F401
 from . import mace  # noqa: F401
+from . import segnn  # noqa: F401
 from . import schnet, egnn, painn  # noqa: F401  (registers the families)
 
 __all__ = [
