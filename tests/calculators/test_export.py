@@ -50,3 +50,16 @@ print(repr(e.item()), *f.flatten().tolist())
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt2"):
         load_exported(tmp_path / "missing.pt2")
+
+
+def test_equivariant_model_exports(tmp_path):
+    """NequIP (spherical harmonics, tensor products) exports and matches."""
+    from ase.build import molecule
+
+    from .conftest import small_model
+
+    model = small_model("nequip", channels=4, lmax=1)
+    path = export(model, tmp_path / "nequip.pt2")
+    atoms = molecule("CH3OH")
+    ref, got = ClebschCalculator(model), ClebschCalculator(path)
+    np.testing.assert_allclose(got.get_forces(atoms), ref.get_forces(atoms), atol=1e-9)

@@ -111,7 +111,9 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
     Notes
     -----
     Only energy, forces and stress (through :class:`ExportedPotential`) are
-    exported; other heads (dipole, polarizability) are not.
+    exported; other heads (dipole, polarizability) are not. A representation
+    whose forward branches on tensor values cannot be exported and raises
+    :class:`RuntimeError` naming the family.
     """
     from ._calculator import load_model
 
@@ -125,7 +127,20 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
         "cell": None,
     }
     with torch.no_grad():
-        program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
+        # run once eagerly first: module-level caches (spherical-harmonic coefficients) must hold real
+        # tensors, not the fake ones tracing would otherwise store in them
+        module(*example)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
+    except Exception as err:  # torch.export raises many kinds
+        family = getattr(model, "config", {}).get("name", type(model.representation).__name__)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RuntimeError(
+            f"cannot export model {family!r} with torch.export: {first} -- its forward branches on tensor "
+            f"values (e.g. `if idx.numel() == 0` after `nonzero()`); such code must be written without "
+            f"data-dependent Python control flow to be exported"
+        ) from err
     meta = {"cutoff": float(model.cutoff), "species": [int(z) for z in model.species], "dtype": dtype,
             "config": getattr(model, "config", {})}
     path = os.fspath(path)
