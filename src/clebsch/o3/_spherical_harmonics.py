@@ -6,7 +6,7 @@ and ``c_l > 0`` fixed so that ``|Y^{l+1}|^2 = 2l+3`` on the unit sphere — the
 recurrence of e3nn, hence its basis and signs. Each ``Y^l`` is a homogeneous
 polynomial of degree ``l``; its coefficients on the monomials
 ``x^a y^b z^c`` are computed once (float64, cached) from the recurrence, and
-evaluation is one product of a monomial table with a coefficient matrix.
+evaluation is one small matrix product per degree on a monomial table.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = ["spherical_harmonics"]
 
 
 def _monomials(d: int) -> list[tuple[int, int, int]]:
-    """Exponents ``(a, b, c)`` of degree ``d``, in the order built by :func:`_monomial_table`."""
+    """Exponents ``(a, b, c)`` of degree ``d``, in the order built by :func:`_monomial_rows`."""
     if d == 0:
         return [(0, 0, 0)]
     prev = _monomials(d - 1)
@@ -63,47 +63,42 @@ _NORMS = ("component", "norm", "integral")
 
 
 @functools.lru_cache(maxsize=None)
-def _plan(ls: tuple[int, ...], normalization: str):
-    """Monomial degrees needed and the coefficient matrix ``(n_monomials, dim)`` (float64)."""
-    lmax = max(ls)
-    monos = [m for d in range(lmax + 1) for m in _monomials(d)]
-    index = {m: i for i, m in enumerate(monos)}
-    cols = []
-    for l in ls:
-        P = _harmonic_coefficients(l)
-        block = torch.zeros(len(monos), 2 * l + 1, dtype=torch.float64)
-        for m in _monomials(l):
-            block[index[m]] = P[:, m[0], m[1], m[2]]
-        if normalization == "norm":
-            block = block / math.sqrt(2 * l + 1)
-        elif normalization == "integral":
-            block = block / math.sqrt(4 * math.pi)
-        cols.append(block)
-    return lmax, torch.cat(cols, dim=1)
+def _block(l: int, normalization: str) -> torch.Tensor:
+    """Coefficients ``(2l+1, n_monomials(l))`` (float64) of ``Y^l`` on the degree-``l`` monomials."""
+    P = _harmonic_coefficients(l)
+    block = torch.stack([P[:, a, b, c] for a, b, c in _monomials(l)], dim=1)
+    if normalization == "norm":
+        block = block / math.sqrt(2 * l + 1)
+    elif normalization == "integral":
+        block = block / math.sqrt(4 * math.pi)
+    return block.contiguous()
 
 
 _COEFF_CACHE: dict = {}
 
 
-def _coefficients(ls, normalization, dtype, device):
-    key = (ls, normalization, dtype, device)
+def _coefficients(l: int, normalization: str, dtype, device) -> torch.Tensor:
+    key = (l, normalization, dtype, device)
     c = _COEFF_CACHE.get(key)
     if c is None:
-        lmax, M = _plan(ls, normalization)
-        c = (lmax, M.to(dtype=dtype, device=device))
+        c = _block(l, normalization).to(dtype=dtype, device=device)
         _COEFF_CACHE[key] = c
     return c
 
 
-def _monomial_table(u: torch.Tensor, lmax: int) -> torch.Tensor:
-    """All monomials of degree <= lmax of the columns of ``u`` (``(N, 3)``), shape ``(N, n_monomials)``."""
-    x, y, z = u[:, 0:1], u[:, 1:2], u[:, 2:3]
-    blocks = [torch.ones_like(x)]
-    cur = blocks[0]
+def _monomial_rows(u: torch.Tensor, lmax: int) -> list[torch.Tensor]:
+    """Monomials of each degree ``d <= lmax`` of the rows of ``u`` (``(3, N)``): a list of ``(n_d, N)``.
+
+    Component-major layout: every product is of contiguous rows, and each
+    degree is a single ``cat`` of three products.
+    """
+    x, y, z = u[0:1], u[1:2], u[2:3]
+    cur = torch.ones_like(x)
+    out = [cur]
     for d in range(1, lmax + 1):
-        cur = torch.cat([cur * x, cur[:, -d:] * y, cur[:, -1:] * z], dim=1)
-        blocks.append(cur)
-    return torch.cat(blocks, dim=1)
+        cur = torch.cat([cur * x, cur[-d:] * y, cur[-1:] * z], dim=0)
+        out.append(cur)
+    return out
 
 
 def _parse_ls(ls) -> tuple[int, ...]:
@@ -170,13 +165,14 @@ def spherical_harmonics(
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"expected vectors of shape (..., 3), got {shape}")
     ls = _parse_ls(ls)
-    lmax, coeff = _coefficients(ls, normalization, x.dtype, x.device)
     batch = x.shape[:-1]
     u = x.reshape(-1, 3)
     if normalize:
         r2 = (u * u).sum(dim=1, keepdim=True)
         # where() keeps the zero vector's value at 0 and its gradient finite
-        r = torch.where(r2 > 0, r2, torch.ones_like(r2)).sqrt()
-        u = u / r
-    out = _monomial_table(u, lmax) @ coeff
-    return out.reshape(*batch, coeff.shape[1])
+        u = u * torch.where(r2 > 0, r2, torch.ones_like(r2)).rsqrt()
+    monomials = _monomial_rows(u.T.contiguous(), max(ls))
+    # one small matmul per degree (Y^l only involves degree-l monomials), stacked row-wise
+    rows = [_coefficients(l, normalization, x.dtype, x.device) @ monomials[l] for l in ls]
+    out = (torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]).T.contiguous()
+    return out.reshape(*batch, out.shape[1])
