@@ -93,12 +93,12 @@ def _monomial_rows(u: torch.Tensor, lmax: int) -> list[torch.Tensor]:
     degree is a single ``cat`` of three products.
     """
     x, y, z = u[0:1], u[1:2], u[2:3]
-    cur = torch.ones_like(x)
-    out = [cur]
-    for d in range(1, lmax + 1):
+    out = [torch.ones_like(x), u]
+    cur = u
+    for d in range(2, lmax + 1):
         cur = torch.cat([cur * x, cur[-d:] * y, cur[-1:] * z], dim=0)
         out.append(cur)
-    return out
+    return out[: lmax + 1]
 
 
 def _parse_ls(ls) -> tuple[int, ...]:
