@@ -28,15 +28,18 @@ except ImportError:  # pragma: no cover
     sphericart_torch = None
 
 
-def median_time(fn, repeats: int = 15, warmup: int = 3) -> float:
+def median_times(fns: dict, repeats: int = 21, warmup: int = 3) -> dict:
+    """Median wall time of each function; the functions take turns so that load on a shared machine hits all alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for f in fns.values():
+            f()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def sh_cases(lmax: int, x: torch.Tensor):
@@ -50,33 +53,37 @@ def sh_cases(lmax: int, x: torch.Tensor):
     return cases
 
 
-def bench_sh(n: int = 100_000, repeats: int = 15):
+def bench_sh(n: int = 100_000, repeats: int = 21):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, generator=g)
+    xg = x.clone().requires_grad_()
     rows = []
     for lmax in (2, 3, 6):
-        for name, f in sh_cases(lmax, x).items():
-            fwd = median_time(lambda: f(x), repeats)
-            xg = x.clone().requires_grad_()
+        cases = sh_cases(lmax, x)
 
-            def fwd_bwd():
+        def fwd_bwd(f):
+            def run():
                 y = f(xg)
-                (gx,) = torch.autograd.grad(y, xg, torch.ones_like(y))
-                return gx
+                return torch.autograd.grad(y, xg, torch.ones_like(y))
 
-            fb = median_time(fwd_bwd, repeats)
-            rows.append((f"sh lmax={lmax}", name, fwd, fb))
+            return run
+
+        fwd = median_times({name: (lambda f=f: f(x)) for name, f in cases.items()}, repeats)
+        fb = median_times({name: fwd_bwd(f) for name, f in cases.items()}, repeats)
+        rows += [(f"sh lmax={lmax}", name, fwd[name], fb[name]) for name in cases]
     return rows
 
 
-def bench_wigner(n: int = 10_000, repeats: int = 15):
+def bench_wigner(n: int = 10_000, repeats: int = 21):
     g = torch.Generator().manual_seed(1)
     a, b, c = o3.rand_angles(n, generator=g)
     rows = []
     for l in (2, 6):
-        rows.append((f"wigner_D l={l}", "clebsch", median_time(lambda: o3.wigner_D(l, a, b, c), repeats), None))
+        fns = {"clebsch": lambda: o3.wigner_D(l, a, b, c)}
         if e3o3 is not None:
-            rows.append((f"wigner_D l={l}", "e3nn", median_time(lambda: e3o3.wigner_D(l, a, b, c), repeats), None))
+            fns["e3nn"] = lambda: e3o3.wigner_D(l, a, b, c)
+        t = median_times(fns, repeats)
+        rows += [(f"wigner_D l={l}", name, t[name], None) for name in fns]
     return rows
 
 
