@@ -9,14 +9,15 @@ from clebsch.calculators import ClebschCalculator, md, relax
 
 
 def test_nve_conserves_energy(model):
+    """The issue's protocol (1,000 steps of 0.5 fs on ethanol, drift < 1 meV/atom) on a small smooth model."""
     atoms = molecule("CH3CH2OH")
     total = []
-    md(model, atoms, "nve", temperature_K=300, timestep_fs=0.5, steps=400, seed=0, progress=False,
+    md(model, atoms, "nve", temperature_K=300, timestep_fs=0.5, steps=1000, seed=0, progress=False,
        observers=[lambda: total.append(atoms.get_total_energy())])
     total = np.array(total)
-    assert len(total) == 401  # ASE calls observers at step 0 too
+    assert len(total) == 1001  # ASE calls observers at step 0 too
     assert atoms.get_temperature() > 50  # it really moved
-    drift = abs(total[-50:].mean() - total[:50].mean()) / len(atoms)
+    drift = abs(total[-100:].mean() - total[:100].mean()) / len(atoms)
     assert drift < 1e-3  # eV/atom
     assert np.ptp(total) / len(atoms) < 1e-3
 
