@@ -35,6 +35,11 @@ def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
         by :func:`export` (read with :func:`load_exported`).
     device : str or torch.device
     dtype : {"float64", "float32"} or torch.dtype
+
+    Notes
+    -----
+    A model passed as an object is moved, cast and set to eval mode in place
+    (``Module.to`` changes the module itself).
     """
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
