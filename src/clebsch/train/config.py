@@ -401,7 +401,9 @@ def default_config_yaml(family: str = "nequip") -> str:
     >>> load_config(None, base=yaml.safe_load(text)).model.name
     'nequip'
     """
-    config = TrainConfig()
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; allowed values: {', '.join(FAMILIES)}")
+    config = TrainConfig(model=ModelSection(name=family))
     lines = [
         "# clebsch training configuration; every key below is optional and shows its default.",
         "# Override any key from the command line: clebsch train config.yaml --set model.num_layers=3",

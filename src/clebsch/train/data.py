@@ -1,0 +1,154 @@
+"""The training data of a run: reading the files, the split, statistics for the model config.
+
+Reading, splitting and batching come from :mod:`clebsch.data`; this module
+only decides, from a :class:`~clebsch.train.config.DataSection`, which files
+and which frames make up train / valid / test, and fills the model's "auto"
+entries (species, reference energies, scale, average neighbour count).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+
+from ..data.dataset import AtomicDataset
+from ..data.splits import save_split, split_indices
+from ..graph import batch as batch_graphs
+
+__all__ = ["RunData", "load_run_data", "read_file", "statistics", "batches", "isolated_atom_energies"]
+
+
+@dataclass
+class RunData:
+    """The train / valid / test graphs of a run and where they came from."""
+
+    train: list
+    valid: list = field(default_factory=list)
+    test: list = field(default_factory=list)
+    split: dict = field(default_factory=dict)
+
+
+def read_file(path, cutoff: float, keys: dict, dtype: torch.dtype, required=("energy",)) -> list:
+    """Graphs of every frame of ``path``; errors name the file, the frame and the key."""
+    keys = {k: v for k, v in keys.items() if v is not None}
+    required = tuple(r for r in required if r in keys)
+    return list(AtomicDataset.from_file(path, cutoff, keys=keys, required=required, dtype=dtype).graphs)
+
+
+def load_run_data(data_cfg, cutoff: float, dtype: torch.dtype, seed: int, run_dir=None, required=("energy",)) -> RunData:
+    """Read the files of a config's ``data`` section and split them.
+
+    When ``valid`` or ``test`` are not given as files, they are drawn from the
+    training file with the seeded :func:`~clebsch.data.split_indices`; the
+    split is saved as ``split.json`` in ``run_dir``.
+    """
+    if data_cfg.train is None:
+        raise ValueError("data.train is not set: give a training file (e.g. --set data.train=frames.xyz)")
+    graphs = read_file(data_cfg.train, cutoff, data_cfg.keys, dtype, required)
+    n = len(graphs)
+    valid_size = 0.0 if data_cfg.valid else data_cfg.valid_fraction
+    test_size = 0.0 if data_cfg.test else data_cfg.test_fraction
+    split = split_indices(n, valid=float(valid_size), test=float(test_size), seed=seed)
+    if data_cfg.max_train is not None:
+        split["train"] = split["train"][: data_cfg.max_train]
+    if run_dir is not None:
+        save_split(Path(run_dir) / "split.json", split, seed=seed, file=str(data_cfg.train))
+    out = RunData(
+        train=[graphs[i] for i in split["train"]],
+        valid=[graphs[i] for i in split["valid"]],
+        test=[graphs[i] for i in split["test"]],
+        split=split,
+    )
+    if data_cfg.valid:
+        out.valid = read_file(data_cfg.valid, cutoff, data_cfg.keys, dtype, required)
+    if data_cfg.test:
+        out.test = read_file(data_cfg.test, cutoff, data_cfg.keys, dtype, required)
+    return out
+
+
+def isolated_atom_energies(path, keys: dict) -> dict[int, float]:
+    """``{Z: energy}`` from a file of single-atom frames."""
+    from ..data.io import read_structures
+
+    key = keys.get("energy") or "energy"
+    out = {}
+    for i, atoms in enumerate(read_structures(path)):
+        if len(atoms) != 1:
+            raise ValueError(f"isolated-atoms file '{path}', frame {i}: has {len(atoms)} atoms, expected 1")
+        results = atoms.calc.results if atoms.calc is not None else {}
+        value = results.get(key, atoms.info.get(key))
+        if value is None:
+            raise ValueError(f"isolated-atoms file '{path}', frame {i}: no energy key {key!r}")
+        out[int(atoms.numbers[0])] = float(value)
+    return out
+
+
+def statistics(graphs, species: list[int]) -> dict:
+    """Per-element reference energies (least squares), force RMS and mean neighbour count.
+
+    Returns ``{"atomic_energies": [...], "force_rms": float, "avg_num_neighbors": float}``.
+    """
+    index = {z: i for i, z in enumerate(species)}
+    counts = np.zeros((len(graphs), len(species)))
+    energies = np.full(len(graphs), np.nan)
+    sq, n_force, n_edges, n_atoms = 0.0, 0, 0, 0
+    for row, g in enumerate(graphs):
+        for z, c in zip(*np.unique(g.numbers.numpy(), return_counts=True)):
+            counts[row, index[int(z)]] = c
+        if "energy" in g.targets:
+            energies[row] = float(g.targets["energy"].reshape(-1)[0])
+        if "forces" in g.targets:
+            f = g.targets["forces"]
+            f = f[torch.isfinite(f)]
+            sq += float((f.double() ** 2).sum())
+            n_force += f.numel()
+        n_edges += g.num_edges
+        n_atoms += g.num_atoms
+    ok = np.isfinite(energies)
+    e0 = np.zeros(len(species))
+    if ok.any():
+        e0 = np.linalg.lstsq(counts[ok], energies[ok], rcond=None)[0]
+    return {
+        "atomic_energies": [float(e) for e in e0],
+        "force_rms": float(np.sqrt(sq / n_force)) if n_force else 1.0,
+        "avg_num_neighbors": n_edges / max(n_atoms, 1),
+    }
+
+
+def species_of(graphs) -> list[str]:
+    """Element symbols present in ``graphs``, by atomic number."""
+    zs = sorted({int(z) for g in graphs for z in g.numbers.unique().tolist()})
+    return [chemical_symbols[z] for z in zs]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of ``n`` structures in an epoch: a function of (seed, epoch) only.
+
+    Resuming a run therefore replays exactly the order an uninterrupted run uses.
+    """
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def batches(graphs, batch_size: int, order=None, rank: int = 0, world: int = 1):
+    """Yield batched graphs of ``batch_size`` structures (global), this rank's share of each.
+
+    With ``world`` processes, each global batch is cut into ``world`` contiguous
+    shares; rank ``r`` gets share ``r`` (possibly empty for the last batch).
+    """
+    order = np.arange(len(graphs)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        share = np.array_split(idx, world)[rank]
+        if len(share) == 0:
+            yield None
+            continue
+        yield batch_graphs([graphs[int(i)] for i in share])
+
+
+def write_json(path, obj) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2))

@@ -1,0 +1,568 @@
+"""The training loop: from a :class:`~clebsch.train.config.TrainConfig` to a packaged model.
+
+A run directory holds everything a run writes::
+
+    config.yaml          the validated config (every value, defaults included)
+    split.json           which frames of the training file went where
+    metrics.csv          one row per epoch: losses, learning rate, validation MAE / RMSE (per config_type)
+    checkpoints/last.pt  the full training state, every ``checkpoint_every`` epochs and at each best
+    checkpoints/best.pt  the (EMA) weights with the best validation loss
+    model.pt             the packaged model (see :mod:`clebsch.train.package`)
+    test_metrics.json    the final report on the test set (printed as a table)
+    plots/*.png          parity plots and learning curves
+
+Determinism: the data order of epoch ``e`` is a function of ``(seed, e)`` only,
+and a checkpoint holds the model, optimiser, schedule, EMA, RNG states and
+counters, so ``train(..., resume=True)`` after a kill replays the interrupted
+epoch from its start and ends where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+
+from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
+from .config import ConfigError, TrainConfig, _import_families, load_config
+from .data import RunData, batches, epoch_order, isolated_atom_energies, load_run_data, species_of, statistics
+from .ema import ExponentialMovingAverage
+from .evaluate import evaluate
+from .losses import WeightedLoss
+from .package import save_package
+from .schedule import LRSchedule
+
+__all__ = ["Trainer", "train", "resolve_model_config", "TrainResult"]
+
+_Z = {s: z for z, s in enumerate(chemical_symbols)}
+
+
+class TrainResult(dict):
+    """What :func:`train` returns: ``run_dir``, ``model_path``, ``test_metrics``, ``epochs``, ``stopped``."""
+
+
+# ------------------------------------------------------------------ model config
+
+
+def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
+    """The model config with every "auto" entry filled from the training data.
+
+    ``species`` from the elements present, ``atomic_energies`` from the
+    isolated-atoms file or a least-squares fit, ``scale`` from the force RMS,
+    ``avg_num_neighbors`` (for families that take it) from the mean neighbour
+    count, ``outputs`` from the loss weights.
+    """
+    from ..models import hyperparameters
+
+    _import_families()
+    m = config.model
+    species = species_of(data.train + data.valid) if m.species == "auto" else list(m.species)
+    for s in species:
+        if s not in _Z or s == "X":
+            raise ConfigError(f"model.species: {s!r} is not an element symbol")
+    zs = [_Z[s] for s in species]
+    present = {int(z) for g in data.train for z in g.numbers.unique().tolist()}
+    unknown = sorted(present - set(zs))
+    if unknown:
+        raise ConfigError(
+            f"model.species {species} lacks {[chemical_symbols[z] for z in unknown]}, present in the training data"
+        )
+    stats = statistics(data.train, zs)
+    if m.atomic_energies == "auto":
+        if config.data.isolated_atoms:
+            iso = isolated_atom_energies(config.data.isolated_atoms, config.data.keys)
+            missing = [chemical_symbols[z] for z in zs if z not in iso]
+            if missing:
+                raise ConfigError(f"data.isolated_atoms ({config.data.isolated_atoms}) has no energy for {missing}")
+            e0 = [iso[z] for z in zs]
+        else:
+            e0 = stats["atomic_energies"]
+    elif m.atomic_energies == "zero":
+        e0 = [0.0] * len(zs)
+    elif isinstance(m.atomic_energies, dict):
+        missing = [s for s in species if s not in m.atomic_energies]
+        if missing:
+            raise ConfigError(f"model.atomic_energies has no value for {missing}")
+        e0 = [float(m.atomic_energies[s]) for s in species]
+    else:
+        if len(m.atomic_energies) != len(species):
+            raise ConfigError(f"model.atomic_energies has {len(m.atomic_energies)} values for species {species}")
+        e0 = [float(e) for e in m.atomic_energies]
+    scale = stats["force_rms"] if m.scale == "auto" else float(m.scale)
+    if m.outputs == "auto":
+        outputs = ["energy", "forces"]
+        for term in ("stress", "dipole"):
+            w = getattr(config.loss, f"{term}_weight")
+            if config.second_stage.enabled:
+                w = max(w, getattr(config.second_stage, f"{term}_weight"))
+            if w > 0:
+                outputs.append(term)
+    else:
+        outputs = list(m.outputs)
+    model_config = {
+        "name": m.name,
+        "species": species,
+        "cutoff": float(m.cutoff),
+        "atomic_energies": [float(e) for e in e0],
+        "scale": float(scale),
+        "outputs": outputs,
+        **m.hyperparameters(),
+    }
+    family = hyperparameters(m.name)
+    if "avg_num_neighbors" in family:
+        ann = stats["avg_num_neighbors"] if m.avg_num_neighbors == "auto" else float(m.avg_num_neighbors)
+        model_config["avg_num_neighbors"] = float(max(ann, 1.0))
+    return model_config
+
+
+# ------------------------------------------------------------------ distributed
+
+
+def _dist_info():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return _dist_info()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for but CUDA is not available; allowed values here: auto, cpu")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------ the trainer
+
+
+class Trainer:
+    """One training run; see the module docstring for what it writes.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    resume : bool
+        Continue from ``run_dir/checkpoints/last.pt``.
+    on_step : callable, optional
+        ``on_step(epoch, step)`` after every optimiser step (tests use it to
+        simulate a crash).
+    log : callable
+        Where messages go (default: print to stderr).
+    """
+
+    def __init__(self, config: TrainConfig, resume: bool = False, on_step=None, log=None):
+        self.config = config
+        self.resume = resume
+        self.on_step = on_step
+        self.run_dir = Path(config.run_dir)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.dtype = getattr(torch, config.dtype)
+        self.device = _device(config.device)
+        self.rank, self.world = init_distributed(self.device)
+        self.is_main = self.rank == 0
+
+    # -------------------------------------------------------------- setup
+    def _prepare_run_dir(self) -> None:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        if not self.resume and last.exists():
+            raise ConfigError(
+                f"run_dir {self.run_dir} already holds a run; continue it with `clebsch train --resume {self.run_dir}` "
+                "or choose another run_dir"
+            )
+        if self.resume and not last.exists():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {last}")
+        if self.is_main:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            atomic_write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False), self.run_dir / "config.yaml")
+
+    def setup(self) -> None:
+        cfg = self.config
+        self._prepare_run_dir()
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        required = tuple(k for k in ("energy", "forces", "stress", "dipole")
+                         if getattr(cfg.loss, f"{k}_weight") > 0 and k in cfg.data.keys)
+        self.data = load_run_data(cfg.data, cfg.model.cutoff, self.dtype, cfg.seed,
+                                  run_dir=self.run_dir if self.is_main else None, required=required)
+        self.checkpoint = load_checkpoint(self.run_dir / "checkpoints" / "last.pt") if self.resume else None
+        if self.checkpoint is not None:
+            self.model_config = self.checkpoint["model_config"]
+        else:
+            self.model_config = resolve_model_config(cfg, self.data)
+        from ..models import build_model
+
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            torch.manual_seed(cfg.seed)
+            self.model = build_model(self.model_config).to(self.device)
+        finally:
+            torch.set_default_dtype(previous)
+        opt_cls = torch.optim.AdamW if cfg.optimizer.name == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
+                                 amsgrad=cfg.optimizer.amsgrad)
+        s = cfg.scheduler
+        self.schedule = LRSchedule(self.optimizer, cfg.optimizer.lr, s.name, s.warmup_epochs, s.factor, s.patience,
+                                   s.min_lr, cfg.training.max_epochs)
+        self.ema = ExponentialMovingAverage(self.model, cfg.training.ema_decay) if cfg.training.ema_decay else None
+        self.stage = 1
+        self.epoch = 0
+        self.step = 0
+        self.best = math.inf
+        self.bad_epochs = 0
+        self.elapsed_before = 0.0
+        self.csv_header = None
+        if self.checkpoint is not None:
+            self._restore(self.checkpoint)
+        self.loss_fn = self._loss_for_stage(self.stage)
+
+    def _loss_for_stage(self, stage: int) -> WeightedLoss:
+        src = self.config.loss if stage == 1 else self.config.second_stage
+        weights = {t: getattr(src, f"{t}_weight") for t in ("energy", "forces", "stress", "dipole")}
+        return WeightedLoss(weights, self.config.loss.kind, self.config.loss.huber_delta)
+
+    # -------------------------------------------------------------- checkpoints
+    def _state(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "stage": self.stage,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "elapsed": self.elapsed(),
+            "model_config": self.model_config,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "rng": rng_state(),
+            "config": self.config.to_dict(),
+        }
+
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
+        self.epoch, self.step, self.stage = ckpt["epoch"], ckpt["step"], ckpt["stage"]
+        self.best, self.bad_epochs, self.elapsed_before = ckpt["best"], ckpt["bad_epochs"], ckpt["elapsed"]
+        set_rng_state(ckpt["rng"])
+        self._truncate_csv(self.epoch)
+        self.log(f"resumed {self.run_dir} at epoch {self.epoch} (stage {self.stage})")
+
+    def save_checkpoint(self) -> None:
+        if self.is_main:
+            atomic_save(self._state(), self.run_dir / "checkpoints" / "last.pt")
+
+    def _averaged_state(self) -> dict:
+        if self.ema is None:
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        with self.ema.average_parameters(self.model):
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def save_best(self) -> None:
+        if self.is_main:
+            atomic_save({"epoch": self.epoch, "model_config": self.model_config, "model": self._averaged_state()},
+                        self.run_dir / "checkpoints" / "best.pt")
+
+    # -------------------------------------------------------------- metrics CSV
+    @property
+    def csv_path(self) -> Path:
+        return self.run_dir / "metrics.csv"
+
+    def _truncate_csv(self, epoch: int) -> None:
+        """Drop rows of epochs after ``epoch`` completed ones (they are recomputed after a resume)."""
+        if not self.is_main or not self.csv_path.exists():
+            return
+        with open(self.csv_path) as fh:
+            rows = list(csv.reader(fh))
+        if not rows:
+            return
+        self.csv_header = rows[0]
+        keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= epoch]
+        text = "".join(",".join(r) + "\n" for r in keep)
+        atomic_write_text(text, self.csv_path)
+
+    def _write_csv(self, row: dict) -> None:
+        if not self.is_main:
+            return
+        if self.csv_header is None:
+            self.csv_header = list(row)
+            new = True
+        else:
+            new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.csv_header, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(row.get(k)) for k in self.csv_header})
+            fh.flush()
+
+    # -------------------------------------------------------------- loop
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self.t0)
+
+    def _out_of_time(self) -> bool:
+        max_time = self.config.training.max_time
+        return max_time is not None and self.elapsed() >= max_time
+
+    def _maybe_switch_stage(self) -> None:
+        st = self.config.second_stage
+        if not st.enabled or self.stage == 2:
+            return
+        tr = self.config.training
+        if st.start_epoch is not None:
+            due = self.epoch >= st.start_epoch
+        else:
+            due = self.epoch >= st.start_fraction * tr.max_epochs
+            if tr.max_time is not None:
+                due = due or self.elapsed() >= st.start_fraction * tr.max_time
+        if due:
+            self.stage = 2
+            self.loss_fn = self._loss_for_stage(2)
+            self.schedule.restart(st.lr)
+            self.best = math.inf
+            self.bad_epochs = 0
+            self.log(f"epoch {self.epoch}: second stage, loss weights {self.loss_fn.weights}")
+
+    def _reduce_(self, tensors) -> None:
+        if self.world > 1:
+            for t in tensors:
+                torch.distributed.all_reduce(t)
+
+    def train_step(self, graph) -> tuple[float, int]:
+        """One optimiser step on a (rank's share of a) batch; returns (loss value, structures)."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=False)
+        names = list(self.loss_fn.weights)
+        n_graphs = 0
+        if graph is not None:
+            graph = graph.to(self.device, self.dtype)
+            n_graphs = graph.num_graphs
+            out = self.model(graph)
+            counts = self.loss_fn.counts(out, graph)
+        else:
+            out, counts = None, {}
+        count_vec = torch.tensor([float(counts.get(n, 0.0)) for n in names], dtype=torch.float64)
+        self._reduce_([count_vec])
+        global_counts = {n: count_vec[i].to(self.dtype) for i, n in enumerate(names)}
+        if out is not None:
+            loss, _ = self.loss_fn(out, graph, counts=global_counts)
+            loss.backward()
+            value = float(loss.detach())
+        else:
+            value = 0.0
+        if self.world > 1:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters()]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            offset = 0
+            for p in self.model.parameters():
+                n = p.numel()
+                p.grad = flat[offset:offset + n].view_as(p).clone()
+                offset += n
+            v = torch.tensor([value], dtype=torch.float64)
+            torch.distributed.all_reduce(v)
+            value = float(v)
+        if self.config.optimizer.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optimizer.clip_grad_norm)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return value, n_graphs
+
+    def validate(self):
+        graphs = self.data.valid or self.data.train
+        model = self.model
+        if self.ema is not None:
+            with self.ema.average_parameters(model):
+                return evaluate(model, graphs, self.config.data.valid_batch_size, self.loss_fn,
+                                device=self.device, dtype=self.dtype)
+        return evaluate(model, graphs, self.config.data.valid_batch_size, self.loss_fn,
+                        device=self.device, dtype=self.dtype)
+
+    def fit(self) -> TrainResult:
+        """Train until max_epochs, max_time or early stopping, then test, package and plot."""
+        self.setup()
+        cfg, tr = self.config, self.config.training
+        self.t0 = time.monotonic()
+        n_train = len(self.data.train)
+        steps_per_epoch = math.ceil(n_train / cfg.data.batch_size)
+        self.log(
+            f"training {self.model_config['name']} ({sum(p.numel() for p in self.model.parameters())} weights) on "
+            f"{n_train} structures, validating on {len(self.data.valid)}, testing on {len(self.data.test)}; "
+            f"run directory {self.run_dir}"
+        )
+        writer = self._tensorboard()
+        bar = None
+        if tr.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=tr.max_epochs * steps_per_epoch, initial=self.epoch * steps_per_epoch, unit="step",
+                       dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+        stopped = "max_epochs"
+        try:
+            while self.epoch < tr.max_epochs:
+                if self._out_of_time():
+                    stopped = "max_time"
+                    break
+                self._maybe_switch_stage()
+                progress = self.elapsed() / tr.max_time if tr.max_time else None
+                lr = self.schedule.start_epoch(self.epoch, progress)
+                order = epoch_order(n_train, cfg.seed, self.epoch)
+                loss_sum, n_sum, step_in_epoch = 0.0, 0, 0
+                out_of_time = False
+                for graph in batches(self.data.train, cfg.data.batch_size, order, self.rank, self.world):
+                    value, n = self.train_step(graph)
+                    loss_sum += value * cfg.data.batch_size
+                    n_sum += cfg.data.batch_size
+                    step_in_epoch += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_description(f"epoch {self.epoch + 1}/{tr.max_epochs}", refresh=False)
+                        bar.set_postfix(loss=f"{loss_sum / n_sum:.4g}", lr=f"{lr:.2g}", refresh=False)
+                    if self.on_step is not None:
+                        self.on_step(self.epoch, step_in_epoch)
+                    if self._out_of_time():
+                        out_of_time = True
+                        break
+                train_loss = loss_sum / max(n_sum, 1)
+                self.epoch += 1
+                row = {"epoch": self.epoch, "stage": self.stage, "time_s": self.elapsed(), "lr": lr,
+                       "train_loss": train_loss}
+                improved = False
+                if self.epoch % tr.valid_every == 0 or out_of_time or self.epoch == tr.max_epochs:
+                    ev = self.validate()
+                    row["valid_loss"] = ev.loss
+                    for group, metrics in ev.metrics.items():
+                        prefix = "" if group == "all" else f"{group}:"
+                        row.update({f"{prefix}{k}": v for k, v in metrics.items()})
+                    self.schedule.end_epoch(self.epoch - 1, ev.loss)
+                    if ev.loss is not None and ev.loss < self.best:
+                        self.best, self.bad_epochs, improved = ev.loss, 0, True
+                    else:
+                        self.bad_epochs += 1
+                    if bar is not None:
+                        f = ev.metrics.get("all", {}).get("forces_mae")
+                        bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{ev.loss:.4g}",
+                                        **({"F_mae": f"{f:.1f}meV/Å"} if f is not None else {}), refresh=True)
+                    if writer is not None:
+                        for k, v in row.items():
+                            if isinstance(v, (int, float)) and k != "epoch":
+                                writer.add_scalar(k, v, self.epoch)
+                self._write_csv(row)
+                if improved:
+                    self.save_best()
+                if improved or self.epoch % tr.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if out_of_time:
+                    stopped = "max_time"
+                    break
+                if tr.early_stopping_patience is not None and self.bad_epochs >= tr.early_stopping_patience:
+                    stopped = "early_stopping"
+                    self.log(f"early stopping after epoch {self.epoch}: no better validation loss in "
+                             f"{tr.early_stopping_patience} epochs")
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+        self.save_checkpoint()
+        result = self.finish(stopped)
+        return result
+
+    def _tensorboard(self):
+        if not self.config.training.tensorboard or not self.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.log("training.tensorboard is on but tensorboard is not installed; skipping it")
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # -------------------------------------------------------------- the end
+    def finish(self, stopped: str) -> TrainResult:
+        """Load the best weights, report on the test set, write the package and the plots."""
+        best = self.run_dir / "checkpoints" / "best.pt"
+        if best.exists():
+            self.model.load_state_dict(load_checkpoint(best)["model"])
+        elif self.ema is not None:
+            self.ema.copy_to(self.model)
+        self.model.eval()
+        result = TrainResult(run_dir=str(self.run_dir), epochs=self.epoch, stopped=stopped, time_s=self.elapsed())
+        if not self.is_main:
+            return result
+        test, name = self.data.test, "test"
+        if not test:
+            test, name = (self.data.valid, "validation") if self.data.valid else (self.data.train, "training")
+        ev = evaluate(self.model, test, self.config.data.valid_batch_size, keep=True, device=self.device,
+                      dtype=self.dtype)
+        table = ev.table(f"{name} set ({len(test)} structures) after {self.epoch} epochs, {self.elapsed():.0f} s:")
+        print(table, flush=True)
+        atomic_write_text(table + "\n", self.run_dir / "test_metrics.txt")
+        atomic_write_text(json.dumps({"set": name, "metrics": ev.metrics}, indent=2), self.run_dir / "test_metrics.json")
+        meta = {"train_config": self.config.to_dict(), "test_metrics": ev.metrics, "test_set": name,
+                "epochs": self.epoch, "train_time_s": self.elapsed()}
+        model_path = save_package(self.model, self.run_dir / "model.pt", metadata=meta)
+        result.update(model_path=str(model_path), test_metrics=ev.metrics, table=table)
+        if self.config.training.plots:
+            from .plots import learning_curves, parity_plots
+
+            plots = self.run_dir / "plots"
+            written = parity_plots(ev, plots)
+            lc = learning_curves(self.csv_path, plots / "learning_curves.png")
+            result["plots"] = [str(p) for p in written + ([lc] if lc else [])]
+        self.log(f"stopped ({stopped}); packaged model: {model_path}")
+        return result
+
+
+def _fmt(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.8g}"
+    return value
+
+
+def train(config, resume: bool = False, overrides=(), on_step=None, log=None) -> TrainResult:
+    """Train from a :class:`TrainConfig`, a config dict or a YAML path.
+
+    With ``resume=True``, ``config`` may be the run directory: its
+    ``config.yaml`` is read and the run continues from its last checkpoint.
+    """
+    if resume and isinstance(config, (str, os.PathLike)) and Path(config).is_dir():
+        run_dir = Path(config)
+        cfg = load_config(run_dir / "config.yaml", overrides)
+        cfg = cfg.model_copy(update={"run_dir": str(run_dir)})
+    elif isinstance(config, TrainConfig):
+        cfg = load_config(None, overrides, base=config.to_dict()) if overrides else config
+    elif isinstance(config, dict):
+        cfg = load_config(None, overrides, base=config)
+    else:
+        cfg = load_config(config, overrides)
+    return Trainer(cfg, resume=resume, on_step=on_step, log=log).fit()
