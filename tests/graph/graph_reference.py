@@ -37,3 +37,11 @@ def edge_set(edge_index, shifts):
         (int(j), int(i), *map(int, np.rint(s)))
         for (j, i), s in zip(edge_index.t().tolist(), shifts.numpy())
     }
+
+
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -4,7 +4,7 @@ import torch
 
 from clebsch.graph import AtomicGraph, bond_graph, knn_graph, radius_graph
 
-from graph_reference import brute_force_pairs, edge_set
+from graph_reference import brute_force_pairs, edge_set, rng  # noqa: F401 (fixture)
 
 
 def _random_positions(rng, n, cell, min_sep=0.5):

@@ -1,0 +1,48 @@
+"""Datasets: structure files to graphs, splits, batching, statistics.
+
+- :func:`read_structures` — any ASE-readable file, errors naming file and frame.
+- :func:`read_dataset`, :class:`AtomicDataset` — graphs built once (optional on-disk cache),
+  targets read through a key map (:func:`key_map`).
+- :class:`TypeMap` — atomic numbers to species indices.
+- :func:`split_indices`, :func:`save_split`, :func:`load_split` — reproducible splits.
+- :func:`collate`, :func:`make_loader` — batched graphs for training.
+- :func:`compute_statistics` and friends — reference energies, mean energy per atom,
+  force RMS, average number of neighbours.
+
+Units: Å, eV, eV/Å, eV/Å³ (stress, ASE's sign), e·Å (dipole).
+"""
+
+from .dataset import AtomicDataset, key_map, read_dataset
+from .io import read_structures
+from .loader import collate, make_loader
+from .splits import load_split, save_split, split_indices
+from .statistics import (
+    DatasetStatistics,
+    average_num_neighbors,
+    compute_statistics,
+    force_rms,
+    mean_energy_per_atom,
+    reference_energies_from_file,
+    reference_energies_least_squares,
+)
+from .type_map import TypeMap
+
+__all__ = [
+    "AtomicDataset",
+    "read_dataset",
+    "key_map",
+    "read_structures",
+    "TypeMap",
+    "split_indices",
+    "save_split",
+    "load_split",
+    "collate",
+    "make_loader",
+    "DatasetStatistics",
+    "compute_statistics",
+    "reference_energies_least_squares",
+    "reference_energies_from_file",
+    "mean_energy_per_atom",
+    "force_rms",
+    "average_num_neighbors",
+]

@@ -1,0 +1,149 @@
+"""``AtomicDataset``: structures read once, neighbour lists computed once, kept in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..graph import AtomicGraph
+from .io import read_structures
+
+__all__ = ["AtomicDataset", "read_dataset", "key_map"]
+
+_CACHE_VERSION = 1
+
+
+def key_map(energy_key="energy", forces_key="forces", stress_key="stress", virial_key="virial",
+            dipole_key="dipole", polarizability_key="polarizability", extra_keys=None) -> dict[str, str]:
+    """Target name -> key in the file. ``None`` drops a target; ``extra_keys`` adds more (name -> key).
+
+    >>> key_map(energy_key="REF_energy", stress_key=None)["energy"]
+    'REF_energy'
+    """
+    keys = {
+        "energy": energy_key, "forces": forces_key, "stress": stress_key, "virial": virial_key,
+        "dipole": dipole_key, "polarizability": polarizability_key,
+    }
+    keys.update(extra_keys or {})
+    return {k: v for k, v in keys.items() if v is not None}
+
+
+def read_dataset(path, cutoff: float, *, keys: dict[str, str] | None = None, required: Sequence[str] = ("energy", "forces"),
+                 method: str = "radius", k: int | None = None, scale: float = 1.2, dtype: torch.dtype | None = None,
+                 index: str = ":", format: str | None = None, progress: bool = False) -> list[AtomicGraph]:
+    """Read a structure file into a list of graphs (one per frame).
+
+    Errors name the file and the 0-based frame: malformed frames, missing
+    required keys (with the keys that do exist), non-finite positions and
+    overlapping atoms.
+    """
+    keys = key_map() if keys is None else dict(keys)
+    missing = [name for name in required if name not in keys]
+    if missing:
+        raise ValueError(f"required targets {missing} have no key in the key map {keys}")
+    frames = read_structures(path, index=index, format=format)
+    iterator = enumerate(frames)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, total=len(frames), desc=f"graphs from {Path(path).name}")
+    return [
+        AtomicGraph.from_ase(atoms, cutoff, method, k=k, scale=scale, keys=keys, required=required, dtype=dtype,
+                             where=f"file '{path}', frame {i}")
+        for i, atoms in iterator
+    ]
+
+
+def _cache_key(path, **settings) -> str:
+    path = Path(path).resolve()
+    stat = path.stat()
+    blob = json.dumps({"path": str(path), "mtime": stat.st_mtime_ns, "size": stat.st_size,
+                       "version": _CACHE_VERSION, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+class AtomicDataset(torch.utils.data.Dataset):
+    """Graphs held in memory; indexing returns an :class:`~clebsch.graph.AtomicGraph`.
+
+    Examples
+    --------
+    >>> import tempfile, os, ase.io
+    >>> from ase.build import molecule
+    >>> frames = [molecule("H2O") for _ in range(3)]
+    >>> for i, a in enumerate(frames):
+    ...     a.info["energy"] = -14.0 - i
+    ...     a.arrays["forces"] = 0.0 * a.positions
+    >>> path = os.path.join(tempfile.mkdtemp(), "water.xyz")
+    >>> ase.io.write(path, frames)
+    >>> ds = AtomicDataset.from_file(path, cutoff=3.0)
+    >>> len(ds), ds[2].targets["energy"].tolist()
+    (3, [-16.0])
+    """
+
+    def __init__(self, graphs: Sequence[AtomicGraph], source: str | None = None):
+        graphs = list(graphs)
+        if not graphs:
+            raise ValueError(f"empty dataset{f' from {source}' if source else ''}: no structures")
+        self.graphs = graphs
+        self.source = source
+
+    @classmethod
+    def from_file(cls, path, cutoff: float, *, keys: dict[str, str] | None = None,
+                  required: Sequence[str] = ("energy", "forces"), method: str = "radius", k: int | None = None,
+                  scale: float = 1.2, dtype: torch.dtype | None = None, index: str = ":", format: str | None = None,
+                  cache_dir=None, progress: bool = False) -> "AtomicDataset":
+        """Read ``path`` and build every graph; see :func:`read_dataset` for the arguments.
+
+        With ``cache_dir``, the preprocessed graphs are saved there (``torch.save``,
+        keyed by a hash of the file's path, mtime and size, the cutoff, the keys and the
+        neighbour settings), and a later call with the same inputs loads them instead.
+        """
+        dtype = dtype or torch.get_default_dtype()
+        keys = key_map() if keys is None else dict(keys)
+        settings = dict(cutoff=float(cutoff), keys=keys, required=list(required), method=method, k=k, scale=scale,
+                        dtype=str(dtype), index=index, format=format)
+        cache_file = None
+        if cache_dir is not None:
+            if not Path(path).exists():
+                raise FileNotFoundError(f"structure file not found: '{path}'")
+            cache_file = Path(cache_dir) / f"{Path(path).stem}-{_cache_key(path, **settings)}.pt"
+            if cache_file.exists():
+                try:
+                    graphs = torch.load(cache_file, weights_only=False)
+                    return cls(graphs, source=str(path))
+                except Exception:  # a damaged cache is rebuilt, never trusted
+                    pass
+        graphs = read_dataset(path, cutoff, keys=keys, required=required, method=method, k=k, scale=scale,
+                              dtype=dtype, index=index, format=format, progress=progress)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
+            os.close(fd)
+            torch.save(graphs, tmp)
+            os.replace(tmp, cache_file)
+        return cls(graphs, source=str(path))
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return AtomicDataset(self.graphs[index], self.source)
+        return self.graphs[index]
+
+    def subset(self, indices: Sequence[int]) -> "AtomicDataset":
+        """The structures at ``indices`` (e.g. one part of :func:`~clebsch.data.split_indices`)."""
+        return AtomicDataset([self.graphs[int(i)] for i in indices], self.source)
+
+    @property
+    def cutoff(self) -> float:
+        return self.graphs[0].cutoff
+
+    def __repr__(self) -> str:
+        return f"AtomicDataset({len(self)} structures, cutoff={self.cutoff}, source={self.source!r})"

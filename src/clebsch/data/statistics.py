@@ -1,0 +1,203 @@
+"""Dataset statistics that models use to shift and scale their outputs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+
+from ..graph import AtomicGraph
+from .io import read_structures
+
+__all__ = [
+    "reference_energies_least_squares",
+    "reference_energies_from_file",
+    "mean_energy_per_atom",
+    "force_rms",
+    "average_num_neighbors",
+    "DatasetStatistics",
+    "compute_statistics",
+]
+
+
+def _nonempty(graphs, what: str) -> list[AtomicGraph]:
+    graphs = list(graphs)
+    if not graphs:
+        raise ValueError(f"cannot compute {what} of an empty dataset")
+    return graphs
+
+
+def _counts_and_energies(graphs, numbers):
+    index = {z: c for c, z in enumerate(numbers)}
+    rows, energies = [], []
+    for g in graphs:
+        e = g.targets.get("energy")
+        if e is None:
+            continue
+        for b, part in enumerate(g.split()):
+            value = float(e[b])
+            if not np.isfinite(value):
+                continue
+            row = np.zeros(len(numbers))
+            for z, c in zip(*np.unique(part.numbers.cpu().numpy(), return_counts=True)):
+                row[index[int(z)]] = c
+            rows.append(row)
+            energies.append(value)
+    return np.array(rows), np.array(energies)
+
+
+def reference_energies_least_squares(graphs: Sequence[AtomicGraph]) -> dict[int, float]:
+    """Per-element energies ``E0[Z]`` minimising ``sum_s (E_s - sum_i E0[Z_i])^2`` over the structures.
+
+    When the composition never varies (an MD run of one molecule), the problem
+    is rank-deficient and the minimum-norm solution is returned: the sum over the
+    molecule's atoms is right, the split between elements is arbitrary.
+
+    >>> import torch
+    >>> from clebsch.graph import AtomicGraph
+    >>> def g(numbers, e):
+    ...     pos = torch.arange(3.0 * len(numbers)).reshape(-1, 3)
+    ...     return AtomicGraph.from_tensors(pos, numbers, 1.0, targets={"energy": torch.tensor([e])})
+    >>> refs = reference_energies_least_squares([g([1, 1], -2.0), g([1, 8], -11.0), g([8], -10.0)])
+    >>> {z: round(e, 6) for z, e in refs.items()}
+    {1: -1.0, 8: -10.0}
+    """
+    graphs = _nonempty(graphs, "reference energies")
+    numbers = sorted({int(z) for g in graphs for z in g.numbers.unique().tolist()})
+    counts, energies = _counts_and_energies(graphs, numbers)
+    if len(energies) == 0:
+        raise ValueError("no structure in the dataset has an energy: cannot fit reference energies")
+    solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return {z: float(e) for z, e in zip(numbers, solution)}
+
+
+def reference_energies_from_file(path, energy_key: str = "energy", config_type: str | None = None) -> dict[int, float]:
+    """Per-element energies from the one-atom frames of a file (e.g. ``isolated_atoms.xyz``).
+
+    Frames with more than one atom are ignored; ``config_type`` (e.g.
+    ``"IsolatedAtom"``), when given, must match too. Raises when no usable frame
+    is found or a one-atom frame lacks the energy key.
+    """
+    refs = {}
+    for i, atoms in enumerate(read_structures(path)):
+        if len(atoms) != 1:
+            continue
+        if config_type is not None and atoms.info.get("config_type") != config_type:
+            continue
+        from ..graph import read_targets
+
+        targets, _ = read_targets(atoms, {"energy": energy_key}, required=("energy",), where=f"file '{path}', frame {i}")
+        refs[int(atoms.numbers[0])] = float(targets["energy"][0])
+    if not refs:
+        extra = f" with config_type={config_type!r}" if config_type else ""
+        raise ValueError(f"'{path}' has no one-atom frames{extra}: no isolated-atom energies")
+    return dict(sorted(refs.items()))
+
+
+def _reference_sum(g: AtomicGraph, reference: dict[int, float] | None) -> torch.Tensor:
+    if not reference:
+        return torch.zeros(g.num_graphs, dtype=torch.float64)
+    missing = sorted({int(z) for z in g.numbers.unique().tolist()} - set(reference))
+    if missing:
+        raise ValueError(f"no reference energy for {[chemical_symbols[z] for z in missing]} (have {sorted(reference)})")
+    per_atom = torch.tensor([reference[int(z)] for z in g.numbers.tolist()], dtype=torch.float64)
+    return torch.zeros(g.num_graphs, dtype=torch.float64).index_add_(0, g.batch.cpu(), per_atom)
+
+
+def mean_energy_per_atom(graphs: Sequence[AtomicGraph], reference: dict[int, float] | None = None) -> float:
+    """Mean over structures of ``(E - sum of reference energies) / n_atoms`` (eV/atom)."""
+    values = _energy_per_atom(_nonempty(graphs, "the mean energy per atom"), reference)
+    return float(values.mean())
+
+
+def _energy_per_atom(graphs, reference):
+    values = []
+    for g in graphs:
+        if "energy" not in g.targets:
+            continue
+        e = g.targets["energy"].detach().cpu().double() - _reference_sum(g, reference)
+        values.append(e / g.n_atoms.cpu().double())
+    if not values:
+        raise ValueError("no structure in the dataset has an energy")
+    values = torch.cat(values)
+    return values[torch.isfinite(values)]
+
+
+def force_rms(graphs: Sequence[AtomicGraph]) -> float:
+    """Root mean square of all force components (eV/Å)."""
+    graphs = _nonempty(graphs, "the force RMS")
+    forces = [g.targets["forces"].detach().cpu().double().reshape(-1) for g in graphs if "forces" in g.targets]
+    if not forces:
+        raise ValueError("no structure in the dataset has forces")
+    f = torch.cat(forces)
+    f = f[torch.isfinite(f)]
+    return float(torch.sqrt((f**2).mean()))
+
+
+def average_num_neighbors(graphs: Sequence[AtomicGraph]) -> float:
+    """Edges per atom over the whole dataset (the normaliser of message sums)."""
+    graphs = _nonempty(graphs, "the average number of neighbours")
+    atoms = sum(g.num_atoms for g in graphs)
+    return sum(g.num_edges for g in graphs) / atoms
+
+
+@dataclass
+class DatasetStatistics:
+    """The numbers a model is shifted and scaled with. ``to_dict`` is JSON-friendly."""
+
+    reference_energies: dict[int, float]
+    mean_energy_per_atom: float
+    energy_per_atom_std: float
+    force_rms: float | None
+    average_num_neighbors: float
+    n_structures: int
+    n_atoms: int
+    numbers: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["reference_energies"] = {str(k): v for k, v in self.reference_energies.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetStatistics":
+        d = dict(d)
+        d["reference_energies"] = {int(k): float(v) for k, v in d["reference_energies"].items()}
+        return cls(**d)
+
+
+def compute_statistics(graphs: Sequence[AtomicGraph], reference_energies="least_squares",
+                       energy_key: str = "energy") -> DatasetStatistics:
+    """All statistics of a training set in one pass.
+
+    Parameters
+    ----------
+    graphs : sequence of AtomicGraph (or an AtomicDataset)
+    reference_energies : "least_squares", a path to an isolated-atoms file, a dict {Z: eV} or None
+        How the per-element energies are obtained (``None``: zeros).
+    """
+    graphs = _nonempty(graphs, "statistics")
+    if isinstance(reference_energies, dict):
+        refs = {int(k): float(v) for k, v in reference_energies.items()}
+    elif reference_energies is None:
+        refs = {}
+    elif isinstance(reference_energies, str) and reference_energies == "least_squares":
+        refs = reference_energies_least_squares(graphs)
+    else:
+        refs = reference_energies_from_file(reference_energies, energy_key=energy_key)
+    per_atom = _energy_per_atom(graphs, refs)
+    has_forces = any("forces" in g.targets for g in graphs)
+    numbers = sorted({int(z) for g in graphs for z in g.numbers.unique().tolist()})
+    return DatasetStatistics(
+        reference_energies=refs,
+        mean_energy_per_atom=float(per_atom.mean()),
+        energy_per_atom_std=float(per_atom.std()) if per_atom.numel() > 1 else 0.0,
+        force_rms=force_rms(graphs) if has_forces else None,
+        average_num_neighbors=average_num_neighbors(graphs),
+        n_structures=sum(g.num_graphs for g in graphs),
+        n_atoms=sum(g.num_atoms for g in graphs),
+        numbers=numbers,
+    )
