@@ -1,0 +1,284 @@
+"""Model speed: clebsch NequIP and MACE against the nequip and mace-torch packages.
+
+Two inputs, float32, ``torch.set_num_threads(2)`` (``--threads``):
+
+* a batch of ethanol frames (default 16 from ../shared/data/ethanol/train.xyz);
+* a periodic water-like box of 1,000 atoms (density 0.1 atoms/Å³).
+
+Two steps per model and input: *train* (energy + forces by autograd with
+``create_graph``, an energy + forces loss, backward) and *infer* (energy +
+forces). Hyperparameters are matched (NequIP: 3 layers, 32 channels, l_max 2,
+both parities, 8 Bessels, radial MLP 2 x 64; MACE: 2 layers, 32 channels,
+l_max 2 for the harmonics and the features, correlation 3, 8 Bessels, radial
+MLP 3 x 64), and every model sees the same graph (the same edges and shifts).
+
+The reference packages pin other e3nn versions (mace-torch: e3nn 0.4.4), so
+each runs in its own virtual environment: this script calls itself there as a
+worker on a saved copy of the inputs. Point it at the interpreters with
+``--mace-python`` / ``--nequip-python`` (or CLEBSCH_MACE_PYTHON /
+CLEBSCH_NEQUIP_PYTHON); a missing one is skipped. Prints milliseconds per step
+and ratios (reference time / clebsch time: > 1 means clebsch is faster).
+
+    OMP_NUM_THREADS=2 python benchmarks/models.py [--frames 16] [--box 1000] [--repeats 5] [--threads 2]
+
+On a machine shared with other jobs use ``--threads 1``: two threads then
+spend most of their time waiting for each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve()
+DATA = HERE.parents[2] / "shared" / "data" / "ethanol" / "train.xyz"
+SPECIES = [1, 6, 8]
+CUTOFF = 4.0
+AVG_NEIGHBORS = 12.0
+THREADS = 2
+
+NEQUIP = {"num_layers": 3, "channels": 32, "lmax": 2, "parity": True, "num_basis": 8,
+          "radial_hidden": 64, "radial_layers": 2, "polynomial_p": 6}
+MACE = {"num_layers": 2, "channels": 32, "lmax": 2, "correlation": 3, "num_basis": 8,
+        "radial_hidden": 64, "radial_layers": 3, "polynomial_p": 6}
+
+
+# ----------------------------------------------------------------------------- timing
+def best_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def time_steps(energy_fn, positions, energy_ref, forces_ref, params, repeats):
+    """``energy_fn(positions) -> energy [B]``; returns {"train": s, "infer": s}."""
+    opt = torch.optim.SGD(params, lr=1e-9)
+
+    def train():
+        opt.zero_grad()
+        pos = positions.detach().requires_grad_(True)
+        energy = energy_fn(pos)
+        forces = -torch.autograd.grad(energy.sum(), pos, create_graph=True)[0]
+        loss = ((energy - energy_ref) ** 2).mean() + ((forces - forces_ref) ** 2).mean()
+        loss.backward()
+        opt.step()
+
+    def infer():
+        pos = positions.detach().requires_grad_(True)
+        energy = energy_fn(pos)
+        torch.autograd.grad(energy.sum(), pos)[0]
+
+    return {"train": best_time(train, repeats), "infer": best_time(infer, repeats)}
+
+
+# ----------------------------------------------------------------------------- inputs
+def water_box(n_atoms: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n_mol = n_atoms // 3
+    length = (3 * n_mol / 0.1) ** (1 / 3)
+    per_side = int(np.ceil(n_mol ** (1 / 3)))
+    grid = np.stack(np.meshgrid(*[np.arange(per_side)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n_mol]
+    oxygen = (grid + 0.5 + rng.uniform(-0.1, 0.1, size=grid.shape)) * (length / per_side)
+    directions = rng.normal(size=(n_mol, 2, 3))
+    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+    hydrogens = oxygen[:, None, :] + 0.96 * directions
+    positions = np.concatenate([oxygen[:, None], hydrogens], axis=1).reshape(-1, 3) % length
+    return positions, np.eye(3) * length, np.tile([8, 1, 1], n_mol)
+
+
+def make_inputs(frames: int, box: int) -> dict:
+    """The two graphs as plain tensors (so the reference workers need no clebsch)."""
+    import ase.io
+    from ase import Atoms
+
+    from clebsch.graph import AtomicGraph, batch
+
+    atoms = ase.io.read(DATA, index=f":{frames}")
+    ethanol = batch([AtomicGraph.from_ase(a, cutoff=CUTOFF, dtype=torch.float32) for a in atoms])
+    pos, cell, numbers = water_box(box)
+    water = AtomicGraph.from_ase(Atoms(numbers, positions=pos, cell=cell, pbc=True), cutoff=CUTOFF, dtype=torch.float32)
+    out = {}
+    for name, g in (("ethanol", ethanol), ("box", water)):
+        out[name] = {
+            "positions": g.positions.float(), "numbers": g.numbers, "edge_index": g.edge_index,
+            "shifts": g.shifts.float(), "cell": g.cell.float(), "batch": g.batch, "num_graphs": g.num_graphs,
+            "periodic": bool(g.pbc.any()),
+            "energy": torch.randn(g.num_graphs), "forces": torch.randn(g.num_atoms, 3),
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------- clebsch
+def run_clebsch(inputs: dict, repeats: int) -> dict:
+    from clebsch.graph import AtomicGraph
+    from clebsch.models import build_model
+
+    results = {}
+    for family, hyper in (("nequip", NEQUIP), ("mace", MACE)):
+        torch.manual_seed(0)
+        model = build_model({"name": family, "species": SPECIES, "cutoff": CUTOFF,
+                             "avg_num_neighbors": AVG_NEIGHBORS, **hyper}).float()
+        for name, d in inputs.items():
+            species = model.species_index(d["numbers"])
+            n_species = len(model.species)
+            all_species = torch.cat([species, torch.arange(n_species)])
+
+            def energy_fn(pos, d=d, species=species, all_species=all_species):
+                sender, receiver = d["edge_index"]
+                vectors = pos[sender] - pos[receiver]
+                if d["periodic"]:
+                    vectors = vectors + torch.einsum("ei,eij->ej", d["shifts"], d["cell"][d["batch"][receiver]])
+                feats = model.representation(all_species, d["edge_index"], vectors)
+                e = model.energy_head(feats)[:, 0]
+                e = e[: species.shape[0]] - e[species.shape[0]:][species]
+                return torch.zeros(d["num_graphs"]).index_add(0, d["batch"], e)
+
+            results[(family, name)] = time_steps(energy_fn, d["positions"], d["energy"], d["forces"],
+                                                 list(model.parameters()), repeats)
+    return results
+
+
+# ----------------------------------------------------------------------------- references (worker side)
+def onehot(numbers):
+    index = torch.tensor([SPECIES.index(int(z)) for z in numbers])
+    return torch.nn.functional.one_hot(index, len(SPECIES)).float()
+
+
+def worker_mace(inputs: dict, repeats: int) -> dict:
+    from e3nn import o3
+    from mace.modules import MACE as RefMACE
+    from mace.modules import RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock
+
+    c = MACE["channels"]
+    hidden = o3.Irreps(" + ".join(f"{c}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(MACE["lmax"] + 1)))
+    torch.manual_seed(0)
+    model = RefMACE(
+        r_max=CUTOFF, num_bessel=MACE["num_basis"], num_polynomial_cutoff=MACE["polynomial_p"],
+        max_ell=MACE["lmax"], interaction_cls=RealAgnosticResidualInteractionBlock,
+        interaction_cls_first=RealAgnosticInteractionBlock, num_interactions=MACE["num_layers"],
+        num_elements=len(SPECIES), hidden_irreps=hidden, MLP_irreps=o3.Irreps("16x0e"),
+        atomic_energies=np.zeros(len(SPECIES)), avg_num_neighbors=AVG_NEIGHBORS, atomic_numbers=SPECIES,
+        correlation=MACE["correlation"], gate=torch.nn.functional.silu,
+        radial_MLP=[MACE["radial_hidden"]] * MACE["radial_layers"],
+    ).float()
+    results = {}
+    for name, d in inputs.items():
+        n = d["positions"].shape[0]
+        counts = torch.bincount(d["batch"], minlength=d["num_graphs"])
+        ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        # mace's vectors are pos[edge_index[1]] - pos[edge_index[0]] + shifts: the same edges, reversed
+        unit = -d["shifts"]
+        shifts = torch.einsum("ei,eij->ej", unit, d["cell"][d["batch"][d["edge_index"][1]]])
+        base = {"node_attrs": onehot(d["numbers"]), "edge_index": d["edge_index"], "shifts": shifts,
+                "unit_shifts": unit, "cell": d["cell"].reshape(-1, 3), "batch": d["batch"], "ptr": ptr,
+                "head": torch.zeros(d["num_graphs"], dtype=torch.long)}
+
+        def energy_fn(pos, base=base):
+            return model({**base, "positions": pos}, training=True, compute_force=False)["energy"]
+
+        results[name] = time_steps(energy_fn, d["positions"], d["energy"], d["forces"],
+                                   list(model.parameters()), repeats)
+    return results
+
+
+def worker_nequip(inputs: dict, repeats: int) -> dict:
+    from nequip.model import NequIPGNNModel
+    from nequip.utils.global_state import set_global_state
+
+    set_global_state()
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    model = NequIPGNNModel(
+        seed=0, model_dtype="float32", r_max=CUTOFF, type_names=["H", "C", "O"],
+        num_layers=NEQUIP["num_layers"], l_max=NEQUIP["lmax"], parity=NEQUIP["parity"],
+        num_features=NEQUIP["channels"], radial_mlp_depth=NEQUIP["radial_layers"],
+        radial_mlp_width=NEQUIP["radial_hidden"], num_bessels=NEQUIP["num_basis"],
+        polynomial_cutoff_p=NEQUIP["polynomial_p"], avg_num_neighbors=AVG_NEIGHBORS, do_derivatives=False,
+    )
+    results = {}
+    for name, d in inputs.items():
+        types = torch.tensor([SPECIES.index(int(z)) for z in d["numbers"]])
+        counts = torch.bincount(d["batch"], minlength=d["num_graphs"])
+        base = {"atom_types": types, "edge_index": d["edge_index"], "batch": d["batch"], "num_atoms": counts}
+        if d["periodic"]:
+            base.update({"cell": d["cell"], "edge_cell_shift": -d["shifts"], "pbc": torch.ones(d["num_graphs"], 3, dtype=torch.bool)})
+
+        def energy_fn(pos, base=base):
+            return model({**base, "pos": pos})["total_energy"].reshape(-1)
+
+        results[name] = time_steps(energy_fn, d["positions"], d["energy"], d["forces"],
+                                   list(model.parameters()), repeats)
+    return results
+
+
+def run_reference(kind: str, python: str, inputs_file: str, repeats: int, threads: int) -> dict | None:
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": str(threads)}
+    cmd = [python, str(HERE), "--worker", kind, "--inputs", inputs_file, "--repeats", str(repeats),
+           "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        print(f"[{kind}] reference failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return {tuple(k.split("/")): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--box", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)")
+    parser.add_argument("--mace-python", default=os.environ.get("CLEBSCH_MACE_PYTHON", "/work/refvenv/bin/python"))
+    parser.add_argument("--nequip-python", default=os.environ.get("CLEBSCH_NEQUIP_PYTHON", "/work/refvenv_nequip/bin/python"))
+    parser.add_argument("--worker", choices=["mace", "nequip"], help=argparse.SUPPRESS)
+    parser.add_argument("--inputs", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    global THREADS
+    THREADS = args.threads
+    if args.worker:
+        inputs = torch.load(args.inputs)
+        res = (worker_mace if args.worker == "mace" else worker_nequip)(inputs, args.repeats)
+        print(json.dumps({f"{args.worker}/{k}": v for k, v in res.items()}))
+        return
+
+    inputs = make_inputs(args.frames, args.box)
+    for name, d in inputs.items():
+        print(f"{name}: {d['positions'].shape[0]} atoms, {d['edge_index'].shape[1]} edges, {d['num_graphs']} structure(s)")
+    ours = run_clebsch(inputs, args.repeats)
+    refs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "inputs.pt")
+        torch.save(inputs, path)
+        for kind, python in (("nequip", args.nequip_python), ("mace", args.mace_python)):
+            if python and Path(python).exists():
+                refs.update(run_reference(kind, python, path, args.repeats, args.threads) or {})
+            else:
+                print(f"[{kind}] no reference interpreter at {python!r}; skipped", file=sys.stderr)
+
+    print(f"\n{'model':>7} {'input':>8} {'step':>6} {'clebsch ms':>11} {'reference ms':>13} {'ref/clebsch':>12}")
+    for (family, name), times in ours.items():
+        for step in ("train", "infer"):
+            t = times[step] * 1e3
+            ref = refs.get((family, name), {}).get(step)
+            r = f"{ref * 1e3:13.1f} {ref / times[step]:12.2f}" if ref else f"{'-':>13} {'-':>12}"
+            print(f"{family:>7} {name:>8} {step:>6} {t:11.1f} {r}")
+
+
+if __name__ == "__main__":
+    main()
