@@ -235,75 +235,85 @@ class TensorProduct(torch.nn.Module):
         )
         # paths ordered by output dimension -> contiguous K segments per dimension
         ordered = sorted(g.paths, key=lambda t: out[t[1].i_out].ir.dim)
-        dims = sorted({out[p.i_out].ir.dim for _, p, _ in ordered})
         K = sum(out[p.i_out].ir.dim for _, p, _ in ordered)
         C = torch.zeros(I, J, K, dtype=torch.float64)
+        k_of = []  # per K element: (weight offset, output index, component, path dimension)
         k = 0
+        for off, p, c in ordered:
+            l1, l2, lo = in1[p.i_in1].ir.l, in2[p.i_in2].ir.l, out[p.i_out].ir.l
+            d = 2 * lo + 1
+            C[off1[p.i_in1] : off1[p.i_in1] + 2 * l1 + 1, off2[p.i_in2] : off2[p.i_in2] + 2 * l2 + 1, k : k + d] = (
+                c * wigner_3j(l1, l2, lo).to(torch.float64)
+            )
+            k_of += [(off, p.i_out, m, d) for m in range(d)]
+            k += d
+        mode = g.mode
         seg = []
-        Mo = {"uvw": W, "uvu": U, "uvv": V, "uuu": U, "uvuv": U * V}[g.mode]
-        out_src = []  # flat output position of each element of the group's concatenated result
-        for d in dims:
-            ps = [(off, p, c) for off, p, c in ordered if out[p.i_out].ir.dim == d]
-            k0 = k
-            for _, p, c in ps:
-                l1, l2, lo = in1[p.i_in1].ir.l, in2[p.i_in2].ir.l, out[p.i_out].ir.l
-                C[off1[p.i_in1] : off1[p.i_in1] + 2 * l1 + 1, off2[p.i_in2] : off2[p.i_in2] + 2 * l2 + 1, k : k + d] = (
-                    c * wigner_3j(l1, l2, lo).to(torch.float64)
-                )
-                k += d
-            outs = sorted({p.i_out for _, p, _ in ps})
-            P, O = len(ps), len(outs)
-            S = None
-            if [p.i_out for _, p, _ in ps] != outs:  # several paths into one output: sum them
-                S = torch.zeros(P, O, dtype=torch.float64)
-                for a, (_, p, _) in enumerate(ps):
-                    S[a, outs.index(p.i_out)] = 1.0
-            widx = None
-            if g.has_weight:
-                if g.mode in ("uvu", "uvv", "uvuv"):
-                    widx = [off + u * V + v for u in range(U) for v in range(V) for off, _, _ in ps]
-                elif g.mode == "uvw":
-                    widx = [off + (u * V + v) * W + w for u in range(U) for v in range(V) for w in range(W)
-                            for off, _, _ in ps]
-                else:  # uuu
-                    widx = [off + u for u in range(U) for off, _, _ in ps]
+        out_src = []  # flat output position of each element of the group's result
+        widx = None
+        if mode == "uvw":
+            # weights mix u, v -> w per path: one contraction per distinct output dimension
+            k = 0
+            for d in sorted({t[3] for t in k_of}):
+                ps = [(off, p) for off, p, _ in ordered if out[p.i_out].ir.dim == d]
+                P = len(ps)
+                w_d = [off + (u * V + v) * W + w for u in range(U) for v in range(V) for w in range(W) for off, _ in ps]
+                seg.append(dict(k0=k, k1=k + P * d, d=d, P=P, widx=torch.tensor(w_d, dtype=torch.long)))
+                k += P * d
+                out_src += [so[p.i_out] + w * d + m for w in range(W) for _, p in ps for m in range(d)]
+        else:
+            # weights are element-wise over (u, v, K): expand them once to the K axis
+            if mode in ("uvu", "uvv", "uvuv"):
+                if g.has_weight:
+                    widx = [off + u * V + v for u in range(U) for v in range(V) for off, _, _, _ in k_of]
+                if mode == "uvu":
+                    out_src = [so[o] + u * d + m for u in range(U) for _, o, m, d in k_of]
+                elif mode == "uvv":
+                    out_src = [so[o] + v * d + m for v in range(V) for _, o, m, d in k_of]
+                else:
+                    out_src = [so[o] + (u * V + v) * d + m for u in range(U) for v in range(V) for _, o, m, d in k_of]
+            else:  # uuu
+                if g.has_weight:
+                    widx = [off + u for u in range(U) for off, _, _, _ in k_of]
+                out_src = [so[o] + u * d + m for u in range(U) for _, o, m, d in k_of]
+            if widx is not None:
                 widx = torch.tensor(widx, dtype=torch.long)
-            # the result of this segment is laid out [Mo, O, d]
-            for m in range(Mo):
-                for o in outs:
-                    for c_ in range(d):
-                        out_src.append(so[o] + m * d + c_)
-            seg.append(dict(k0=k0, k1=k, d=d, P=P, O=O, S=S, widx=widx))
-        plan = dict(mode=g.mode, has_weight=g.has_weight, U=U, V=V, W=W, I=I, J=J, K=K, seg=seg)
+        plan = dict(mode=mode, has_weight=g.has_weight, U=U, V=V, W=W, I=I, J=J, K=K, seg=seg)
         pre = f"_g{gi}_"
+        plan["pre"] = pre
         dt = torch.get_default_dtype()
-        self.register_buffer(pre + "idx1", idx1, persistent=False)
-        self.register_buffer(pre + "idx2", idx2, persistent=False)
-        if g.mode == "uuu":
+        self._register_gather(pre + "in1", idx1, self.irreps_in1.dim)
+        self._register_gather(pre + "in2", idx2, self.irreps_in2.dim)
+        if mode == "uuu":
             self.register_buffer(pre + "C", C.reshape(I * J, K).to(dt), persistent=False)
         else:  # [J, I*K] so that x2 is contracted first
             self.register_buffer(pre + "C", C.permute(1, 0, 2).reshape(J, I * K).to(dt), persistent=False)
-        for si, s in enumerate(seg):
-            S = s.pop("S")
-            s["S"] = None
-            if S is not None:
-                self.register_buffer(f"{pre}S{si}", S.to(dt), persistent=False)
-                s["S"] = f"{pre}S{si}"
-            widx = s.pop("widx")
-            s["widx"] = None
-            if widx is not None:
-                self.register_buffer(f"{pre}w{si}", widx, persistent=False)
-                s["widx"] = f"{pre}w{si}"
+        for si, sg in enumerate(seg):
+            self.register_buffer(f"{pre}w{si}", sg.pop("widx"), persistent=False)
+            sg["widx"] = f"{pre}w{si}"
+        plan["widx"] = None
+        if widx is not None:
+            self.register_buffer(pre + "widx", widx, persistent=False)
+            plan["widx"] = pre + "widx"
         src = torch.tensor(out_src, dtype=torch.long)
         plan["full"] = len(out_src) == self._irreps_out.dim and len(set(out_src)) == len(out_src)
-        if plan["full"]:
+        if plan["full"]:  # a permutation: out = y[:, inv]
             inv = torch.empty_like(src)
             inv[src] = torch.arange(len(src))
             self.register_buffer(pre + "out", inv, persistent=False)
-        else:
+            self.register_buffer(pre + "out_inv", src, persistent=False)
+        else:  # several paths into one output, or outputs left at zero: scatter-add
             self.register_buffer(pre + "out", src, persistent=False)
-        plan["pre"] = pre
         return plan
+
+    def _register_gather(self, name: str, idx: torch.Tensor, n: int) -> None:
+        self.register_buffer(name, idx, persistent=False)
+        if len(idx) == n and bool((torch.sort(idx).values == torch.arange(n)).all()):
+            inv = torch.empty_like(idx)
+            inv[idx] = torch.arange(n)
+            self.register_buffer(name + "_inv", inv, persistent=False)
+        else:
+            setattr(self, name + "_inv", None)
 
     # ------------------------------------------------------------ properties
     @property
@@ -378,62 +388,65 @@ class TensorProduct(torch.nn.Module):
             out = x1.new_zeros(z, self._irreps_out.dim)
         return out.reshape(batch + (self._irreps_out.dim,))
 
+    def _gather(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        idx, inv = getattr(self, name), getattr(self, name + "_inv")
+        if inv is None:
+            return x.index_select(1, idx)
+        return _Permute.apply(x, idx, inv)
+
     def _run_group(self, plan, x1, x2, weight, z):
         pre, mode = plan["pre"], plan["mode"]
         U, V, W, I, J, K = plan["U"], plan["V"], plan["W"], plan["I"], plan["J"], plan["K"]
         C = getattr(self, pre + "C").to(x1.dtype)
-        a = x1.index_select(1, getattr(self, pre + "idx1")).view(z, U, I)
-        b = x2.index_select(1, getattr(self, pre + "idx2"))
+        a = self._gather(x1, pre + "in1").view(z, U, I)
+        b = self._gather(x2, pre + "in2")
         if mode == "uuu":
             xx = (a.unsqueeze(-1) * b.view(z, U, 1, J)).reshape(z * U, I * J)
             T = (xx @ C).view(z, U, K)
         else:
             M = (b.view(z * V, J) @ C).view(z, V, I, K)
             M = M.view(z, I, K) if V == 1 else M.permute(0, 2, 1, 3).reshape(z, I, V * K)
-            T = torch.bmm(a, M).view(z, U, V, K)
-        shared = self.shared_weights
-        pieces = []
-        for s in plan["seg"]:  # one entry per distinct output dimension
-            d, P = s["d"], s["P"]
-            Td = T[..., s["k0"] : s["k1"]]
-            Td = Td.reshape(Td.shape[:-1] + (P, d))
-            w = None
-            if s["widx"] is not None:
+            T = torch.bmm(a, M)  # [z, U, V*K]
+        if mode == "uvw":
+            T = T.view(z, U, V, K)
+            pieces = []
+            for s in plan["seg"]:  # one contraction per distinct output dimension
+                d, P = s["d"], s["P"]
+                Td = T[..., s["k0"] : s["k1"]].reshape(z, U, V, P, d)
                 w = weight.index_select(-1, getattr(self, s["widx"])).to(x1.dtype)
-            if mode == "uvu":
-                if w is None:
-                    r = Td.sum(2)
-                elif V == 1:
-                    r = Td.squeeze(2) * w.view(-1, U, P, 1)
-                elif shared:
-                    r = torch.einsum("zuvpd,uvp->zupd", Td, w.view(U, V, P))
-                else:
-                    r = torch.einsum("zuvpd,zuvp->zupd", Td, w.view(z, U, V, P))
-            elif mode == "uvv":
-                if w is None:
-                    r = Td.sum(1)
-                elif shared:
-                    r = torch.einsum("zuvpd,uvp->zvpd", Td, w.view(U, V, P))
-                else:
-                    r = torch.einsum("zuvpd,zuvp->zvpd", Td, w.view(z, U, V, P))
-            elif mode == "uvw":
-                if shared:
+                if self.shared_weights:
                     r = torch.einsum("zuvpd,uvwp->zwpd", Td, w.view(U, V, W, P))
                 else:
                     r = torch.einsum("zuvpd,zuvwp->zwpd", Td, w.view(z, U, V, W, P))
-            elif mode == "uvuv":
-                r = Td if w is None else Td * w.view(-1, U, V, P, 1)
-                r = r.reshape(z, U * V, P, d)
-            else:  # uuu
-                r = Td if w is None else Td * w.view(-1, U, P, 1)
-            if s["S"] is not None:
-                r = torch.einsum("zmpd,po->zmod", r, getattr(self, s["S"]).to(r.dtype))
-            pieces.append(r.reshape(z, -1))
-        y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+                pieces.append(r.reshape(z, -1))
+            y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        else:
+            y = T.reshape(z, -1)  # [z, U*V*K] (uvu, uvv, uvuv) or [z, U*K] (uuu)
+            if plan["widx"] is not None:
+                w = weight.index_select(-1, getattr(self, plan["widx"])).to(x1.dtype)
+                y = y * w
+            if V > 1 and mode == "uvu":
+                y = y.view(z, U, V, K).sum(2).reshape(z, -1)
+            elif mode == "uvv":
+                y = y.view(z, U, V * K).sum(1) if U > 1 else y
         idx = getattr(self, pre + "out")
         if plan["full"]:
-            return y.index_select(1, idx)
+            return _Permute.apply(y, idx, getattr(self, pre + "out_inv"))
         return y.new_zeros(z, self._irreps_out.dim).index_add(1, idx, y)
+
+
+class _Permute(torch.autograd.Function):
+    """``x[:, perm]`` whose backward is the inverse permutation (no zero fill, no scatter)."""
+
+    @staticmethod
+    def forward(ctx, x, perm, inv):
+        ctx.save_for_backward(perm, inv)
+        return x.index_select(1, perm)
+
+    @staticmethod
+    def backward(ctx, g):
+        perm, inv = ctx.saved_tensors
+        return _Permute.apply(g, inv, perm), None, None
 
 
 # ---------------------------------------------------------------- ready-made
