@@ -144,3 +144,16 @@ def test_bundled_examples_load():
     assert len(cu) == 50 and cu[0].num_atoms == 32 and cu[0].pbc.all()
     s = cu[0].targets["stress"][0]
     assert torch.allclose(s, s.T) and float(s.abs().max()) > 0
+
+
+def test_cache_keeps_targets_per_structure(tmp_path):
+    frames = water_frames(n=3)
+    frames[1].info["dipole"] = np.array([0.0, 0.1, 0.2])
+    path = tmp_path / "some_dipoles.xyz"
+    ase.io.write(path, frames, format="extxyz")
+    cache = tmp_path / "cache"
+    fresh = AtomicDataset.from_file(path, 3.0, cache_dir=cache)
+    cached = AtomicDataset.from_file(path, 3.0, cache_dir=cache)
+    assert [sorted(g.targets) for g in cached] == [sorted(g.targets) for g in fresh]
+    assert "dipole" in cached[1].targets and "dipole" not in cached[0].targets
+    assert torch.equal(cached[1].targets["dipole"], fresh[1].targets["dipole"])

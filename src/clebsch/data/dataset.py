@@ -11,12 +11,12 @@ from typing import Sequence
 
 import torch
 
-from ..graph import AtomicGraph
+from ..graph import AtomicGraph, batch
 from .io import read_structures
 
 __all__ = ["AtomicDataset", "read_dataset", "key_map"]
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 def key_map(energy_key="energy", forces_key="forces", stress_key="stress", virial_key="virial",
@@ -68,6 +68,18 @@ def _cache_key(path, **settings) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def _pack(graphs):
+    """One batched graph (fast to save and load) plus each graph's own target names."""
+    return {"version": _CACHE_VERSION, "batch": batch(graphs), "targets": [list(g.targets) for g in graphs]}
+
+
+def _unpack(payload):
+    graphs = payload["batch"].split()
+    for g, names in zip(graphs, payload["targets"]):
+        g.targets = {k: v for k, v in g.targets.items() if k in names}
+    return graphs
+
+
 class AtomicDataset(torch.utils.data.Dataset):
     """Graphs held in memory; indexing returns an :class:`~clebsch.graph.AtomicGraph`.
 
@@ -115,8 +127,7 @@ class AtomicDataset(torch.utils.data.Dataset):
             cache_file = Path(cache_dir) / f"{Path(path).stem}-{_cache_key(path, **settings)}.pt"
             if cache_file.exists():
                 try:
-                    graphs = torch.load(cache_file, weights_only=False)
-                    return cls(graphs, source=str(path))
+                    return cls(_unpack(torch.load(cache_file, weights_only=False)), source=str(path))
                 except Exception:  # a damaged cache is rebuilt, never trusted
                     pass
         graphs = read_dataset(path, cutoff, keys=keys, required=required, method=method, k=k, scale=scale,
@@ -125,7 +136,7 @@ class AtomicDataset(torch.utils.data.Dataset):
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
             os.close(fd)
-            torch.save(graphs, tmp)
+            torch.save(_pack(graphs), tmp)
             os.replace(tmp, cache_file)
         return cls(graphs, source=str(path))
 
