@@ -1,0 +1,126 @@
+"""Equivariant linear map: mixes the copies of each irrep."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..o3 import Irreps
+
+__all__ = ["Linear"]
+
+
+class Linear(torch.nn.Module):
+    r"""Equivariant linear layer with e3nn semantics.
+
+    Every input block connects to every output block of the same irrep; each output
+    is normalised by :math:`1/\sqrt{\text{fan-in}}`. Weights are laid out like
+    e3nn's (per ``(i_in, i_out)`` pair, ``[mul_in, mul_out]`` row-major), so they can
+    be copied across. Computed as one matmul per distinct irrep.
+
+    Parameters
+    ----------
+    irreps_in, irreps_out : Irreps or str
+    biases : bool
+        Zero-initialised biases on the ``0e`` outputs.
+    internal_weights : bool, optional
+        Store the weights (default ``shared_weights``).
+    shared_weights : bool, optional
+        Default ``True``; ``False`` means weights ``(..., weight_numel)`` per sample.
+
+    Examples
+    --------
+    >>> lin = Linear("4x0e + 2x1o", "3x0e + 1x1o", biases=True)
+    >>> lin.weight_numel, lin.bias_numel
+    (14, 3)
+    >>> lin(torch.randn(5, 10)).shape
+    torch.Size([5, 6])
+    """
+
+    def __init__(self, irreps_in, irreps_out, *, biases: bool = False, internal_weights: bool | None = None,
+                 shared_weights: bool | None = None) -> None:
+        super().__init__()
+        self.irreps_in = Irreps(irreps_in)
+        self.irreps_out = Irreps(irreps_out)
+        if shared_weights is None:
+            shared_weights = True if internal_weights is None else internal_weights
+        if internal_weights is None:
+            internal_weights = shared_weights
+        if internal_weights and not shared_weights:
+            raise ValueError("internal_weights=True requires shared_weights=True")
+        self.internal_weights, self.shared_weights = bool(internal_weights), bool(shared_weights)
+        ins = [(i, o) for i, (_, a) in enumerate(self.irreps_in) for o, (_, b) in enumerate(self.irreps_out) if a == b]
+        offsets, n = {}, 0
+        for i, o in ins:
+            offsets[(i, o)] = n
+            n += self.irreps_in[i].mul * self.irreps_out[o].mul
+        self.weight_numel = n
+        s_in = [s.start for s in self.irreps_in.slices()]
+        s_out = [s.start for s in self.irreps_out.slices()]
+        self._groups = []
+        out_src = []
+        for ir in sorted({ir for _, ir in self.irreps_out if any(ir == a for _, a in self.irreps_in)}):
+            i_list = [i for i, (m, a) in enumerate(self.irreps_in) if a == ir and m > 0]
+            o_list = [o for o, (m, b) in enumerate(self.irreps_out) if b == ir and m > 0]
+            if not i_list or not o_list:
+                continue
+            d = ir.dim
+            idx_in = [s_in[i] + u * d + c for i in i_list for u in range(self.irreps_in[i].mul) for c in range(d)]
+            fan = sum(self.irreps_in[i].mul for i in i_list)
+            widx = [[offsets[(i, o)] + u * self.irreps_out[o].mul + w for o in o_list for w in range(self.irreps_out[o].mul)]
+                    for i in i_list for u in range(self.irreps_in[i].mul)]
+            out_src += [s_out[o] + w * d + c for o in o_list for w in range(self.irreps_out[o].mul) for c in range(d)]
+            k = len(self._groups)
+            self.register_buffer(f"_in{k}", torch.tensor(idx_in, dtype=torch.long), persistent=False)
+            self.register_buffer(f"_w{k}", torch.tensor(widx, dtype=torch.long), persistent=False)
+            self._groups.append((k, d, len(widx), len(widx[0]), 1.0 / math.sqrt(fan)))
+        self.register_buffer("_out", torch.tensor(out_src, dtype=torch.long), persistent=False)
+        bias_pos = [s_out[o] + c for o, (m, ir) in enumerate(self.irreps_out) if biases and ir.l == 0 and ir.p == 1
+                    for c in range(m)]
+        self.bias_numel = len(bias_pos)
+        self.register_buffer("_bias_pos", torch.tensor(bias_pos, dtype=torch.long), persistent=False)
+        if self.internal_weights:
+            self.weight = torch.nn.Parameter(torch.randn(self.weight_numel))
+            self.bias = torch.nn.Parameter(torch.zeros(self.bias_numel))
+        else:
+            self.register_buffer("weight", torch.empty(0), persistent=False)
+            self.register_buffer("bias", torch.zeros(self.bias_numel), persistent=False)
+
+    def __repr__(self) -> str:
+        return f"Linear({self.irreps_in} -> {self.irreps_out} | weight_numel={self.weight_numel}, biases={self.bias_numel})"
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None):
+        """Apply to ``x`` of shape ``(..., irreps_in.dim)``; returns ``(..., irreps_out.dim)``."""
+        if x.shape[-1] != self.irreps_in.dim:
+            raise ValueError(f"input has shape {tuple(x.shape)}, expected last dimension {self.irreps_in.dim} ({self.irreps_in})")
+        if weight is None:
+            if not self.internal_weights and self.weight_numel > 0:
+                raise ValueError(f"weights of shape (..., {self.weight_numel}) must be given (internal_weights=False)")
+            weight = self.weight
+        elif weight.shape[-1:] != (self.weight_numel,) or (self.shared_weights and weight.dim() != 1):
+            expect = f"({self.weight_numel},)" if self.shared_weights else f"(..., {self.weight_numel})"
+            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {expect}")
+        bias = self.bias if bias is None else bias
+        if bias.shape != (self.bias_numel,):
+            raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({self.bias_numel},)")
+        batch = x.shape[:-1]
+        z = math.prod(batch)
+        x = x.reshape(z, -1)
+        if not self.shared_weights:
+            weight = weight.expand(batch + weight.shape[-1:]).reshape(z, -1)
+        pieces = []
+        for k, d, m_in, m_out, alpha in self._groups:
+            xi = x.index_select(1, getattr(self, f"_in{k}")).view(z, m_in, d)
+            w = weight[..., getattr(self, f"_w{k}")].to(x.dtype) * alpha
+            if self.shared_weights:
+                y = torch.matmul(w.t(), xi)  # [z, m_out, d]
+            else:
+                y = torch.bmm(w.transpose(1, 2), xi)
+            pieces.append(y.reshape(z, -1))
+        out = x.new_zeros(z, self.irreps_out.dim)
+        if pieces:
+            out = out.index_copy(1, self._out, torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0])
+        if self.bias_numel:
+            out = out.index_add(1, self._bias_pos, bias.to(x.dtype).expand(z, -1))
+        return out.reshape(batch + (self.irreps_out.dim,))
