@@ -1,9 +1,6 @@
 """``clebsch md`` / ``clebsch relax`` argument glue: runs end to end, and fails clearly."""
 
 import argparse
-import sys
-import types
-
 import pytest
 from ase.build import bulk, molecule
 from ase.io import read, write
@@ -12,14 +9,11 @@ from clebsch.calculators._cli import add_md_arguments, add_relax_arguments, run_
 
 
 @pytest.fixture
-def model_file(tmp_path, monkeypatch, model):
-    """A model 'file' that the loader resolves to the small test model."""
-    path = tmp_path / "model.pt"
-    path.write_bytes(b"")
-    package = types.ModuleType("clebsch.train.package")
-    package.load = lambda p: model
-    monkeypatch.setitem(sys.modules, "clebsch.train.package", package)
-    return str(path)
+def model_file(tmp_path, model):
+    """The small test model, packaged as `clebsch train` writes it."""
+    from clebsch.train.package import save_package
+
+    return str(save_package(model, tmp_path / "model.pt"))
 
 
 def _parse(add, argv):
@@ -54,19 +48,29 @@ def test_relax_command(tmp_path, model_file, capsys):
 
 
 def test_errors_are_clear(tmp_path, model_file):
-    with pytest.raises(SystemExit, match="structure file .*missing.xyz.* does not exist"):
+    with pytest.raises(FileNotFoundError, match="structure file .*missing.xyz.* does not exist"):
         run_md(_parse(add_md_arguments, [model_file, str(tmp_path / "missing.xyz")]))
     structure = tmp_path / "water.xyz"
     write(structure, molecule("H2O"))
-    with pytest.raises(SystemExit, match="model file .*nomodel.pt.* does not exist"):
+    with pytest.raises(FileNotFoundError, match="model file .*nomodel.pt.* does not exist"):
         run_md(_parse(add_md_arguments, [str(tmp_path / "nomodel.pt"), str(structure)]))
-    with pytest.raises(SystemExit, match="cell relaxation needs a structure periodic"):
+    with pytest.raises(ValueError, match="cell relaxation needs a structure periodic"):
         run_relax(_parse(add_relax_arguments, [model_file, str(structure), "--cell"]))
-    with pytest.raises(SystemExit, match="NPT needs a structure periodic"):
+    with pytest.raises(ValueError, match="NPT needs a structure periodic"):
         run_md(_parse(add_md_arguments, [model_file, str(structure), "--ensemble", "npt"]))
     write(tmp_path / "salt.xyz", bulk("NaCl", "rocksalt", a=5.6))
-    with pytest.raises(SystemExit, match="atom 0 is Na"):
+    with pytest.raises(ValueError, match="atom 0 is Na"):
         run_relax(_parse(add_relax_arguments, [model_file, str(tmp_path / "salt.xyz")]))
     (tmp_path / "broken.xyz").write_text("3\n\nH 0 0\n")
-    with pytest.raises(SystemExit, match="cannot read frame 0 of structure file .*broken.xyz"):
+    with pytest.raises(ValueError, match="cannot read frame 0 of structure file .*broken.xyz"):
         run_md(_parse(add_md_arguments, [model_file, str(tmp_path / "broken.xyz")]))
+    with pytest.raises(ValueError, match="damaged|not a"):
+        run_md(_parse(add_md_arguments, [str(tmp_path / "broken.xyz"), str(structure)]))
+
+
+def test_packaged_model_gives_the_numbers_of_the_model(model, model_file):
+    from clebsch.calculators import ClebschCalculator
+
+    atoms = molecule("CH3CH2OH")
+    ref, got = ClebschCalculator(model), ClebschCalculator(model_file)
+    assert got.get_potential_energy(atoms) == pytest.approx(ref.get_potential_energy(atoms), abs=1e-10)

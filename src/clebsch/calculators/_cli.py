@@ -8,7 +8,8 @@ The ``clebsch`` command registers these as sub-commands::
 
 ``run_md`` and ``run_relax`` return an exit status; a bad input (missing file,
 unknown element, a non-periodic structure with ``--cell`` or ``npt``) raises
-``SystemExit`` with a one-line message naming it.
+:class:`FileNotFoundError` or :class:`ValueError` with a one-line message
+naming it, which ``clebsch``'s entry point prints as ``clebsch md: error: ...``.
 """
 
 from __future__ import annotations
@@ -78,22 +79,15 @@ def add_relax_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def _fail(command: str, err: Exception) -> SystemExit:
-    return SystemExit(f"clebsch {command}: error: {err}")
-
-
 def run_md(args: argparse.Namespace) -> int:
     """Run ``clebsch md`` from parsed arguments; returns the exit status."""
-    try:
-        atoms = read_structure(args.structure, args.frame)
-        md(
-            args.model, atoms, ensemble=args.ensemble, temperature_K=args.temperature, timestep_fs=args.timestep,
-            steps=args.steps, trajectory=args.trajectory, logfile=args.log, friction=args.friction, seed=args.seed,
-            interval=args.interval, pressure_bar=args.pressure, device=args.device, dtype=args.dtype,
-            skin=args.skin, progress=not args.no_progress,
-        )
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        raise _fail("md", err) from err
+    atoms = read_structure(args.structure, args.frame)
+    md(
+        args.model, atoms, ensemble=args.ensemble, temperature_K=args.temperature, timestep_fs=args.timestep,
+        steps=args.steps, trajectory=args.trajectory, logfile=args.log, friction=args.friction, seed=args.seed,
+        interval=args.interval, pressure_bar=args.pressure, device=args.device, dtype=args.dtype,
+        skin=args.skin, progress=not args.no_progress,
+    )
     return 0
 
 
@@ -101,14 +95,11 @@ def run_relax(args: argparse.Namespace) -> int:
     """Run ``clebsch relax`` from parsed arguments; returns 0 when converged, 1 otherwise."""
     from ase.io import write
 
-    try:
-        atoms = read_structure(args.structure, args.frame)
-        converged = relax(
-            args.model, atoms, fmax=args.fmax, optimizer=args.optimizer, cell=args.cell, steps=args.steps,
-            trajectory=args.trajectory, device=args.device, dtype=args.dtype, skin=args.skin,
-        )
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        raise _fail("relax", err) from err
+    atoms = read_structure(args.structure, args.frame)
+    converged = relax(
+        args.model, atoms, fmax=args.fmax, optimizer=args.optimizer, cell=args.cell, steps=args.steps,
+        trajectory=args.trajectory, device=args.device, dtype=args.dtype, skin=args.skin,
+    )
     output = args.output or os.path.splitext(os.path.basename(args.structure))[0] + "_relaxed.xyz"
     write(output, atoms, format="extxyz")
     energy = atoms.get_potential_energy()
