@@ -1,0 +1,166 @@
+import pytest
+import torch
+from e3nn import o3 as eo
+
+from clebsch.nn import (ChannelwiseTensorProduct, ElementwiseTensorProduct, FullTensorProduct,
+                        FullyConnectedTensorProduct, Path, TensorProduct)
+from clebsch.o3 import Irreps
+from clebsch.testing import assert_equivariant
+
+CASES = {
+    "uvw": ("3x0e+2x1o+2x2e+1x1e", "2x0e+1o+2x2e", "4x0e+3x1o+2x2e+1x1e+2x3o+1x4e"),
+    "uvu": ("3x0e+2x1o+3x2e+2x1e", "2x0e+2x1o+2x2e", "3x0e+2x1o+3x2e+2x1e+3x3o+2x4e"),
+    "uvv": ("2x0e+3x1o+2x2e", "4x0e+3x1o+2x2e", "4x0e+3x1o+2x2e+3x1e"),
+    "uuu": ("2x0e+2x1o+2x2e", "2x0e+2x1o+2x2e", "2x0e+2x1o+2x2e+2x1e+2x4e"),
+}
+
+
+def _paths(mode, i1, i2, io):
+    a, b, o = Irreps(i1), Irreps(i2), Irreps(io)
+    out = []
+    for x, (m1, r1) in enumerate(a):
+        for y, (m2, r2) in enumerate(b):
+            for q, (mo, ro) in enumerate(o):
+                need = {"uvw": mo, "uvu": m1, "uvv": m2, "uuu": m1}[mode]
+                if ro in list(r1 * r2) and mo == need and (mode != "uuu" or m1 == m2):
+                    out.append(Path(x, y, q, mode, True, 1.0 + 0.5 * (len(out) % 3)))
+    return out
+
+
+def build_pair(mode, irrep_normalization="component", path_normalization="element", internal=True):
+    """Build the same product in clebsch and e3nn; copy the weights across."""
+    i1, i2, io = CASES[mode]
+    paths = _paths(mode, i1, i2, io)
+    kw = dict(irrep_normalization=irrep_normalization, path_normalization=path_normalization,
+              internal_weights=internal, shared_weights=internal)
+    ours = TensorProduct(i1, i2, io, paths, **kw)
+    ins = [(p.i_in1, p.i_in2, p.i_out, p.mode, p.has_weight, p.path_weight) for p in paths]
+    ref = eo.TensorProduct(i1, i2, io, ins, **kw)
+    if internal:
+        with torch.no_grad():
+            ours.weight.copy_(ref.weight)
+    return ours, ref
+
+
+@pytest.mark.parametrize("mode", list(CASES))
+@pytest.mark.parametrize("irrep_normalization", ["component", "norm"])
+@pytest.mark.parametrize("path_normalization", ["element", "path"])
+@pytest.mark.parametrize("internal", [True, False])
+def test_equals_e3nn(mode, irrep_normalization, path_normalization, internal):
+    torch.manual_seed(0)
+    ours, ref = build_pair(mode, irrep_normalization, path_normalization, internal)
+    x1 = ours.irreps_in1.randn(7, -1, dtype=torch.float64)
+    x2 = ours.irreps_in2.randn(7, -1, dtype=torch.float64)
+    ours, ref = ours.double(), ref.double()
+    if internal:
+        a, b = ours(x1, x2), ref(x1, x2)
+    else:
+        w = torch.randn(7, ours.weight_numel, dtype=torch.float64)
+        a, b = ours(x1, x2, w), ref(x1, x2, w)
+    assert ours.weight_numel == ref.weight_numel
+    assert (a - b).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("mode", ["uvu", "uvv", "uuu"])
+def test_unweighted_equals_e3nn(mode):
+    i = "2x0e+2x1o"
+    ins = [(0, 0, 0, mode, False), (1, 1, 0, mode, False), (1, 1, 2, mode, False), (0, 1, 1, mode, False)]
+    ref = eo.TensorProduct(i, i, "2x0e+2x1o+2x1e", ins).double()
+    ours = TensorProduct(i, i, "2x0e+2x1o+2x1e", [Path(*x) for x in ins]).double()
+    x1, x2 = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    assert (ours(x1, x2) - ref(x1, x2)).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("cls", [FullTensorProduct, ElementwiseTensorProduct])
+def test_ready_made_equal_e3nn(cls):
+    args = ("2x0e+3x1o+1x2e", "1x0e+4x1e+1x3o")
+    ref = getattr(eo, cls.__name__)(*args).double()
+    ours = cls(*args).double()
+    assert str(ours.irreps_out) == str(ref.irreps_out)
+    x1 = torch.randn(4, ours.irreps_in1.dim, dtype=torch.float64)
+    x2 = torch.randn(4, ours.irreps_in2.dim, dtype=torch.float64)
+    assert (ours(x1, x2) - ref(x1, x2)).abs().max() < 1e-10
+
+
+def test_channelwise_and_fully_connected_equal_e3nn():
+    tp = ChannelwiseTensorProduct("4x0e+4x1o+4x2e", "0e+1o+2e+3o", lmax=2).double()
+    ins = [(p.i_in1, p.i_in2, p.i_out, "uvu", True) for p in tp.paths]
+    ref = eo.TensorProduct(str(tp.irreps_in1), str(tp.irreps_in2), str(tp.irreps_out), ins,
+                           shared_weights=False, internal_weights=False).double()
+    assert tp.irreps_out.lmax == 2 and len(tp.paths) == 18
+    x1, x2 = torch.randn(6, 36, dtype=torch.float64), torch.randn(6, 16, dtype=torch.float64)
+    w = torch.randn(6, tp.weight_numel, dtype=torch.float64)
+    assert (tp(x1, x2, w) - ref(x1, x2, w)).abs().max() < 1e-10
+    fc = FullyConnectedTensorProduct("3x0e+2x1o", "0e+1o", "2x0e+3x1o+1x1e").double()
+    ref = eo.FullyConnectedTensorProduct("3x0e+2x1o", "0e+1o", "2x0e+3x1o+1x1e").double()
+    with torch.no_grad():
+        fc.weight.copy_(ref.weight)
+    x1, x2 = torch.randn(6, 9, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    assert (fc(x1, x2) - ref(x1, x2)).abs().max() < 1e-10
+    assert "FullyConnectedTensorProduct(" in repr(fc) and "weight_numel" in repr(fc)
+
+
+@pytest.mark.parametrize("mode", list(CASES))
+def test_equivariant(mode):
+    torch.manual_seed(1)
+    tp, _ = build_pair(mode)
+    tp = tp.double()
+    assert_equivariant(tp, [str(tp.irreps_in1), str(tp.irreps_in2)], [str(tp.irreps_out)], tolerance=1e-10)
+
+
+def test_equivariant_random_irreps_l4():
+    torch.manual_seed(2)
+    i1 = "3x0o+2x1e+2x3o+2x4e"
+    i2 = "0e+1o+2e+3o+4e"
+    tp = ChannelwiseTensorProduct(i1, i2, lmax=4, shared_weights=True, internal_weights=True).double()
+    assert tp.irreps_out.lmax == 4
+    assert_equivariant(tp, [i1, i2], [str(tp.irreps_out)], tolerance=1e-10)
+
+
+def test_second_moment():
+    torch.manual_seed(3)
+    tp = FullyConnectedTensorProduct("32x0e+32x1o+32x2e", "0e+1o+2e", "32x0e+32x1o+32x2e+32x1e")
+    x1 = tp.irreps_in1.randn(10_000, -1)
+    x2 = tp.irreps_in2.randn(10_000, -1)
+    with torch.no_grad():
+        y = tp(x1, x2)
+    for (mul, ir), sl in zip(tp.irreps_out, tp.irreps_out.slices()):
+        m = y[:, sl].pow(2).mean().item()
+        assert 0.9 < m < 1.1, (ir, m)
+    cw = ChannelwiseTensorProduct("32x0e+32x1o+32x2e", "0e+1o+2e+3o", lmax=2)
+    y = cw(x1, torch.randn(10_000, 16), torch.randn(10_000, cw.weight_numel)).detach()
+    assert 0.9 < y.pow(2).mean().item() < 1.1
+
+
+@pytest.mark.parametrize("mode", list(CASES))
+def test_gradcheck_and_gradgradcheck(mode):
+    torch.manual_seed(4)
+    small = {"uvw": ("2x0e+1x1o", "0e+1o", "1x0e+2x1o+1x1e"), "uvu": ("2x0e+2x1o", "0e+1o", "2x0e+2x1o+2x1e"),
+             "uvv": ("1x0e+1x1o", "2x0e+2x1o", "2x0e+2x1o"), "uuu": ("2x0e+2x1o", "2x0e+2x1o", "2x0e+2x1o+2x1e")}[mode]
+    tp = TensorProduct(*small, _paths(mode, *small), shared_weights=False).double()
+    x1 = torch.randn(3, tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
+    x2 = torch.randn(3, tp.irreps_in2.dim, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, tp.weight_numel, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(tp, (x1, x2, w))
+    assert torch.autograd.gradgradcheck(tp, (x1, x2, w))
+
+
+def test_bad_paths_raise():
+    with pytest.raises(ValueError, match="parity"):
+        TensorProduct("1o", "1o", "1o", [Path(0, 0, 0, "uvw")])
+    with pytest.raises(ValueError, match="triangle"):
+        TensorProduct("1o", "1o", "3e", [Path(0, 0, 0, "uvw")])
+    with pytest.raises(ValueError, match=r"Path\(.*i_out=5|i_out=5"):
+        TensorProduct("1o", "1o", "0e", [Path(0, 0, 5, "uvw")])
+    with pytest.raises(ValueError, match="multiplicity"):
+        TensorProduct("2x1o", "1o", "3x0e", [Path(0, 0, 0, "uvu")])
+
+
+def test_bad_shapes_raise():
+    tp = TensorProduct("2x0e", "0e", "2x0e", [Path(0, 0, 0, "uvu")], shared_weights=False)
+    with pytest.raises(ValueError, match=r"\(4, 3\)"):
+        tp(torch.randn(4, 3), torch.randn(4, 1), torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"weight has shape \(4, 5\)"):
+        tp(torch.randn(4, 2), torch.randn(4, 1), torch.randn(4, 5))
+    with pytest.raises(ValueError, match="must be given"):
+        tp(torch.randn(4, 2), torch.randn(4, 1))
