@@ -24,7 +24,7 @@ class ExponentialMovingAverage:
     ...     _ = model.weight.add_(1.0)
     >>> ema.update(model)
     >>> with ema.average_parameters(model):
-    ...     shift = float((model.weight - before).mean())
+    ...     shift = float((model.weight.detach() - before).mean())
     >>> round(shift, 3)  # decay ramps up: first update uses d = 2/11
     0.818
     """

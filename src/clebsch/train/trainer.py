@@ -326,7 +326,14 @@ class Trainer:
 
     def _out_of_time(self) -> bool:
         max_time = self.config.training.max_time
-        return max_time is not None and self.elapsed() >= max_time
+        if max_time is None:
+            return False
+        late = self.elapsed() >= max_time
+        if self.world > 1:  # every rank must stop at the same step
+            flag = torch.tensor([1.0 if late else 0.0])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            late = bool(flag.item() > 0)
+        return late
 
     def _maybe_switch_stage(self) -> None:
         st = self.config.second_stage
@@ -441,6 +448,11 @@ class Trainer:
                     n_sum += cfg.data.batch_size
                     step_in_epoch += 1
                     if bar is not None:
+                        if tr.max_time is not None:
+                            # ETA from the wall-time budget: the steps that fit at the current pace
+                            done = bar.n + 1
+                            fit = int(done * tr.max_time / max(self.elapsed(), 1e-9))
+                            bar.total = max(min(tr.max_epochs * steps_per_epoch, fit), done)
                         bar.update(1)
                         bar.set_description(f"epoch {self.epoch + 1}/{tr.max_epochs}", refresh=False)
                         bar.set_postfix(loss=f"{loss_sum / n_sum:.4g}", lr=f"{lr:.2g}", refresh=False)
