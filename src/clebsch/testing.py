@@ -94,6 +94,8 @@ def equivariance_error(
     for trial in range(n_trials):
         torch.manual_seed(seed + trial)
         R0 = rand_matrix().to(torch.float64)
+        q, r = torch.linalg.qr(R0)  # orthonormal to float64 precision, same rotation
+        R0 = q * torch.sign(torch.diagonal(r))
         t = torch.randn(3, generator=gen, dtype=torch.float64)
         for name, R in (("rotation", R0), ("reflection", -R0)):
             xs = [_transform(x, s, R, t) for x, s in zip(inputs, irreps_in)]
