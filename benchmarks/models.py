@@ -93,9 +93,15 @@ def water_box(n_atoms: int, seed: int = 0):
     per_side = int(np.ceil(n_mol ** (1 / 3)))
     grid = np.stack(np.meshgrid(*[np.arange(per_side)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n_mol]
     oxygen = (grid + 0.5 + rng.uniform(-0.1, 0.1, size=grid.shape)) * (length / per_side)
-    directions = rng.normal(size=(n_mol, 2, 3))
-    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
-    hydrogens = oxygen[:, None, :] + 0.96 * directions
+    # two O-H bonds of 0.96 Å at 104.5 degrees, randomly oriented
+    first = rng.normal(size=(n_mol, 3))
+    first /= np.linalg.norm(first, axis=-1, keepdims=True)
+    other = rng.normal(size=(n_mol, 3))
+    other -= (other * first).sum(-1, keepdims=True) * first
+    other /= np.linalg.norm(other, axis=-1, keepdims=True)
+    angle = np.deg2rad(104.5)
+    second = np.cos(angle) * first + np.sin(angle) * other
+    hydrogens = oxygen[:, None, :] + 0.96 * np.stack([first, second], axis=1)
     positions = np.concatenate([oxygen[:, None], hydrogens], axis=1).reshape(-1, 3) % length
     return positions, np.eye(3) * length, np.tile([8, 1, 1], n_mol)
 

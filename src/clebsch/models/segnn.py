@@ -29,7 +29,7 @@ import torch
 from ..nn import BesselBasis, FullyConnectedTensorProduct, PolynomialCutoff
 from ..o3 import Irreps, spherical_harmonics
 from ._registry import register
-from .nequip import Gate  # clebsch.nn.Gate
+from .nequip import Gate  # until clebsch.nn has its own
 
 __all__ = ["SEGNN"]
 
