@@ -11,7 +11,8 @@ linear Linear 32x0e+32x1o+32x2e -> 32x0e+32x1o+32x2e, 5,000 rows.
 Patterns: forward (no grad), forward+backward, and for conv the force-training pattern
 (energy -> autograd.grad(create_graph=True) w.r.t. the inputs -> loss on that gradient -> backward).
 Times are the median of repeats after one warm-up. Peak memory: each (case, pattern, library) runs in
-its own subprocess; we report the rise of the process RSS high-water mark (ru_maxrss) during one
+its own subprocess; the peak-RSS mark (VmHWM) is reset via /proc/self/clear_refs, and we report its rise
+over the RSS just before one
 call, i.e. the extra memory that call needed on top of inputs and modules.
 
 Usage: python benchmarks/tensor_product.py [--repeats N]
@@ -19,7 +20,6 @@ Usage: python benchmarks/tensor_product.py [--repeats N]
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -106,10 +106,20 @@ def measure_time(case, lib, pattern, repeats):
 def child(case, lib, pattern):
     torch.set_num_threads(2)
     f = pattern_fn(pattern, *build(case, lib))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM (peak RSS) to the current RSS
+        fh.write("5")
+    before = _status_kib("VmRSS")
     f()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = _status_kib("VmHWM")
     print(json.dumps({"peak_mib": (after - before) / 1024}))
+
+
+def _status_kib(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(key)
 
 
 def peak_memory(case, lib, pattern):
@@ -150,7 +160,7 @@ def main():
         line = f"{case:7s} {pattern:17s} {te * 1e3:9.1f} {tc * 1e3:10.1f} {te / tc:7.2f}x {me:9.1f} {mc:11.1f} {ratio:9.2f}"
         print(line, flush=True)
         rows.append(line)
-    print("speed-up = e3nn time / clebsch time; mem ratio = clebsch peak / e3nn peak (RSS high-water rise, MiB)")
+    print("speed-up = e3nn time / clebsch time; mem ratio = clebsch peak / e3nn peak (VmHWM rise during one call, MiB)")
 
 
 if __name__ == "__main__":
