@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import torch
 
-from ..nn import BesselBasis, ChannelwiseTensorProduct, FullyConnectedTensorProduct, PolynomialCutoff, ScalarMLP
+from ..nn import BesselBasis, ChannelwiseTensorProduct, FullyConnectedTensorProduct, Linear, PolynomialCutoff, ScalarMLP
 from ..o3 import Irreps, spherical_harmonics
 from ._registry import register
-from .nequip import Linear  # until clebsch.nn has its own
+
 from ._symmetric_contraction import SymmetricContraction
 
 __all__ = ["MACE"]

@@ -28,67 +28,15 @@ from ..nn import (
     BesselBasis,
     ChannelwiseTensorProduct,
     FullyConnectedTensorProduct,
-    Path,
+    Gate,
+    Linear,
     PolynomialCutoff,
     ScalarMLP,
-    TensorProduct,
-    normalize2mom,
 )
 from ..o3 import Irreps, spherical_harmonics
 from ._registry import register
 
 __all__ = ["NequIP"]
-
-# clebsch.nn has no Linear or Gate yet: the minimum here, on its TensorProduct, until it does
-
-class Linear(torch.nn.Module):
-    """Equivariant linear map: mixes the copies of each irrep (a tensor product with a constant ``0e``)."""
-
-    def __init__(self, irreps_in, irreps_out):
-        super().__init__()
-        self.irreps_in, self.irreps_out = Irreps(irreps_in), Irreps(irreps_out)
-        paths = [
-            Path(i, 0, j, "uvw")
-            for i, a in enumerate(self.irreps_in)
-            for j, b in enumerate(self.irreps_out)
-            if a.ir == b.ir
-        ]
-        self.tp = TensorProduct(self.irreps_in, "0e", self.irreps_out, paths)
-
-    def forward(self, x):
-        return self.tp(x, x.new_ones(*x.shape[:-1], 1))
-
-
-class Gate(torch.nn.Module):
-    """Gated nonlinearity: input ``scalars + gates + gated``, output ``act(scalars) + gated * act(gates)``."""
-
-    def __init__(self, irreps_scalars, act_scalars, irreps_gates, act_gates, irreps_gated):
-        super().__init__()
-        self.scalars, self.gates, self.gated = Irreps(irreps_scalars), Irreps(irreps_gates), Irreps(irreps_gated)
-        self.act_scalars = torch.nn.ModuleList(normalize2mom(a) for a in act_scalars)
-        self.act_gates = torch.nn.ModuleList(normalize2mom(a) for a in act_gates)
-        self.irreps_in = self.scalars + self.gates + self.gated
-        self.irreps_out = self.scalars + self.gated
-
-    def forward(self, x):
-        out, i = [], 0
-        for m, act in zip(self.scalars, self.act_scalars):
-            out.append(act(x[..., i : i + m.dim]))
-            i += m.dim
-        gates = []
-        for m, act in zip(self.gates, self.act_gates):
-            gates.append(act(x[..., i : i + m.dim]))
-            i += m.dim
-        gates = torch.cat(gates, dim=-1) if gates else x[..., :0]
-        k = 0
-        for m in self.gated:
-            block = x[..., i : i + m.dim].reshape(*x.shape[:-1], m.mul, m.ir.dim)
-            g = gates[..., k : k + m.mul, None]
-            out.append((block * g).reshape(*x.shape[:-1], m.dim))
-            i += m.dim
-            k += m.mul
-        return torch.cat(out, dim=-1)
-
 
 def hidden_irreps(channels: int, lmax: int, parity: bool) -> Irreps:
     """``channels`` copies of every irrep up to ``lmax``: the spherical-harmonic parity first, then the other."""

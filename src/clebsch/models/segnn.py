@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import torch
 
-from ..nn import BesselBasis, FullyConnectedTensorProduct, PolynomialCutoff
+from ..nn import BesselBasis, FullyConnectedTensorProduct, Gate, PolynomialCutoff
 from ..o3 import Irreps, spherical_harmonics
 from ._registry import register
-from .nequip import Gate  # until clebsch.nn has its own
+
 
 __all__ = ["SEGNN"]
 

@@ -79,7 +79,7 @@ class Gate(torch.nn.Module):
         return f"Gate({self._irreps_in} -> {self._irreps_out})"
 
     @staticmethod
-    def _apply(x, irreps, acts):
+    def _activate(x, irreps, acts):
         parts, i = [], 0
         for (mul, _), f in zip(irreps, acts):
             parts.append(f(x[..., i : i + mul]))
@@ -90,10 +90,10 @@ class Gate(torch.nn.Module):
         if x.shape[-1] != self._irreps_in.dim:
             raise ValueError(f"input has shape {tuple(x.shape)}, expected last dimension {self._irreps_in.dim}")
         s, g, v = torch.split(x.index_select(-1, self._extract), self._dims, dim=-1)
-        s = self._apply(s, self.irreps_scalars, self.act_scalars)
+        s = self._activate(s, self.irreps_scalars, self.act_scalars)
         if self.mul is None:
             return s
-        g = self._apply(g, self.irreps_gates, self.act_gates)
+        g = self._activate(g, self.irreps_gates, self.act_gates)
         return torch.cat([s, self.mul(v, g)], dim=-1)
 
 
