@@ -10,10 +10,11 @@ time a group costs
 
 1. two index gathers (``mul_ir`` layout -> ``[z, u, I]`` and ``[z, v, J]``),
 2. ``M[z, v, I, K] = sum_j C[I, j, K] x2[z, v, j]`` (the small input first),
-3. one batched matmul ``T[z, u, v, K] = sum_I x1[z, u, I] M[z, I, v, K]``,
-4. the path weights broadcast over each path's ``K`` segment (one contraction
-   per distinct output dimension, at most ``lmax + 1``),
-5. one index gather back to the ``mul_ir`` layout of the output.
+3. per distinct output dimension ``d`` (at most ``lmax + 1`` of them) one
+   batched matmul ``T[z, u, v, (p, d)] = sum_I x1[z, u, I] M[z, I, v, (p, d)]``
+   and the path weights broadcast over each path's ``d`` components,
+4. an in-place index write (an index add where paths share an output) into
+   the ``mul_ir`` layout of the output.
 
 There is no Python loop over paths at run time, and every operation is a plain
 differentiable torch op, so double backward (forces) works.
