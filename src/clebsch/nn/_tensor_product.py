@@ -10,11 +10,12 @@ time a group costs
 
 1. two index gathers (``mul_ir`` layout -> ``[z, u, I]`` and ``[z, v, J]``),
 2. ``M[z, v, I, K] = sum_j C[I, j, K] x2[z, v, j]`` (the small input first),
-3. per distinct output dimension ``d`` (at most ``lmax + 1`` of them) one
-   batched matmul ``T[z, u, v, (p, d)] = sum_I x1[z, u, I] M[z, I, v, (p, d)]``
-   and the path weights broadcast over each path's ``d`` components,
-4. an in-place index write (an index add where paths share an output) into
-   the ``mul_ir`` layout of the output.
+3. one batched matmul ``T[z, u, v, K] = sum_I x1[z, u, I] M[z, I, v, K]``,
+4. the path weights, expanded once to the ``K`` axis by an index gather, applied
+   element-wise (mode ``uvw``: one contraction per distinct output dimension),
+5. one index gather back to the ``mul_ir`` layout of the output (a permutation
+   whose backward is the inverse permutation; an index add where paths share
+   an output).
 
 There is no Python loop over paths at run time, and every operation is a plain
 differentiable torch op, so double backward (forces) works.
@@ -251,31 +252,34 @@ class TensorProduct(torch.nn.Module):
         mode = g.mode
         seg = []
         out_src = []  # flat output position of each element of the group's result
-        # one segment per distinct output dimension d: paths [P, d] contiguous in K
-        k = 0
-        for d in sorted({t[3] for t in k_of}):
-            ps = [(off, p) for off, p, _ in ordered if out[p.i_out].ir.dim == d]
-            P = len(ps)
-            w_d = None
-            if mode == "uvw":
+        widx = None
+        if mode == "uvw":
+            # weights mix u, v -> w per path: one contraction per distinct output dimension
+            k = 0
+            for d in sorted({t[3] for t in k_of}):
+                ps = [(off, p) for off, p, _ in ordered if out[p.i_out].ir.dim == d]
+                P = len(ps)
                 w_d = [off + (u * V + v) * W + w for u in range(U) for v in range(V) for w in range(W) for off, _ in ps]
+                seg.append(dict(k0=k, k1=k + P * d, d=d, P=P, widx=torch.tensor(w_d, dtype=torch.long)))
+                k += P * d
                 out_src += [so[p.i_out] + w * d + m for w in range(W) for _, p in ps for m in range(d)]
-            else:
+        else:
+            # weights are element-wise over (u, v, K): expand them once to the K axis
+            if mode in ("uvu", "uvv", "uvuv"):
                 if g.has_weight:
-                    if mode == "uuu":
-                        w_d = [off + u for u in range(U) for off, _ in ps]
-                    else:
-                        w_d = [off + u * V + v for u in range(U) for v in range(V) for off, _ in ps]
-                if mode in ("uvu", "uuu"):
-                    out_src += [so[p.i_out] + u * d + m for u in range(U) for _, p in ps for m in range(d)]
+                    widx = [off + u * V + v for u in range(U) for v in range(V) for off, _, _, _ in k_of]
+                if mode == "uvu":
+                    out_src = [so[o] + u * d + m for u in range(U) for _, o, m, d in k_of]
                 elif mode == "uvv":
-                    out_src += [so[p.i_out] + v * d + m for v in range(V) for _, p in ps for m in range(d)]
-                else:  # uvuv
-                    out_src += [so[p.i_out] + (u * V + v) * d + m for u in range(U) for v in range(V) for _, p in ps
-                                for m in range(d)]
-            seg.append(dict(k0=k, k1=k + P * d, d=d, P=P,
-                            widx=None if w_d is None else torch.tensor(w_d, dtype=torch.long)))
-            k += P * d
+                    out_src = [so[o] + v * d + m for v in range(V) for _, o, m, d in k_of]
+                else:
+                    out_src = [so[o] + (u * V + v) * d + m for u in range(U) for v in range(V) for _, o, m, d in k_of]
+            else:  # uuu
+                if g.has_weight:
+                    widx = [off + u for u in range(U) for off, _, _, _ in k_of]
+                out_src = [so[o] + u * d + m for u in range(U) for _, o, m, d in k_of]
+            if widx is not None:
+                widx = torch.tensor(widx, dtype=torch.long)
         plan = dict(mode=mode, has_weight=g.has_weight, U=U, V=V, W=W, I=I, J=J, K=K, seg=seg)
         pre = f"_g{gi}_"
         plan["pre"] = pre
@@ -287,17 +291,21 @@ class TensorProduct(torch.nn.Module):
         else:  # [J, I*K] so that x2 is contracted first
             self.register_buffer(pre + "C", C.permute(1, 0, 2).reshape(J, I * K).to(dt), persistent=False)
         for si, sg in enumerate(seg):
-            w_d = sg.pop("widx")
-            sg["widx"] = None
-            if w_d is not None:
-                self.register_buffer(f"{pre}w{si}", w_d, persistent=False)
-                sg["widx"] = f"{pre}w{si}"
+            self.register_buffer(f"{pre}w{si}", sg.pop("widx"), persistent=False)
+            sg["widx"] = f"{pre}w{si}"
+        plan["widx"] = None
+        if widx is not None:
+            self.register_buffer(pre + "widx", widx, persistent=False)
+            plan["widx"] = pre + "widx"
+        src = torch.tensor(out_src, dtype=torch.long)
         plan["full"] = len(out_src) == self._irreps_out.dim and len(set(out_src)) == len(out_src)
-        i = 0
-        for si, sg in enumerate(seg):  # where each segment's result goes in the output
-            n = (sg["k1"] - sg["k0"]) * {"uvw": W, "uvu": U, "uvv": V, "uuu": U, "uvuv": U * V}[mode]
-            self.register_buffer(f"{pre}out{si}", torch.tensor(out_src[i : i + n], dtype=torch.long), persistent=False)
-            i += n
+        if plan["full"]:  # a permutation: out = y[:, inv]
+            inv = torch.empty_like(src)
+            inv[src] = torch.arange(len(src))
+            self.register_buffer(pre + "out", inv, persistent=False)
+            self.register_buffer(pre + "out_inv", src, persistent=False)
+        else:  # several paths into one output, or outputs left at zero: scatter-add
+            self.register_buffer(pre + "out", src, persistent=False)
         return plan
 
     def _register_gather(self, name: str, idx: torch.Tensor, n: int) -> None:
@@ -374,10 +382,12 @@ class TensorProduct(torch.nn.Module):
         x2 = x2.to(dtype).expand(batch + x2.shape[-1:]).reshape(z, -1)
         if not self.shared_weights and self.weight_numel > 0:
             weight = weight.expand(batch + weight.shape[-1:]).reshape(z, -1)
-        out = x1.new_zeros(z, self._irreps_out.dim)
+        out = None
         for plan in self._plans:
-            plan_full = plan["full"] and len(self._plans) == 1
-            out = self._run_group(dict(plan, full=plan_full), x1, x2, weight, z, out)
+            y = self._run_group(plan, x1, x2, weight, z)
+            out = y if out is None else out + y
+        if out is None:
+            out = x1.new_zeros(z, self._irreps_out.dim)
         return out.reshape(batch + (self._irreps_out.dim,))
 
     def _gather(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -386,53 +396,45 @@ class TensorProduct(torch.nn.Module):
             return x.index_select(1, idx)
         return _Permute.apply(x, idx, inv)
 
-    def _run_group(self, plan, x1, x2, weight, z, out=None):
+    def _run_group(self, plan, x1, x2, weight, z):
         pre, mode = plan["pre"], plan["mode"]
         U, V, W, I, J, K = plan["U"], plan["V"], plan["W"], plan["I"], plan["J"], plan["K"]
         C = getattr(self, pre + "C").to(x1.dtype)
         a = self._gather(x1, pre + "in1").view(z, U, I)
         b = self._gather(x2, pre + "in2")
-        shared = self.shared_weights
         if mode == "uuu":
             xx = (a.unsqueeze(-1) * b.view(z, U, 1, J)).reshape(z * U, I * J)
             T = (xx @ C).view(z, U, K)
         else:
-            M = (b.view(z * V, J) @ C).view(z, V, I, K)  # small: the second input meets C first
-        if out is None:
-            out = x1.new_zeros(z, self._irreps_out.dim)
-
-        def write(si, r):  # in place into the mul_ir layout (add where paths share an output)
-            idx = getattr(self, f"{pre}out{si}")
-            return out.index_copy_(1, idx, r) if plan["full"] else out.index_add_(1, idx, r)
-
-        for si, s in enumerate(plan["seg"]):  # one dense contraction per distinct output dimension
-            d, P, k0, k1 = s["d"], s["P"], s["k0"], s["k1"]
-            w = None if s["widx"] is None else weight.index_select(-1, getattr(self, s["widx"])).to(x1.dtype)
-            if mode == "uuu":
-                r = T[..., k0:k1].reshape(z, U, P, d)
-                if w is not None:
-                    r = r * w.view(-1, U, P, 1)
-                out = write(si, r.reshape(z, -1))
-                continue
-            Md = M[..., k0:k1]
-            Md = Md.reshape(z, I, k1 - k0) if V == 1 else Md.permute(0, 2, 1, 3).reshape(z, I, V * (k1 - k0))
-            Td = torch.bmm(a, Md).view(z, U, V, P, d)
-            if mode == "uvw":
-                if shared:
+            M = (b.view(z * V, J) @ C).view(z, V, I, K)
+            M = M.view(z, I, K) if V == 1 else M.permute(0, 2, 1, 3).reshape(z, I, V * K)
+            T = torch.bmm(a, M)  # [z, U, V*K]
+        if mode == "uvw":
+            T = T.view(z, U, V, K)
+            pieces = []
+            for s in plan["seg"]:  # one contraction per distinct output dimension
+                d, P = s["d"], s["P"]
+                Td = T[..., s["k0"] : s["k1"]].reshape(z, U, V, P, d)
+                w = weight.index_select(-1, getattr(self, s["widx"])).to(x1.dtype)
+                if self.shared_weights:
                     r = torch.einsum("zuvpd,uvwp->zwpd", Td, w.view(U, V, W, P))
                 else:
                     r = torch.einsum("zuvpd,zuvwp->zwpd", Td, w.view(z, U, V, W, P))
-            elif mode == "uvu" and V == 1:
-                r = Td.view(z, U, P, d) if w is None else Td.view(z, U, P, d) * w.view(-1, U, P, 1)
-            else:
-                r = Td if w is None else Td * w.view(-1, U, V, P, 1)
-                if mode == "uvu":
-                    r = r.sum(2)
-                elif mode == "uvv":
-                    r = r.sum(1)
-            out = write(si, r.reshape(z, -1))
-            del Td, r
-        return out
+                pieces.append(r.reshape(z, -1))
+            y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        else:
+            y = T.reshape(z, -1)  # [z, U*V*K] (uvu, uvv, uvuv) or [z, U*K] (uuu)
+            if plan["widx"] is not None:
+                w = weight.index_select(-1, getattr(self, plan["widx"])).to(x1.dtype)
+                y = y * w
+            if V > 1 and mode == "uvu":
+                y = y.view(z, U, V, K).sum(2).reshape(z, -1)
+            elif mode == "uvv":
+                y = y.view(z, U, V * K).sum(1) if U > 1 else y
+        idx = getattr(self, pre + "out")
+        if plan["full"]:
+            return _Permute.apply(y, idx, getattr(self, pre + "out_inv"))
+        return y.new_zeros(z, self._irreps_out.dim).index_add(1, idx, y)
 
 
 class _Permute(torch.autograd.Function):
@@ -457,7 +459,7 @@ class FullyConnectedTensorProduct(TensorProduct):
     --------
     >>> tp = FullyConnectedTensorProduct("4x0e + 4x1o", "0e + 1o", "8x0e + 8x1o")
     >>> tp.weight_numel
-    128
+    192
     """
 
     def __init__(self, irreps_in1, irreps_in2, irreps_out, **kwargs) -> None:
@@ -510,7 +512,7 @@ class ChannelwiseTensorProduct(TensorProduct):
     >>> tp.irreps_out
     8x0e+8x0e+8x1o+8x1o+8x1o+8x1e
     >>> tp(torch.randn(3, 32), torch.randn(3, 9), torch.randn(3, tp.weight_numel)).shape
-    torch.Size([3, 112])
+    torch.Size([3, 96])
     """
 
     def __init__(self, irreps_in1, irreps_in2, filter_ir_out=None, lmax: int | None = None, **kwargs) -> None:
