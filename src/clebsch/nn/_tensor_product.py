@@ -459,7 +459,7 @@ class FullyConnectedTensorProduct(TensorProduct):
     --------
     >>> tp = FullyConnectedTensorProduct("4x0e + 4x1o", "0e + 1o", "8x0e + 8x1o")
     >>> tp.weight_numel
-    192
+    128
     """
 
     def __init__(self, irreps_in1, irreps_in2, irreps_out, **kwargs) -> None:
@@ -512,7 +512,7 @@ class ChannelwiseTensorProduct(TensorProduct):
     >>> tp.irreps_out
     8x0e+8x0e+8x1o+8x1o+8x1o+8x1e
     >>> tp(torch.randn(3, 32), torch.randn(3, 9), torch.randn(3, tp.weight_numel)).shape
-    torch.Size([3, 96])
+    torch.Size([3, 112])
     """
 
     def __init__(self, irreps_in1, irreps_in2, filter_ir_out=None, lmax: int | None = None, **kwargs) -> None:
