@@ -72,51 +72,27 @@ def load_run_data(data_cfg, cutoff: float, dtype: torch.dtype, seed: int, run_di
 
 
 def isolated_atom_energies(path, keys: dict) -> dict[int, float]:
-    """``{Z: energy}`` from a file of single-atom frames."""
-    from ..data.io import read_structures
+    """``{Z: energy}`` from the one-atom frames of a file (:func:`clebsch.data.reference_energies_from_file`)."""
+    from ..data.statistics import reference_energies_from_file
 
-    key = keys.get("energy") or "energy"
-    out = {}
-    for i, atoms in enumerate(read_structures(path)):
-        if len(atoms) != 1:
-            raise ValueError(f"isolated-atoms file '{path}', frame {i}: has {len(atoms)} atoms, expected 1")
-        results = atoms.calc.results if atoms.calc is not None else {}
-        value = results.get(key, atoms.info.get(key))
-        if value is None:
-            raise ValueError(f"isolated-atoms file '{path}', frame {i}: no energy key {key!r}")
-        out[int(atoms.numbers[0])] = float(value)
-    return out
+    return reference_energies_from_file(path, energy_key=keys.get("energy") or "energy")
 
 
 def statistics(graphs, species: list[int]) -> dict:
     """Per-element reference energies (least squares), force RMS and mean neighbour count.
 
-    Returns ``{"atomic_energies": [...], "force_rms": float, "avg_num_neighbors": float}``.
+    Thin wrapper over :mod:`clebsch.data.statistics`; returns
+    ``{"atomic_energies": [...] (in ``species`` order), "force_rms": float, "avg_num_neighbors": float}``.
     """
-    index = {z: i for i, z in enumerate(species)}
-    counts = np.zeros((len(graphs), len(species)))
-    energies = np.full(len(graphs), np.nan)
-    sq, n_force, n_edges, n_atoms = 0.0, 0, 0, 0
-    for row, g in enumerate(graphs):
-        for z, c in zip(*np.unique(g.numbers.numpy(), return_counts=True)):
-            counts[row, index[int(z)]] = c
-        if "energy" in g.targets:
-            energies[row] = float(g.targets["energy"].reshape(-1)[0])
-        if "forces" in g.targets:
-            f = g.targets["forces"]
-            f = f[torch.isfinite(f)]
-            sq += float((f.double() ** 2).sum())
-            n_force += f.numel()
-        n_edges += g.num_edges
-        n_atoms += g.num_atoms
-    ok = np.isfinite(energies)
-    e0 = np.zeros(len(species))
-    if ok.any():
-        e0 = np.linalg.lstsq(counts[ok], energies[ok], rcond=None)[0]
+    from ..data import statistics as st
+
+    has_energy = any("energy" in g.targets for g in graphs)
+    refs = st.reference_energies_least_squares(graphs) if has_energy else {}
+    has_forces = any("forces" in g.targets for g in graphs)
     return {
-        "atomic_energies": [float(e) for e in e0],
-        "force_rms": float(np.sqrt(sq / n_force)) if n_force else 1.0,
-        "avg_num_neighbors": n_edges / max(n_atoms, 1),
+        "atomic_energies": [float(refs.get(z, 0.0)) for z in species],
+        "force_rms": st.force_rms(graphs) if has_forces else 1.0,
+        "avg_num_neighbors": st.average_num_neighbors(graphs),
     }
 
 

@@ -31,7 +31,7 @@ def _parity(ax, ref, pred, label, unit):
     rmse = 1000 * np.sqrt(((ref - pred) ** 2).mean())
     ax.set_xlabel(f"reference {label} ({unit})")
     ax.set_ylabel(f"predicted {label} ({unit})")
-    ax.set_title(f"{label}: MAE {mae:.2f}, RMSE {rmse:.2f} m{unit}")
+    ax.set_title(f"{label}\nMAE {mae:.2f} m{unit}, RMSE {rmse:.2f} m{unit}", fontsize=10)
     ax.set_aspect("equal", adjustable="datalim")
 
 
