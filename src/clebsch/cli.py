@@ -1,4 +1,4 @@
-"""The ``clebsch`` command: train, evaluate, info, demo.
+"""The ``clebsch`` command: train, evaluate, info, md, relax, demo.
 
 Examples (shell)::
 
@@ -7,11 +7,13 @@ Examples (shell)::
     clebsch train --resume runs/ethanol
     clebsch evaluate runs/ethanol/model.pt test.xyz --output predictions.xyz --plots plots/
     clebsch info runs/ethanol/model.pt
+    clebsch md runs/ethanol/model.pt start.xyz --ensemble langevin --temperature 300 --steps 2000
+    clebsch relax runs/ethanol/model.pt start.xyz --fmax 0.01 --optimizer fire
     clebsch demo --out demo-run
 
 Data-parallel training runs one process per device under torchrun::
 
-    torchrun --nproc_per_node 2 -m clebsch.cli train config.yaml
+    torchrun --nproc_per_node 2 -m clebsch train config.yaml
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a packaged model", description="Describe a packaged model.")
     p.add_argument("model")
+
+    from .calculators._cli import add_md_arguments, add_relax_arguments
+
+    add_md_arguments(sub.add_parser("md", help="molecular dynamics with a packaged model",
+                                    description="Molecular dynamics (NVE, Langevin, NPT) with a packaged model."))
+    add_relax_arguments(sub.add_parser("relax", help="relax a structure with a packaged model",
+                                       description="Relax positions (and the cell with --cell) with a packaged model."))
 
     p = sub.add_parser("demo", help="train a small NequIP on the bundled ethanol data, evaluate, plot",
                        description="The README's main job: train a small NequIP on examples/ethanol_xtb.xyz "
@@ -146,7 +155,9 @@ def main(argv=None) -> int:
     from .train.config import ConfigError
     from .train.package import PackageError
 
-    handlers = {"train": _train, "evaluate": _evaluate, "info": _info, "demo": _demo}
+    from .calculators._cli import run_md, run_relax
+
+    handlers = {"train": _train, "evaluate": _evaluate, "info": _info, "md": run_md, "relax": run_relax, "demo": _demo}
     try:
         return handlers[args.command](args)
     except (ConfigError, PackageError, FileNotFoundError, ValueError) as err:

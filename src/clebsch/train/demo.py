@@ -2,7 +2,8 @@
 
 Trains a small NequIP (``examples/ethanol_nequip.yaml``) on the bundled
 GFN2-xTB ethanol frames (``examples/ethanol_xtb.xyz``) for a few minutes,
-evaluates it on held-out frames, prints the table and writes the plots.
+evaluates it on held-out frames, prints the table and writes the plots, then
+runs a short Langevin MD of one ethanol frame with the trained model.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def examples_dir() -> Path:
     )
 
 
-def run_demo(out="demo-run", time_budget="3m", threads: int = 2, overrides=()) -> dict:
+def run_demo(out="demo-run", time_budget="3m", threads: int = 2, overrides=(), md_steps: int = 400) -> dict:
     """Train, evaluate and plot; returns what :func:`~clebsch.train.trainer.train` returns."""
     examples = examples_dir()
     out = Path(out)
@@ -49,9 +50,22 @@ def run_demo(out="demo-run", time_budget="3m", threads: int = 2, overrides=()) -
           f"on {torch.get_num_threads()} CPU threads; writing to {out}/", file=sys.stderr, flush=True)
     start = time.monotonic()
     result = train(config)
+    if md_steps > 0:
+        import ase.io
+
+        from ..calculators import md
+
+        print(f"\nclebsch demo: {md_steps} steps of Langevin MD at 300 K (0.5 fs) with the trained model",
+              file=sys.stderr, flush=True)
+        atoms = ase.io.read(examples / "ethanol_xtb.xyz", index=0)
+        md(result["model_path"], atoms, ensemble="langevin", temperature_K=300.0, timestep_fs=0.5,
+           steps=md_steps, trajectory=out / "md.traj", logfile=out / "md.log", interval=20)
+        result["trajectory"] = out / "md.traj"
     print(f"\nclebsch demo: done in {time.monotonic() - start:.0f} s.")
     print(f"  model      {result.get('model_path')}   (clebsch info {result.get('model_path')})")
     for plot in result.get("plots", []):
         print(f"  plot       {plot}")
     print(f"  metrics    {out / 'metrics.csv'}")
+    if "trajectory" in result:
+        print(f"  md         {result['trajectory']}  (log {out / 'md.log'})")
     return result

@@ -1,0 +1,7 @@
+"""``python -m clebsch`` (and ``torchrun -m clebsch``): the ``clebsch`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
