@@ -2,18 +2,13 @@
 five frames lower the energy + forces loss by 10x or more.
 
 The frames are five ethanol geometries from the bundled GFN2-xTB trajectory
-(``examples/ethanol_xtb.xyz``), 2 ps apart; where that file is absent (an
-installed package without the examples), rattled ethanol molecules labelled
-with ASE's EMT potential.
+(``examples/ethanol_xtb.xyz``), 2 ps apart.
 """
 
 from pathlib import Path
 
 import ase.io
-import numpy as np
 import torch
-from ase.build import molecule
-from ase.calculators.emt import EMT
 
 from clebsch.graph import AtomicGraph, batch
 from clebsch.models import build_model
@@ -33,21 +28,9 @@ SIZES = {
 ETHANOL = Path(__file__).resolve().parents[2] / "examples" / "ethanol_xtb.xyz"
 
 
-def training_frames(n=5, seed=0):
+def training_frames(n=5):
     """``n`` ethanol frames with energies and forces, batched in float32."""
-    if ETHANOL.exists():
-        frames = ase.io.read(ETHANOL, index=f"0:{100 * n}:100")
-    else:
-        gen = np.random.default_rng(seed)
-        frames = []
-        for _ in range(n):
-            atoms = molecule("CH3CH2OH")
-            atoms.positions += gen.normal(0.0, 0.1, atoms.positions.shape)
-            atoms.calc = EMT()
-            atoms.info["energy"] = atoms.get_potential_energy()
-            atoms.arrays["forces"] = atoms.get_forces()
-            atoms.calc = None
-            frames.append(atoms)
+    frames = ase.io.read(ETHANOL, index=f"0:{100 * n}:100")
     return batch([AtomicGraph.from_ase(atoms, cutoff=CUTOFF, dtype=torch.float32) for atoms in frames])
 
 
