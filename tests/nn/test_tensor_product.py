@@ -164,3 +164,13 @@ def test_bad_shapes_raise():
         tp(torch.randn(4, 2), torch.randn(4, 1), torch.randn(4, 5))
     with pytest.raises(ValueError, match="must be given"):
         tp(torch.randn(4, 2), torch.randn(4, 1))
+
+
+def test_empty_batch_gives_empty_output():
+    """A graph without edges gathers zero rows: the product must give zero rows, not fail."""
+    tp = ChannelwiseTensorProduct("4x0e + 4x1o", "0e + 1o + 2e", lmax=2, shared_weights=False, internal_weights=False)
+    x1 = torch.randn(0, 16, requires_grad=True)
+    out = tp(x1, torch.randn(0, 9), torch.randn(0, tp.weight_numel))
+    assert out.shape == (0, tp.irreps_out.dim)
+    (out.sum() + x1.sum()).backward()
+    assert x1.grad.shape == (0, 16)

@@ -88,11 +88,9 @@ class InteractionBlock(torch.nn.Module):
     def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope):
         sender, receiver = edge_index[0], edge_index[1]
         x = self.self_interaction(h)
-        conv = x.new_zeros(h.shape[0], self.conv.irreps_out.dim)
-        if sender.numel() > 0:
-            weights = self.radial(edge_basis) * edge_envelope[:, None]
-            messages = self.conv(x[sender], edge_sh, weights)
-            conv = conv.index_add(0, receiver, messages) * self.norm
+        weights = self.radial(edge_basis) * edge_envelope[:, None]
+        messages = self.conv(x[sender], edge_sh, weights)
+        conv = x.new_zeros(h.shape[0], self.conv.irreps_out.dim).index_add(0, receiver, messages) * self.norm
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(h.dtype)
         out = self.gate(self.linear(conv) + self.self_connection(h, onehot))
         return h + out if self.resnet else out

@@ -172,10 +172,9 @@ class SEGNN(torch.nn.Module):
         h = self.embedding(onehot, node_attr)
         for (msg1, msg2), (upd1, upd2) in zip(self.message, self.update):
             m = h.new_zeros(h.shape)
-            if sender.numel() > 0:
-                x = concatenate([h[receiver], h[sender], edge_basis], [self.hidden, self.hidden, basis_irreps])
-                m_ij = msg1(x, edge_attr)
-                m_ij = msg2(concatenate([m_ij, edge_basis], [self.hidden, basis_irreps]), edge_attr) * envelope
-                m = m.index_add(0, receiver, m_ij) * self.inv_sqrt_avg
+            x = concatenate([h[receiver], h[sender], edge_basis], [self.hidden, self.hidden, basis_irreps])
+            m_ij = msg1(x, edge_attr)
+            m_ij = msg2(concatenate([m_ij, edge_basis], [self.hidden, basis_irreps]), edge_attr) * envelope
+            m = m.index_add(0, receiver, m_ij) * self.inv_sqrt_avg
             h = h + upd2(upd1(concatenate([h, m], [self.hidden, self.hidden]), node_attr), node_attr)
         return h

@@ -378,6 +378,8 @@ class TensorProduct(torch.nn.Module):
             ) from None
         z = math.prod(batch)
         dtype = torch.promote_types(x1.dtype, x2.dtype)
+        if z == 0:  # e.g. a graph without edges: nothing to contract
+            return x1.new_zeros(batch + (self.irreps_out.dim,), dtype=dtype)
         x1 = x1.to(dtype).expand(batch + x1.shape[-1:]).reshape(z, -1)
         x2 = x2.to(dtype).expand(batch + x2.shape[-1:]).reshape(z, -1)
         if not self.shared_weights and self.weight_numel > 0:
