@@ -28,6 +28,7 @@ setup: $(VENV)/.setup
 setup-test: $(VENV)/.setup-test
 
 demo: $(VENV)/.setup
+	rm -rf demo-run
 	$(VENV)/bin/clebsch demo --out demo-run
 
 test: $(VENV)/.setup-test
