@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   set up .venv, train a small NequIP on the bundled example, evaluate it
+#   make demo   set up .venv, train a small NequIP on the bundled example, evaluate it, run a short MD
 #   make test   set up .venv with the test extras, run the test suite
 #
 # torch is pinned to the CPU build of 2.13.0 and installed first, so that the
