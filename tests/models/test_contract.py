@@ -100,8 +100,9 @@ def test_forces_are_minus_gradient(family):
         plus, minus = pos.clone(), pos.clone()
         plus[atom, axis] += eps
         minus[atom, axis] -= eps
-        fd = -(model(graph_of(plus), compute_forces=False)["energy"] - model(graph_of(minus), compute_forces=False)["energy"]) / (2 * eps)
-        assert abs(float(fd) - float(forces[atom, axis].detach())) < 1e-7 * max(1.0, abs(float(fd)))
+        with torch.no_grad():
+            fd = -(model(graph_of(plus), compute_forces=False)["energy"] - model(graph_of(minus), compute_forces=False)["energy"]) / (2 * eps)
+        assert abs(float(fd) - float(forces[atom, axis])) < 1e-7 * max(1.0, abs(float(fd)))
 
 
 def test_stress_is_strain_derivative_and_rotates(family):
@@ -117,10 +118,11 @@ def test_stress_is_strain_derivative_and_rotates(family):
             strain = torch.eye(3, dtype=torch.float64)
             strain[i, j] += sign * eps / 2
             strain[j, i] += sign * eps / 2
-            e = model(graph_of(pos @ strain, numbers, cell=cell @ strain), compute_forces=False, compute_stress=False)["energy"]
+            with torch.no_grad():
+                e = model(graph_of(pos @ strain, numbers, cell=cell @ strain))["energy"]
             energies.append(e)
         fd = (energies[0] - energies[1]) / (2 * eps) / volume
-        assert abs(float(fd) - float(stress[i, j])) < 1e-7 * max(1.0, abs(float(fd)))
+        assert abs(float(fd) - float(stress[i, j].detach())) < 1e-7 * max(1.0, abs(float(fd)))
     R = random_orthogonal(6, reflect=True)
     out2 = model(graph_of(pos @ R.T, numbers, cell=cell @ R.T))
     assert rel_err(out2["energy"], out["energy"]) < 1e-9
@@ -138,7 +140,7 @@ def test_energy_continuous_across_cutoff(family):
         pos = torch.cat([base[:2], (base[0] + r * direction)[None]])
         # keep atom 2 out of reach of atom 1 so only the 0-2 edge crosses the cutoff
         pos[1] = base[0] - 1.2 * direction
-        return float(model(graph_of(pos, numbers), compute_forces=False)["energy"])
+        return float(model(graph_of(pos, numbers), compute_forces=False)["energy"].detach())
 
     inside, outside = energy(3.0 - 1e-6), energy(3.0 + 1e-6)
     assert abs(inside - outside) < 1e-8
@@ -200,3 +202,14 @@ def test_unknown_element_is_named(family):
     numbers[4] = 26
     with pytest.raises(ValueError, match=r"atom 4 is Fe"):
         model(graph_of(pos, numbers))
+
+
+def test_forces_under_no_grad(family):
+    """Inference code often runs under torch.no_grad(); forces must still come out, detached."""
+    model = small_model(family)
+    g = graph_of(molecule(15))
+    expected = model(g)["forces"]
+    with torch.no_grad():
+        out = model(g)
+    assert torch.allclose(out["forces"], expected, rtol=0, atol=1e-12)
+    assert not out["forces"].requires_grad

@@ -16,6 +16,7 @@ edges, is appended to the graph.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -147,6 +148,10 @@ class Potential(torch.nn.Module):
             compute_stress = "stress" in self.outputs and bool(graph.pbc.any())
         create_graph = self.training if training is None else training
 
+        with torch.enable_grad() if (compute_forces or compute_stress) else contextlib.nullcontext():
+            return self._evaluate(graph, compute_forces, compute_stress, create_graph)
+
+    def _evaluate(self, graph, compute_forces: bool, compute_stress: bool, create_graph: bool) -> dict:
         positions = graph.positions
         cell = graph.cell
         num_graphs = graph.num_graphs
