@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..o3 import Irreps
+from ._tensor_product import resolve_weight_options
 
 __all__ = ["Linear"]
 
@@ -43,13 +44,7 @@ class Linear(torch.nn.Module):
         super().__init__()
         self.irreps_in = Irreps(irreps_in)
         self.irreps_out = Irreps(irreps_out)
-        if shared_weights is None:
-            shared_weights = True if internal_weights is None else internal_weights
-        if internal_weights is None:
-            internal_weights = shared_weights
-        if internal_weights and not shared_weights:
-            raise ValueError("internal_weights=True requires shared_weights=True")
-        self.internal_weights, self.shared_weights = bool(internal_weights), bool(shared_weights)
+        self.internal_weights, self.shared_weights = resolve_weight_options(internal_weights, shared_weights)
         ins = [(i, o) for i, (_, a) in enumerate(self.irreps_in) for o, (_, b) in enumerate(self.irreps_out) if a == b]
         offsets, n = {}, 0
         for i, o in ins:

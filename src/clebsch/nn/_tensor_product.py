@@ -63,6 +63,20 @@ class _Group:
         self.paths: list[tuple[int, Path, float]] = []  # (weight offset, path, coefficient)
 
 
+def resolve_weight_options(internal_weights: bool | None, shared_weights: bool | None) -> tuple[bool, bool]:
+    """e3nn's defaults for weight options: shared and internal unless said otherwise.
+
+    Returns ``(internal_weights, shared_weights)``; internal weights must be shared.
+    """
+    if shared_weights is None:
+        shared_weights = True if internal_weights is None else internal_weights
+    if internal_weights is None:
+        internal_weights = shared_weights
+    if internal_weights and not shared_weights:
+        raise ValueError("internal_weights=True requires shared_weights=True")
+    return bool(internal_weights), bool(shared_weights)
+
+
 class TensorProduct(torch.nn.Module):
     r"""General Clebsch-Gordan tensor product with e3nn 0.6 semantics.
 
@@ -120,14 +134,8 @@ class TensorProduct(torch.nn.Module):
             raise ValueError(f"path_normalization must be 'element', 'path' or 'none', got {path_normalization!r}")
         self.irrep_normalization = irrep_normalization
         self.path_normalization = path_normalization
-        if shared_weights is None:
-            shared_weights = True if internal_weights is None else internal_weights
-        if internal_weights is None:
-            internal_weights = shared_weights
-        if internal_weights and not shared_weights:
-            raise ValueError("internal_weights=True requires shared_weights=True")
-        self.shared_weights = bool(shared_weights)
-        self.internal_weights = bool(internal_weights)
+        internal_weights, shared_weights = resolve_weight_options(internal_weights, shared_weights)
+        self.internal_weights, self.shared_weights = internal_weights, shared_weights
 
         in1 = list(self.irreps_in1)
         in2 = list(self.irreps_in2)
