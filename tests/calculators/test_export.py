@@ -52,14 +52,15 @@ def test_load_errors(tmp_path):
         load_exported(tmp_path / "missing.pt2")
 
 
-def test_equivariant_model_exports(tmp_path):
-    """NequIP (spherical harmonics, tensor products) exports and matches."""
+@pytest.mark.parametrize("name", ["nequip", "mace"])
+def test_equivariant_model_exports(name, tmp_path):
+    """NequIP and MACE (spherical harmonics, tensor products, symmetric contraction) export and match."""
     from ase.build import molecule
 
     from .conftest import small_model
 
-    model = small_model("nequip", channels=4, lmax=1)
-    path = export(model, tmp_path / "nequip.pt2")
+    model = small_model(name, channels=4, lmax=1)
+    path = export(model, tmp_path / f"{name}.pt2")
     atoms = molecule("CH3OH")
     ref, got = ClebschCalculator(model), ClebschCalculator(path)
     np.testing.assert_allclose(got.get_forces(atoms), ref.get_forces(atoms), atol=1e-9)

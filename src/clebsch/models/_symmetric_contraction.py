@@ -155,26 +155,34 @@ class SymmetricContraction(torch.nn.Module):
             # weights W_nu[z, p, k], unit variance; the sum over p is normalised below
             self.weights.append(torch.nn.Parameter(torch.randn(num_species, num_paths, channels) / math.sqrt(max(num_paths, 1))))
 
+    def _contract(self, x: torch.Tensor, z: int) -> torch.Tensor:
+        """The polynomial of element ``z`` at every row of ``x`` ``[n, K, d]`` -> ``[n, K, d_out]``."""
+        letters = "bcdefg"
+        t = None
+        for nu in range(self.correlation, 0, -1):
+            u = getattr(self, f"u{nu}").to(x.dtype)
+            w = self.weights[nu - 1][z].to(x.dtype)  # [P, K]
+            ax = letters[:nu]
+            # fold the weights of this element into the coupling tensor: [K, M, d^nu]
+            c = torch.einsum(f"pm{ax},pk->km{ax}", u, w)
+            # contract the last factor with A: [n, K, M, d^(nu-1)]
+            if t is None:
+                t = torch.einsum(f"km{ax},nk{ax[-1]}->nkm{ax[:-1]}", c, x)
+            else:
+                t = torch.einsum(f"nkm{ax},nk{ax[-1]}->nkm{ax[:-1]}", t + c, x)
+        return t
+
     def forward(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         n, k, d = a.shape
         out = a.new_zeros(n, k, self.irreps_out.dim)
-        letters = "bcdefg"
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
+            # shapes must not depend on values: every atom through every element's polynomial, then select
+            for z in range(self.num_species):
+                out = torch.where((species == z)[:, None, None], self._contract(a, z), out)
+            return out
         for z in range(self.num_species):
             idx = (species == z).nonzero().squeeze(1)
             if idx.numel() == 0:
                 continue
-            x = a.index_select(0, idx)  # [n_z, K, d]
-            t = None
-            for nu in range(self.correlation, 0, -1):
-                u = getattr(self, f"u{nu}").to(a.dtype)
-                w = self.weights[nu - 1][z].to(a.dtype)  # [P, K]
-                ax = letters[:nu]
-                # fold the weights of this element into the coupling tensor: [K, M, d^nu]
-                c = torch.einsum(f"pm{ax},pk->km{ax}", u, w)
-                # contract the last factor with A: [n, K, M, d^(nu-1)]
-                if t is None:
-                    t = torch.einsum(f"km{ax},nk{ax[-1]}->nkm{ax[:-1]}", c, x)
-                else:
-                    t = torch.einsum(f"nkm{ax},nk{ax[-1]}->nkm{ax[:-1]}", t + c, x)
-            out = out.index_copy(0, idx, t)
+            out = out.index_copy(0, idx, self._contract(a.index_select(0, idx), z))
         return out
