@@ -1,5 +1,7 @@
 """Small float64 models and structures for the calculator tests."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from ase.build import bulk, molecule
@@ -7,6 +9,7 @@ from ase.build import bulk, molecule
 from clebsch.models import build_model
 
 SPECIES = ["H", "C", "O", "Cu"]
+TRAIN_EPOCHS = 10  # of the ethanol fit below: about 15 s on one core
 
 
 def small_model(name="schnet", cutoff=3.0, seed=0, **extra):
@@ -96,3 +99,56 @@ def trained_copper():
             loss.backward()
             optimizer.step()
     return model.eval()
+
+
+ETHANOL_XTB = Path(__file__).resolve().parents[2] / "examples" / "ethanol_xtb.xyz"
+
+
+@pytest.fixture(scope="session")
+def trained_ethanol(tmp_path_factory):
+    """A small float64 PaiNN trained with ``clebsch.train`` for a few seconds (a fixed number
+    of epochs, so the result does not depend on the machine's speed) on the bundled molecule.
+
+    The data are the GFN2-xTB ethanol frames of ``examples/ethanol_xtb.xyz``:
+    the model is fitted to the first 400 and the last 100 are held out. Returns
+    the packaged model's path, the held-out frames and the same architecture
+    untrained (same config, fresh weights), to show that training did something.
+    """
+    import ase.io
+
+    from clebsch.train.trainer import train
+
+    frames = ase.io.read(ETHANOL_XTB, ":")
+    root = tmp_path_factory.mktemp("ethanol")
+    ase.io.write(root / "train.xyz", frames[:400])
+    config = {
+        "run_dir": str(root / "run"),
+        "seed": 0,
+        "dtype": "float64",
+        "device": "cpu",
+        "model": {"name": "painn", "cutoff": 4.0, "num_layers": 2, "channels": 16, "num_basis": 8},
+        "data": {"train": str(root / "train.xyz"), "valid_fraction": 0.05, "batch_size": 5},
+        "optimizer": {"lr": 0.01},
+        "scheduler": {"name": "none"},
+        "training": {"max_epochs": TRAIN_EPOCHS, "progress": False, "plots": False,
+                     "ema_decay": 0.99},
+    }
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(config, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(n)
+    from clebsch.train.package import load
+
+    trained = load(result["model_path"]).double().eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            untrained = build_model(trained.config)
+        finally:
+            torch.set_default_dtype(previous)
+    return {"path": result["model_path"], "held_out": frames[400:], "untrained": untrained.double().eval(),
+            "epochs": result["epochs"]}
