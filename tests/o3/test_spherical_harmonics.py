@@ -128,3 +128,49 @@ def test_bad_inputs():
         spherical_harmonics("1o + 2o", torch.zeros(5, 3), True)
     with pytest.raises(ValueError, match="-1"):
         spherical_harmonics([-1], torch.zeros(5, 3), True)
+
+
+@pytest.mark.parametrize("ls", [[0], [1], [2, 0, 3], [0, 1, 2, 3, 4, 5, 6]])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_gradients_of_every_subset(ls, normalize):
+    """The hand-written backward and its differentiable twin, for subsets, out-of-order and l = 0/1 only."""
+    x = torch.randn(5, 3, generator=gen(11), dtype=F64, requires_grad=True)
+    f = lambda x: spherical_harmonics(ls, x, normalize)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x,))
+    assert torch.autograd.gradgradcheck(f, (x,))
+
+
+@pytest.mark.parametrize("normalization", NORMS)
+def test_first_and_second_derivatives_match_e3nn(normalization):
+    e3o3 = pytest.importorskip("e3nn.o3")
+    x0 = torch.randn(64, 2, 3, generator=gen(12), dtype=F64)  # a batch shape, not only (N, 3)
+    w = torch.randn(64, 2, 144, generator=gen(13), dtype=F64)
+    v = torch.randn(64, 2, 3, generator=gen(14), dtype=F64)
+    results = []
+    for sh in (spherical_harmonics, lambda ls, x, n, normalization: e3o3.spherical_harmonics(ls, x, n, normalization=normalization)):
+        x = x0.clone().requires_grad_()
+        y = sh(list(range(12)), x, True, normalization=normalization)
+        (g,) = torch.autograd.grad((y * w).sum(), x, create_graph=True)
+        (h,) = torch.autograd.grad((g * v).sum(), x)
+        results.append((y, g, h))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, atol=1e-9, rtol=1e-9)
+
+
+def test_tracing_leaves_real_tensors_in_the_caches():
+    """Exporting first (fake tensors) must not poison the coefficient caches used by later eager calls."""
+    from clebsch.o3 import _spherical_harmonics as sh_module
+
+    sh_module._TABLE_CACHE.clear()
+    for fn in (sh_module._tables, sh_module._block, sh_module._harmonic_coefficients):
+        fn.cache_clear()
+
+    class Edges(torch.nn.Module):
+        def forward(self, x):
+            return spherical_harmonics([0, 1, 2, 5], x, True)
+
+    x = torch.randn(7, 3, generator=gen(15), dtype=F64)
+    program = torch.export.export(Edges(), (x,))
+    eager = spherical_harmonics([0, 1, 2, 5], x, True)
+    torch.testing.assert_close(program.module()(x), eager, atol=1e-12, rtol=0)
+    assert all(type(t) is torch.Tensor for t in sh_module._tables((0, 1, 2, 5), "component"))

@@ -5,19 +5,25 @@ r"""Real spherical harmonics as polynomials of ``(x, y, z)``, for any degree.
 and ``c_l > 0`` fixed so that ``|Y^{l+1}|^2 = 2l+3`` on the unit sphere — the
 recurrence of e3nn, hence its basis and signs. Each ``Y^l`` is a homogeneous
 polynomial of degree ``l``; its coefficients on the monomials
-``x^a y^b z^c`` are computed once (float64, cached) from the recurrence, and
-evaluation is one small matrix product per degree on a monomial table.
+``x^a y^b z^c`` are computed once (float64, cached) from the recurrence.
+
+Evaluation builds the monomials of degrees ``0..lmax`` (one product each) and
+takes one matrix product with the coefficient table. The backward pass is
+written by hand -- the derivatives are polynomials of one degree less, on the
+same monomials -- so autograd records no intermediate; under
+``create_graph=True`` the same formula is evaluated with differentiable
+operations, which gives second (and higher) derivatives.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence, Union
 
 import torch
 
 from ._irreps import Irreps
+from ._cache import constant_cache, real_tensors, tracing
 from ._wigner import wigner_3j
 
 __all__ = ["spherical_harmonics"]
@@ -34,7 +40,7 @@ def _monomials(d: int) -> list[tuple[int, int, int]]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@constant_cache
 def _harmonic_coefficients(l: int) -> torch.Tensor:
     """Coefficients ``(2l+1, l+1, l+1, l+1)`` (float64) of ``Y^l`` ("component") on ``x^a y^b z^c``."""
     if l == 0:
@@ -62,7 +68,7 @@ def _harmonic_coefficients(l: int) -> torch.Tensor:
 _NORMS = ("component", "norm", "integral")
 
 
-@functools.lru_cache(maxsize=None)
+@constant_cache
 def _block(l: int, normalization: str) -> torch.Tensor:
     """Coefficients ``(2l+1, n_monomials(l))`` (float64) of ``Y^l`` on the degree-``l`` monomials."""
     P = _harmonic_coefficients(l)
@@ -74,23 +80,71 @@ def _block(l: int, normalization: str) -> torch.Tensor:
     return block.contiguous()
 
 
-_COEFF_CACHE: dict = {}
+@constant_cache
+def _tables(ls: tuple, normalization: str) -> tuple:
+    """Float64 ``(C^T, B^T)`` for the degrees ``ls``: evaluation and derivative tables.
+
+    With ``M`` the monomials of degrees ``0..lmax`` stacked row-wise
+    (``(K, N)``), ``Y = M^T C^T`` (``(N, dim)``). ``B^T`` (``(3 K', dim)``,
+    ``K'`` the monomials of degree ``< lmax``) holds ``dY/du_j`` on those
+    monomials for ``j = x, y, z``, so that the vector-Jacobian product is one
+    matrix product and one weighted sum: ``g_j = sum_k (B^T g_Y^T)[j k] M[k]``.
+    """
+    lmax = max(ls)
+    index = {}
+    for d in range(lmax + 1):
+        for e in _monomials(d):
+            index[e] = len(index)
+    k_low = max(len(index) - (lmax + 1) * (lmax + 2) // 2, 1)
+    dim = sum(2 * l + 1 for l in ls)
+    C = torch.zeros(dim, len(index), dtype=torch.float64)
+    B = torch.zeros(3, dim, k_low, dtype=torch.float64)
+    row = 0
+    for l in ls:
+        block = _block(l, normalization)
+        for col, e in enumerate(_monomials(l)):
+            C[row : row + 2 * l + 1, index[e]] = block[:, col]
+            for j in range(3):
+                if e[j] > 0:
+                    lower = list(e)
+                    lower[j] -= 1
+                    B[j, row : row + 2 * l + 1, index[tuple(lower)]] += e[j] * block[:, col]
+        row += 2 * l + 1
+    return C.T.contiguous(), B.permute(0, 2, 1).reshape(3 * k_low, dim).contiguous()
 
 
-def _coefficients(l: int, normalization: str, dtype, device) -> torch.Tensor:
-    key = (l, normalization, dtype, device)
-    c = _COEFF_CACHE.get(key)
-    if c is None:
-        c = _block(l, normalization).to(dtype=dtype, device=device)
-        _COEFF_CACHE[key] = c
-    return c
+_TABLE_CACHE: dict = {}
 
 
-def _monomial_rows(u: torch.Tensor, lmax: int) -> list[torch.Tensor]:
-    """Monomials of each degree ``d <= lmax`` of the rows of ``u`` (``(3, N)``): a list of ``(n_d, N)``.
+def _tables_as(ls: tuple, normalization: str, dtype, device) -> tuple:
+    """:func:`_tables` in ``dtype`` on ``device`` (cached, but never while tracing)."""
+    key = (ls, normalization, dtype, device)
+    out = _TABLE_CACHE.get(key)
+    if out is None:
+        with real_tensors():
+            out = tuple(t.to(dtype=dtype, device=device) for t in _tables(ls, normalization))
+        if not tracing():
+            _TABLE_CACHE[key] = out
+    return out
 
-    Component-major layout: every product is of contiguous rows, and each
-    degree is a single ``cat`` of three products.
+
+def _unit(x: torch.Tensor, normalize: bool) -> tuple:
+    """``(u, inv)``: the rows ``u`` (``(3, N)``) of ``x / |x|`` (or of ``x``) and ``1 / |x|``.
+
+    ``where`` keeps a zero vector at ``u = 0`` with the finite derivative ``du/dx = 1``.
+    """
+    if not normalize:
+        return x.T, x.new_ones(())
+    r2 = (x * x).sum(dim=1)
+    inv = torch.where(r2 > 0, r2, torch.ones_like(r2)).rsqrt()
+    return x.T * inv, inv
+
+
+def _monomial_rows(u: torch.Tensor, lmax: int) -> torch.Tensor:
+    """Monomials of degrees ``0..lmax`` of the rows of ``u`` (``(3, N)``), stacked: ``(K, N)``.
+
+    Differentiable: it serves tracing and second derivatives. Each degree is
+    one ``cat`` of three products of contiguous rows, in :func:`_monomials`' order.
     """
     x, y, z = u[0:1], u[1:2], u[2:3]
     out = [torch.ones_like(x), u]
@@ -98,7 +152,71 @@ def _monomial_rows(u: torch.Tensor, lmax: int) -> list[torch.Tensor]:
     for d in range(2, lmax + 1):
         cur = torch.cat([cur * x, cur[-d:] * y, cur[-1:] * z], dim=0)
         out.append(cur)
-    return out[: lmax + 1]
+    return torch.cat(out[: lmax + 1], dim=0)
+
+
+def _monomial_rows_into(x: torch.Tensor, inv: torch.Tensor, normalize: bool, lmax: int) -> torch.Tensor:
+    """:func:`_monomial_rows` of the rows of ``x * inv``, every product written in place (no autograd)."""
+    m = x.new_empty((lmax + 1) * (lmax + 2) * (lmax + 3) // 6, x.shape[0])
+    m[0].fill_(1.0)
+    if lmax == 0:
+        return m
+    if normalize:
+        torch.mul(x.T, inv, out=m[1:4])
+    else:
+        m[1:4].copy_(x.T)
+    x_, y_, z_ = m[1:2], m[2:3], m[3:4]
+    start, n = 1, 3  # rows of the previous degree
+    for d in range(2, lmax + 1):
+        cur, o = m[start : start + n], start + n
+        torch.mul(cur, x_, out=m[o : o + n])
+        torch.mul(cur[-d:], y_, out=m[o + n : o + n + d])
+        torch.mul(cur[-1:], z_, out=m[o + n + d : o + n + d + 1])
+        start, n = o, n + d + 1
+    return m
+
+
+def _vjp(grad: torch.Tensor, u: torch.Tensor, inv: torch.Tensor, m: torch.Tensor, bt: torch.Tensor, normalize: bool):
+    """``dL/dx`` (``(N, 3)``) from ``dL/dY`` (``(N, dim)``) and the monomials ``m`` of degree ``< lmax``."""
+    k = bt.shape[0] // 3
+    g = (torch.mm(bt, grad.T).view(3, k, -1) * m[:k]).sum(dim=1)  # dL/du, (3, N)
+    if normalize:
+        g = (g - u * (u * g).sum(dim=0)) * inv
+    return g.T
+
+
+class _SphericalHarmonics(torch.autograd.Function):
+    """Forward without an autograd graph; hand-written backward, differentiable on demand."""
+
+    @staticmethod
+    def forward(ctx, x, ls, normalize, normalization):
+        lmax = max(ls)
+        ct, _ = _tables_as(ls, normalization, x.dtype, x.device)
+        if normalize:
+            r2 = (x * x).sum(dim=1)
+            inv = torch.where(r2 > 0, r2, torch.ones_like(r2)).rsqrt_()
+        else:
+            inv = x.new_ones(())
+        m = _monomial_rows_into(x, inv, normalize, lmax)
+        # the backward needs the monomials of degree < lmax: the first rows of m
+        ctx.save_for_backward(x, inv, m[: max(lmax * (lmax + 1) * (lmax + 2) // 6, 1)])
+        ctx.args = (ls, normalize, normalization)
+        return torch.mm(m.T, ct)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, inv, m = ctx.saved_tensors
+        ls, normalize, normalization = ctx.args
+        lmax = max(ls)
+        if lmax == 0:
+            return torch.zeros_like(x), None, None, None
+        _, bt = _tables_as(ls, normalization, grad.dtype, grad.device)
+        if torch.is_grad_enabled():
+            # create_graph=True: the same formula from differentiable pieces, so it has derivatives too
+            u, inv = _unit(x, normalize)
+            return _vjp(grad, u, inv, _monomial_rows(u, lmax - 1), bt, normalize), None, None, None
+        u = m[1:4] if lmax > 1 else x.T * inv
+        return _vjp(grad, u, inv, m, bt, normalize), None, None, None
 
 
 def _parse_ls(ls) -> tuple[int, ...]:
@@ -167,12 +285,11 @@ def spherical_harmonics(
     ls = _parse_ls(ls)
     batch = x.shape[:-1]
     u = x.reshape(-1, 3)
-    if normalize:
-        r2 = (u * u).sum(dim=1, keepdim=True)
-        # where() keeps the zero vector's value at 0 and its gradient finite
-        u = u * torch.where(r2 > 0, r2, torch.ones_like(r2)).rsqrt()
-    monomials = _monomial_rows(u.T.contiguous(), max(ls))
-    # one small matmul per degree (Y^l only involves degree-l monomials), stacked row-wise
-    rows = [_coefficients(l, normalization, x.dtype, x.device) @ monomials[l] for l in ls]
-    out = (torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]).T.contiguous()
+    if tracing():
+        # torch.export / compile: plain differentiable operations, no custom backward
+        ct, _ = _tables_as(ls, normalization, x.dtype, x.device)
+        unit, _ = _unit(u, normalize)
+        out = torch.mm(_monomial_rows(unit, max(ls)).T, ct)
+    else:
+        out = _SphericalHarmonics.apply(u, ls, normalize, normalization)
     return out.reshape(*batch, out.shape[1])
