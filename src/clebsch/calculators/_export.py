@@ -23,6 +23,17 @@ lines of plain torch, reproduced here for use without clebsch::
     grad_r, grad_strain = torch.autograd.grad(energy, [positions, strain])
     forces, stress = -grad_r, grad_strain / abs(torch.linalg.det(cell))
 
+A model with a dipole head exports it too: the function then also takes the
+total charge and returns the per-atom charges and the dipole beside the
+energies,
+
+    (positions, numbers, edge_index, shifts, cell, total_charge [1]) -> (atomic energies [N], charges [N], dipole [3])
+
+and ``clebsch.json`` lists the inputs and outputs (``"inputs"``,
+``"outputs"``); in the snippet above, pass ``total_charge`` last and take
+the energies as ``program(...)[0]``. A file without those keys (written
+before dipoles were exported) holds the five-input, energies-only function.
+
 Edges follow :func:`clebsch.graph.radius_graph`: row 0 the sender ``j``, row 1
 the receiver ``i``, vector ``r_j - r_i + shifts @ cell``, every pair within the
 cutoff in both directions.
@@ -36,9 +47,10 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["export", "load_exported", "ExportedPotential", "AtomicEnergies"]
+__all__ = ["export", "load_exported", "ExportedPotential", "AtomicEnergies", "EnergiesAndDipole"]
 
 _META = "clebsch.json"
+_INPUTS = ["positions", "numbers", "edge_index", "shifts", "cell"]
 
 
 class AtomicEnergies(torch.nn.Module):
@@ -58,7 +70,8 @@ class AtomicEnergies(torch.nn.Module):
         self.register_buffer("scale", potential.scale.detach().clone())
         self.num_species = len(potential.species)
 
-    def forward(self, positions, numbers, edge_index, shifts, cell):
+    def features(self, positions, numbers, edge_index, shifts, cell):
+        """Species indices, atomic energies [N] and the representation's features (isolated atoms included)."""
         species = self.z_to_index[numbers]
         vectors = positions[edge_index[0]] - positions[edge_index[1]] + shifts @ cell
         isolated = torch.arange(self.num_species, device=species.device)
@@ -66,7 +79,32 @@ class AtomicEnergies(torch.nn.Module):
         out = self.energy_head(features)[:, 0]
         n = species.shape[0]
         learned = out[:n] - out[n:][species]
-        return self.atomic_energies.to(learned.dtype)[species] + self.scale.to(learned.dtype) * learned
+        energies = self.atomic_energies.to(learned.dtype)[species] + self.scale.to(learned.dtype) * learned
+        return species, energies, features[:n]
+
+    def forward(self, positions, numbers, edge_index, shifts, cell):
+        return self.features(positions, numbers, edge_index, shifts, cell)[1]
+
+
+class EnergiesAndDipole(AtomicEnergies):
+    """The exported function of a model with a dipole head: energies, charges and dipole of one structure.
+
+    The dipole is :class:`~clebsch.models.Potential`'s: atomic dipoles plus
+    charges (shifted to add up to ``total_charge``) times positions from the
+    centre of mass.
+    """
+
+    def __init__(self, potential):
+        super().__init__(potential)
+        self.dipole_head = potential.dipole_head
+        self.register_buffer("masses", potential.masses.detach().clone())
+
+    def forward(self, positions, numbers, edge_index, shifts, cell, total_charge):
+        species, energies, features = self.features(positions, numbers, edge_index, shifts, cell)
+        batch = torch.zeros_like(species)
+        masses = self.masses.to(features.dtype)[species]
+        charges, dipole = self.dipole_head(features, positions, masses, batch, 1, total_charge.to(features.dtype))
+        return energies, charges, dipole[0]
 
 
 def _example(model, dtype, device):
@@ -110,15 +148,17 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
 
     Notes
     -----
-    Only energy, forces and stress (through :class:`ExportedPotential`) are
-    exported; other heads (dipole, polarizability) are not. A representation
+    Energy, forces and stress (through :class:`ExportedPotential`) are
+    exported, and the dipole (with the per-atom charges) where the model has
+    that head; polarizability and per-atom irreps heads are not. A representation
     whose forward branches on tensor values cannot be exported and raises
     :class:`RuntimeError` naming the family.
     """
     from ._calculator import load_model
 
     model = load_model(model, device=device, dtype=dtype)
-    module = AtomicEnergies(model).eval()
+    with_dipole = getattr(model, "dipole_head", None) is not None
+    module = (EnergiesAndDipole if with_dipole else AtomicEnergies)(model).eval()
     example = _example(model, getattr(torch, dtype), torch.device(device))
     n_atoms = torch.export.Dim("n_atoms", min=1)
     n_edges = torch.export.Dim("n_edges", min=0)
@@ -126,6 +166,12 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
         "positions": {0: n_atoms}, "numbers": {0: n_atoms}, "edge_index": {1: n_edges}, "shifts": {0: n_edges},
         "cell": None,
     }
+    inputs, outputs = list(_INPUTS), ["atomic_energies"]
+    if with_dipole:
+        example = (*example, torch.zeros(1, dtype=getattr(torch, dtype), device=torch.device(device)))
+        dynamic["total_charge"] = None
+        inputs.append("total_charge")
+        outputs += ["charges", "dipole"]
     with torch.no_grad():
         # run once eagerly first: module-level caches (spherical-harmonic coefficients) must hold real
         # tensors, not the fake ones tracing would otherwise store in them
@@ -142,7 +188,7 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
             f"data-dependent Python control flow to be exported"
         ) from err
     meta = {"cutoff": float(model.cutoff), "species": [int(z) for z in model.species], "dtype": dtype,
-            "config": getattr(model, "config", {})}
+            "inputs": inputs, "outputs": outputs, "config": getattr(model, "config", {})}
     path = os.fspath(path)
     torch.export.save(program, path, extra_files={_META: json.dumps(meta, default=str)})
     return path
@@ -153,9 +199,10 @@ class ExportedPotential(torch.nn.Module):
 
     ``model(graph)`` takes anything with ``positions``, ``numbers``,
     ``edge_index``, ``shifts``, ``cell`` [1, 3, 3] and ``pbc`` [1, 3] (one
-    structure) and returns ``energy`` [1], ``atomic_energies``, ``forces``
-    and, for periodic structures, ``stress`` [1, 3, 3], so
-    :class:`ClebschCalculator` runs it unchanged.
+    structure; ``total_charge`` [1] if it has one) and returns ``energy`` [1],
+    ``atomic_energies``, ``forces``, for periodic structures ``stress``
+    [1, 3, 3], and, if the model exported a dipole head, ``charges`` and
+    ``dipole`` [1, 3], so :class:`ClebschCalculator` runs it unchanged.
     """
 
     def __init__(self, program, meta: dict):
@@ -164,7 +211,9 @@ class ExportedPotential(torch.nn.Module):
         self.cutoff = float(meta["cutoff"])
         self.species = list(meta["species"])
         self.dtype = getattr(torch, meta["dtype"])
-        self.outputs = ("energy", "forces", "stress")
+        self.inputs = list(meta.get("inputs", _INPUTS))  # files written before dipoles were exported lack these
+        self.program_outputs = list(meta.get("outputs", ["atomic_energies"]))
+        self.outputs = ("energy", "forces", "stress") + (("dipole",) if "dipole" in self.program_outputs else ())
         self.config = meta.get("config", {})
 
     def train(self, mode: bool = True):
@@ -195,10 +244,22 @@ class ExportedPotential(torch.nn.Module):
         cell = graph.cell[0].to(self.dtype)
         strain = torch.zeros(3, 3, dtype=self.dtype, device=positions.device, requires_grad=bool(compute_stress))
         sym = 0.5 * (strain + strain.T)
-        e_atom = self.program(positions + positions @ sym, graph.numbers, graph.edge_index,
-                              graph.shifts.to(self.dtype), cell + cell @ sym)
+        args = [positions + positions @ sym, graph.numbers, graph.edge_index, graph.shifts.to(self.dtype),
+                cell + cell @ sym]
+        if "total_charge" in self.inputs:
+            charge = getattr(graph, "total_charge", None)
+            charge = torch.zeros(1) if charge is None else charge
+            args.append(charge.to(dtype=self.dtype, device=positions.device).reshape(1))
+        results = self.program(*args)
+        if not isinstance(results, (tuple, list)):
+            results = (results,)
+        named = dict(zip(self.program_outputs, results))
+        e_atom = named["atomic_energies"]
         energy = e_atom.sum()
         out = {"energy": energy.reshape(1), "atomic_energies": e_atom}
+        if "dipole" in named:
+            out["charges"] = named["charges"].detach()
+            out["dipole"] = named["dipole"].detach().reshape(1, 3)
         inputs = [t for t, want in ((positions, compute_forces), (strain, compute_stress)) if want]
         if inputs:
             grads = torch.autograd.grad(energy, inputs, allow_unused=True)
