@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from ase.calculators.calculator import PropertyNotImplementedError
+
 from clebsch.calculators import ClebschCalculator, load_model
 
 
@@ -48,7 +50,7 @@ def test_outputs(model, ethanol, copper):
     assert energies.shape == (len(ethanol),)
     assert energies.sum() == pytest.approx(ethanol.get_potential_energy(), abs=1e-9)
     assert ethanol.get_dipole_moment().shape == (3,)
-    with pytest.raises(Exception, match="stress"):
+    with pytest.raises(PropertyNotImplementedError, match=r"stress needs a structure periodic in all three.*False"):
         ethanol.get_stress()
     copper.calc = ClebschCalculator(model)
     assert copper.get_stress().shape == (6,)
@@ -81,3 +83,57 @@ def test_missing_model_file(tmp_path):
 def test_bad_dtype(model):
     with pytest.raises(ValueError, match="dtype"):
         ClebschCalculator(model, dtype="float16")
+
+
+def test_model_path_mistakes_are_named(model, tmp_path):
+    from clebsch.train.package import PackageError, save_package
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"'.*run' is a directory, not a model file$"):
+        ClebschCalculator(run)
+    save_package(model, run / "model.pt")
+    with pytest.raises(IsADirectoryError, match=r"packaged model of a training run is '.*model.pt'"):
+        ClebschCalculator(run)
+    assert ClebschCalculator(run / "model.pt").cutoff == model.cutoff
+
+    data = tmp_path / "frames.xyz"
+    data.write_text("1\n\nH 0 0 0\n")
+    with pytest.raises(PackageError, match="frames.xyz is not a clebsch model"):
+        ClebschCalculator(data)
+    fake = tmp_path / "fake.pt2"
+    fake.write_text("not an archive")
+    with pytest.raises(ValueError, match="'.*fake.pt2' is not a torch.export archive"):
+        ClebschCalculator(fake)
+    renamed = tmp_path / "packaged.pt2"
+    save_package(model, renamed)
+    with pytest.raises(ValueError, match=r"packaged.pt2' is not a readable torch.export archive.*\.pt name"):
+        ClebschCalculator(renamed)
+
+
+def test_bad_device(model):
+    import torch
+
+    with pytest.raises(ValueError, match="device must be a torch device.*'gpu'"):
+        ClebschCalculator(model, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda' asked for, but this torch sees no CUDA device"):
+            ClebschCalculator(model, device="cuda")
+
+
+def test_model_without_stress_on_a_periodic_cell(copper):
+    """A model that returns no stress still gives energy and forces; asking it for stress names what is missing."""
+    import torch
+
+    class Harmonic(torch.nn.Module):
+        cutoff = 3.0
+
+        def forward(self, graph, compute_forces=True, compute_stress=False):
+            e = 0.5 * (graph.positions**2).sum(1)
+            return {"energy": e.sum().reshape(1), "atomic_energies": e, "forces": -graph.positions}
+
+    copper.calc = ClebschCalculator(Harmonic())
+    assert copper.get_potential_energy() == pytest.approx(0.5 * (copper.positions**2).sum())
+    np.testing.assert_allclose(copper.get_forces(), -copper.positions)
+    with pytest.raises(PropertyNotImplementedError, match=r"the model \(Harmonic\) gave no stress for this periodic cell"):
+        copper.get_stress()

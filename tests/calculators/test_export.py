@@ -106,9 +106,11 @@ def test_energy_only_model_and_files_from_before_dipole_export(tmp_path):
             got.get_dipole_moment(atoms)
 
 
-def test_load_errors(tmp_path):
+def test_load_errors(tmp_path, exported):
     with pytest.raises(FileNotFoundError, match="missing.pt2"):
         load_exported(tmp_path / "missing.pt2")
+    with pytest.raises(ValueError, match=r"model.pt2' was exported in torch.float64; ask for that dtype, not float32"):
+        ClebschCalculator(exported, dtype="float32")
 
 
 @pytest.mark.parametrize("name", ["nequip", "mace"])

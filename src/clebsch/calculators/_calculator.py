@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import torch
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from ..graph import AtomicGraph
 from ._verlet import VerletList
@@ -22,6 +22,16 @@ def _as_dtype(dtype) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     return _DTYPES[dtype]
+
+
+def _as_device(device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but this torch sees no CUDA device; use device='cpu'")
+    return device
 
 
 def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
@@ -41,10 +51,15 @@ def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
     A model passed as an object is moved, cast and set to eval mode in place
     (``Module.to`` changes the module itself).
     """
+    device = _as_device(device)
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file {path!r} does not exist")
+        if os.path.isdir(path):
+            inside = os.path.join(path, "model.pt")
+            hint = f"; the packaged model of a training run is {inside!r}" if os.path.isfile(inside) else ""
+            raise IsADirectoryError(f"model path {path!r} is a directory, not a model file{hint}")
         if path.endswith(".pt2"):
             from ._export import load_exported
 
@@ -59,7 +74,7 @@ def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
         model = model_or_path
     else:
         raise TypeError(f"expected a model or a path to one, got {type(model_or_path).__name__}")
-    return model.to(device=torch.device(device), dtype=_as_dtype(dtype)).eval()
+    return model.to(device=device, dtype=_as_dtype(dtype)).eval()
 
 
 class ClebschCalculator(Calculator):
@@ -103,7 +118,7 @@ class ClebschCalculator(Calculator):
     def __init__(self, model, device: str = "cpu", dtype: str = "float64", skin: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         self.model = load_model(model, device, dtype)
-        self.device = torch.device(device)
+        self.device = _as_device(device)
         self.dtype = _as_dtype(dtype)
         self.cutoff = float(self.model.cutoff)
         self.neighbors = VerletList(self.cutoff, skin)
@@ -133,11 +148,22 @@ class ClebschCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
         """Evaluate the model on ``atoms`` and fill ``self.results``."""
-        super().calculate(atoms, properties or ["energy"], system_changes)
+        properties = properties or ["energy"]
+        super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        graph = self.graph(atoms)
         periodic = bool(np.all(atoms.pbc))
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError(
+                f"stress needs a structure periodic in all three directions, but pbc is {atoms.pbc.tolist()}"
+            )
+        graph = self.graph(atoms)
         out = self.model(graph, compute_forces=True, compute_stress=periodic)
+        if periodic and "stress" not in out and "stress" in properties:
+            raise PropertyNotImplementedError(
+                f"the model ({type(self.model).__name__}) gave no stress for this periodic cell; it returned only "
+                f"{sorted(out)} -- a clebsch Potential takes the stress from the energy's strain derivative, so "
+                f"pass one (or a packaged/exported model file) for NPT or cell relaxation"
+            )
         energy = float(out["energy"].detach().sum())
         self.results = {
             "energy": energy,
@@ -145,7 +171,7 @@ class ClebschCalculator(Calculator):
             "energies": out["atomic_energies"].detach().cpu().double().numpy(),
             "forces": out["forces"].detach().cpu().double().numpy(),
         }
-        if periodic:
+        if periodic and "stress" in out:
             s = out["stress"].detach().cpu().double().numpy()[0]
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
         if self.has_dipole and "dipole" in out:

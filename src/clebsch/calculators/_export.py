@@ -276,8 +276,19 @@ def load_exported(path, device: str = "cpu") -> ExportedPotential:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"exported model {path!r} does not exist")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path!r} is not a torch.export archive (.pt2 files are zip archives; this one is not)")
     extra = {_META: ""}
-    program = torch.export.load(path, extra_files=extra)
+    try:
+        program = torch.export.load(path, extra_files=extra)
+    except Exception as err:  # torch.export.load raises many kinds
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path!r} is not a readable torch.export archive ({first}); .pt2 is for files written by "
+            f"clebsch.calculators.export -- a packaged model from `clebsch train` goes by its .pt name"
+        ) from err
     if not extra[_META]:
         raise ValueError(f"{path!r} is a torch.export archive but not one written by clebsch.calculators.export")
     return ExportedPotential(program.module(), json.loads(extra[_META]))
