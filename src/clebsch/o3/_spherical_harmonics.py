@@ -17,12 +17,14 @@ operations, which gives second (and higher) derivatives.
 
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Sequence, Union
 
 import torch
 
 from ._irreps import Irreps
+from . import _native
 from ._cache import constant_cache, real_tensors, tracing
 from ._wigner import wigner_3j
 
@@ -185,12 +187,144 @@ def _vjp(grad: torch.Tensor, u: torch.Tensor, inv: torch.Tensor, m: torch.Tensor
     return g.T
 
 
+# ----------------------------------------------------------------------------- native kernels
+
+
+def _kernel_source(ls: tuple, normalization: str, normalize: bool, double: bool) -> str:
+    """C source of ``sh_forward`` and ``sh_backward`` for these degrees, with the coefficients inlined.
+
+    Points are processed in blocks of 32 so that the compiler vectorises the
+    arithmetic across points; the formulas are those of the PyTorch path
+    (:func:`_tables`), so the two agree to rounding.
+    """
+    ct, bt = (t.tolist() for t in _tables(ls, normalization))
+    lmax, dim = max(ls), len(ct[0])
+    exps = [e for d in range(lmax + 1) for e in _monomials(d)]
+    k_low = len(bt) // 3
+    suffix = "" if double else "f"
+
+    def num(c: float) -> str:
+        return f"{c!r}{suffix}" if "e" in repr(c) or "." in repr(c) else f"{c!r}.0{suffix}"
+
+    def monomials(count: int) -> list[str]:
+        lines, index = [], {e: i for i, e in enumerate(exps)}
+        for i, e in enumerate(exps[:count]):
+            if i == 0:
+                lines.append("const T m0 = (T)1;")
+            elif sum(e) == 1:
+                lines.append(f"const T m{i} = {'xyz'[e.index(1)]};")
+            else:
+                j = 0 if e[0] else (1 if e[1] else 2)
+                parent = list(e)
+                parent[j] -= 1
+                lines.append(f"const T m{i} = m{index[tuple(parent)]} * {'xyz'[j]};")
+        return lines
+
+    # a zero vector divides by 1 (written branch-free, so that the loop vectorises)
+    unit = ["const T r2 = x * x + y * y + z * z;", "const T safe = r2 + (T)(r2 <= 0);", "const T inv = (T)1 / SQRT(safe);",
+            "x *= inv; y *= inv; z *= inv;"] if normalize else []
+    fwd = []
+    for m in range(dim):
+        terms = [f"{num(ct[k][m])} * m{k}" for k in range(len(exps)) if ct[k][m] != 0.0]
+        fwd.append(f"R[{m}][i] = {' + '.join(terms) if terms else '(T)0'};")
+    bwd = []
+    for j in range(3):
+        terms = []
+        for k in range(k_low):
+            row = bt[j * k_low + k]
+            inner = [f"{num(row[m])} * G[{m}][i]" for m in range(dim) if row[m] != 0.0]
+            if inner:
+                terms.append(f"({' + '.join(inner)}) * m{k}")
+        bwd.append(f"const T g{j} = {' + '.join(terms) if terms else '(T)0'};")
+    if normalize:
+        bwd += ["const T dot = x * g0 + y * g1 + z * g2;",
+                "GX[0][i] = (g0 - x * dot) * inv; GX[1][i] = (g1 - y * dot) * inv; GX[2][i] = (g2 - z * dot) * inv;"]
+    else:
+        bwd += ["GX[0][i] = g0; GX[1][i] = g1; GX[2][i] = g2;"]
+    ind = "\n            "
+    return f"""/* spherical harmonics ls={list(ls)} normalization={normalization} normalize={normalize} */
+#include <stdint.h>
+#include <math.h>
+typedef {"double" if double else "float"} T;
+#define SQRT {"sqrt" if double else "sqrtf"}
+#define BLK 32
+#define DIM {dim}
+
+void sh_forward(const T* restrict xyz, T* restrict out, int64_t start, int64_t stop) {{
+    T X[BLK], Y[BLK], Z[BLK], R[DIM][BLK];
+    for (int64_t n0 = start; n0 < stop; n0 += BLK) {{
+        const int nb = stop - n0 < BLK ? (int)(stop - n0) : BLK;
+        for (int i = 0; i < BLK; i++) {{
+            const int64_t n = n0 + (i < nb ? i : 0);
+            X[i] = xyz[3 * n]; Y[i] = xyz[3 * n + 1]; Z[i] = xyz[3 * n + 2];
+        }}
+        for (int i = 0; i < BLK; i++) {{
+            T x = X[i], y = Y[i], z = Z[i];
+            {ind.join(unit + monomials(len(exps)) + fwd)}
+        }}
+        for (int i = 0; i < nb; i++)
+            for (int m = 0; m < DIM; m++) out[(n0 + i) * DIM + m] = R[m][i];
+    }}
+}}
+
+void sh_backward(const T* restrict xyz, const T* restrict grad, T* restrict gxyz, int64_t start, int64_t stop) {{
+    T X[BLK], Y[BLK], Z[BLK], G[DIM][BLK], GX[3][BLK];
+    for (int64_t n0 = start; n0 < stop; n0 += BLK) {{
+        const int nb = stop - n0 < BLK ? (int)(stop - n0) : BLK;
+        for (int i = 0; i < BLK; i++) {{
+            const int64_t n = n0 + (i < nb ? i : 0);
+            X[i] = xyz[3 * n]; Y[i] = xyz[3 * n + 1]; Z[i] = xyz[3 * n + 2];
+            for (int m = 0; m < DIM; m++) G[m][i] = grad[n * DIM + m];
+        }}
+        for (int i = 0; i < BLK; i++) {{
+            T x = X[i], y = Y[i], z = Z[i];
+            {ind.join(unit + monomials(k_low) + bwd)}
+        }}
+        for (int i = 0; i < nb; i++) {{
+            gxyz[3 * (n0 + i)] = GX[0][i]; gxyz[3 * (n0 + i) + 1] = GX[1][i]; gxyz[3 * (n0 + i) + 2] = GX[2][i];
+        }}
+    }}
+}}
+"""
+
+
+_KERNELS: dict = {}
+_NATIVE_LMAX = 6  # above, compiling takes seconds (l = 11: ~10 s) for little gain over the PyTorch path
+
+
+def _kernels(ls: tuple, normalization: str, normalize: bool, x: torch.Tensor):
+    """``(forward, backward)`` C functions for ``x``'s dtype on the CPU, or ``None``."""
+    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or max(ls) > _NATIVE_LMAX
+            or not _native.enabled()):
+        return None
+    key = (ls, normalization, normalize, x.dtype)
+    if key not in _KERNELS:
+        lib = _native.load("spherical_harmonics", _kernel_source(ls, normalization, normalize, x.dtype == torch.float64))
+        fns = None
+        if lib is not None:
+            p, n = ctypes.c_void_p, ctypes.c_int64
+            fwd, bwd = lib.sh_forward, lib.sh_backward
+            fwd.argtypes, fwd.restype = [p, p, n, n], None
+            bwd.argtypes, bwd.restype = [p, p, p, n, n], None
+            fns = (fwd, bwd)
+        _KERNELS[key] = fns
+    return _KERNELS[key]
+
+
 class _SphericalHarmonics(torch.autograd.Function):
     """Forward without an autograd graph; hand-written backward, differentiable on demand."""
 
     @staticmethod
     def forward(ctx, x, ls, normalize, normalization):
         lmax = max(ls)
+        ctx.args = (ls, normalize, normalization)
+        kernels = _kernels(ls, normalization, normalize, x)
+        if kernels is not None:
+            x = x.contiguous()
+            out = x.new_empty(x.shape[0], sum(2 * l + 1 for l in ls))
+            _native.parallel_for(kernels[0], x.shape[0], x.data_ptr(), out.data_ptr())
+            ctx.save_for_backward(x)
+            return out
         ct, _ = _tables_as(ls, normalization, x.dtype, x.device)
         if normalize:
             r2 = (x * x).sum(dim=1)
@@ -200,21 +334,28 @@ class _SphericalHarmonics(torch.autograd.Function):
         m = _monomial_rows_into(x, inv, normalize, lmax)
         # the backward needs the monomials of degree < lmax: the first rows of m
         ctx.save_for_backward(x, inv, m[: max(lmax * (lmax + 1) * (lmax + 2) // 6, 1)])
-        ctx.args = (ls, normalize, normalization)
         return torch.mm(m.T, ct)
 
     @staticmethod
     def backward(ctx, grad):
-        x, inv, m = ctx.saved_tensors
+        x, *saved = ctx.saved_tensors
         ls, normalize, normalization = ctx.args
         lmax = max(ls)
         if lmax == 0:
             return torch.zeros_like(x), None, None, None
-        _, bt = _tables_as(ls, normalization, grad.dtype, grad.device)
         if torch.is_grad_enabled():
             # create_graph=True: the same formula from differentiable pieces, so it has derivatives too
+            _, bt = _tables_as(ls, normalization, grad.dtype, grad.device)
             u, inv = _unit(x, normalize)
             return _vjp(grad, u, inv, _monomial_rows(u, lmax - 1), bt, normalize), None, None, None
+        if not saved:  # the forward ran the native kernel
+            grad = grad.contiguous()
+            out = torch.empty_like(x)
+            kernels = _kernels(ls, normalization, normalize, x)
+            _native.parallel_for(kernels[1], x.shape[0], x.data_ptr(), grad.data_ptr(), out.data_ptr())
+            return out, None, None, None
+        inv, m = saved
+        _, bt = _tables_as(ls, normalization, grad.dtype, grad.device)
         u = m[1:4] if lmax > 1 else x.T * inv
         return _vjp(grad, u, inv, m, bt, normalize), None, None, None
 

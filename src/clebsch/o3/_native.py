@@ -1,0 +1,149 @@
+"""Small C kernels, compiled on first use with the system's C compiler and cached on disk.
+
+Some hot loops (the spherical harmonics of many vectors) are a few arithmetic
+operations per element and memory-bound in eager PyTorch, where every
+operation makes one pass over memory. clebsch generates plain C99 for them
+(no Python or torch headers, so compiling takes a fraction of a second), builds
+a shared library with ``$CC`` (default ``cc``) for this machine's CPU, and calls
+it through :mod:`ctypes` on the tensors' memory, in ``torch.get_num_threads()``
+slices at once.
+
+The libraries are cached in ``$CLEBSCH_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/clebsch`` or ``~/.cache/clebsch``) under the hash of their
+source. Without a working compiler, or with ``CLEBSCH_NATIVE=0``, every caller
+falls back to its PyTorch implementation, which gives the same numbers; the
+reason is given once as a :class:`RuntimeWarning`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+__all__ = ["enabled", "load", "parallel_for", "cache_dir"]
+
+_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno"]
+_LOCK = threading.Lock()
+_LIBRARIES: dict = {}
+_FAILED: dict = {}
+_POOL = None
+
+
+def enabled() -> bool:
+    """Whether native kernels may be used (``CLEBSCH_NATIVE`` is not ``0``)."""
+    return os.environ.get("CLEBSCH_NATIVE", "1") != "0"
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept."""
+    root = os.environ.get("CLEBSCH_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "clebsch"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_signature() -> str:
+    """The CPU's model and instruction-set flags: a library built for ``-march=native`` is tied to them
+    (a home folder shared by different machines must not hand one CPU's build to another)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _compile(source: str, target: Path) -> None:
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler {compiler!r} on PATH (set CC)")
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / "kernel.c"
+        src.write_text(source)
+        out = Path(tmp) / target.name
+        errors = []
+        for arch in (["-march=native"], []):  # some compilers or CPUs refuse -march=native
+            run = subprocess.run([compiler, *_FLAGS, *arch, str(src), "-o", str(out), "-lm"],
+                                 capture_output=True, text=True)
+            if run.returncode == 0:
+                os.replace(out, target)  # atomic: concurrent processes never load a half-written file
+                return
+            errors.append(run.stderr.strip()[-500:])
+        raise RuntimeError(f"{compiler} failed: {errors[-1]}")
+
+
+def _built(filename: str, source: str) -> Path:
+    """The compiled library, from the cache or built now; a temporary folder if the cache is not writable."""
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"clebsch-{os.getuid() if hasattr(os, 'getuid') else 0}"):
+        path = folder / filename
+        if path.exists():
+            return path
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            _compile(source, path)
+            return path
+    raise RuntimeError(f"no writable folder for compiled kernels (tried {cache_dir()})")
+
+
+def load(name: str, source: str):
+    """The :class:`ctypes.CDLL` built from ``source``, or ``None`` where kernels cannot be built.
+
+    ``name`` only labels the cached file; the hash of ``source``, the flags and the CPU identify it.
+    """
+    if not enabled():
+        return None
+    digest = hashlib.sha256((source + " ".join(_FLAGS) + _cpu_signature()).encode()).hexdigest()[:20]
+    key = (name, digest)
+    lib = _LIBRARIES.get(key)
+    if lib is not None or key in _FAILED:
+        return lib
+    with _LOCK:
+        if key in _LIBRARIES or key in _FAILED:
+            return _LIBRARIES.get(key)
+        try:
+            lib = ctypes.CDLL(str(_built(f"{name}-{digest}.so", source)))
+        except (OSError, RuntimeError) as err:
+            _FAILED[key] = str(err)
+            if len(_FAILED) == 1:
+                warnings.warn(f"clebsch: native kernel {name!r} unavailable ({err}); using the PyTorch "
+                              "implementation (same numbers, slower). Set CLEBSCH_NATIVE=0 to silence this.",
+                              RuntimeWarning, stacklevel=3)
+            return None
+        _LIBRARIES[key] = lib
+        return lib
+
+
+def parallel_for(fn, n: int, *pointers, grain: int = 8192) -> None:
+    """Run ``fn(*pointers, start, stop)`` over ``[0, n)`` in up to ``torch.get_num_threads()`` slices.
+
+    ctypes releases the GIL during the call, so the slices run in parallel.
+    """
+    global _POOL
+    threads = max(1, min(torch.get_num_threads(), n // grain))
+    if threads == 1:
+        fn(*pointers, 0, n)
+        return
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clebsch-native")
+    bounds = [n * i // threads for i in range(threads + 1)]
+    futures = [_POOL.submit(fn, *pointers, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    fn(*pointers, bounds[0], bounds[1])
+    for f in futures:
+        f.result()

@@ -1,0 +1,93 @@
+"""The compiled spherical-harmonics kernels against the PyTorch path, and the fallback without a compiler."""
+
+import warnings
+
+import pytest
+import torch
+
+from clebsch.o3 import _native, spherical_harmonics
+from clebsch.o3 import _spherical_harmonics as sh_module
+
+NORMS = ["component", "norm", "integral"]
+
+
+def values_and_grad(ls, x, normalize, normalization, native, monkeypatch):
+    monkeypatch.setenv("CLEBSCH_NATIVE", "1" if native else "0")
+    x = x.clone().requires_grad_()
+    y = spherical_harmonics(ls, x, normalize, normalization)
+    w = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).to(x.dtype).reshape(y.shape)
+    (g,) = torch.autograd.grad((y * w).sum(), x)
+    return y.detach(), g
+
+
+@pytest.mark.parametrize("ls", [[0], [1], [0, 1, 2, 3], [3, 0, 2], [0, 1, 2, 3, 4, 5, 6]])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_native_equals_torch_float64(ls, normalize, monkeypatch):
+    x = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[7] = 0.0  # a zero vector (padded edge)
+    for normalization in NORMS:
+        theirs = values_and_grad(ls, x, normalize, normalization, False, monkeypatch)
+        ours = values_and_grad(ls, x, normalize, normalization, True, monkeypatch)
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    assert sh_module._KERNELS[(tuple(ls), "integral", normalize, torch.float64)] is not None, "the kernel did not build"
+
+
+def test_native_float32_and_threads(monkeypatch):
+    """Float32, several threads (slices run concurrently), a size that is not a multiple of the block."""
+    x = torch.randn(50_001, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        ours = values_and_grad([0, 1, 2, 3], x, True, "component", True, monkeypatch)
+    finally:
+        torch.set_num_threads(previous)
+    theirs = values_and_grad([0, 1, 2, 3], x.double(), True, "component", False, monkeypatch)
+    for a, b in zip(ours, theirs):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=2e-5)
+    assert sh_module._KERNELS[((0, 1, 2, 3), "component", True, torch.float32)] is not None
+
+
+def test_native_second_derivatives(monkeypatch):
+    """create_graph through the kernel's backward goes to the differentiable formula."""
+    monkeypatch.setenv("CLEBSCH_NATIVE", "1")
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64, requires_grad=True)
+    f = lambda x: spherical_harmonics([0, 1, 2, 3], x, True)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x,))
+    assert torch.autograd.gradgradcheck(f, (x,))
+
+
+def test_without_a_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLEBSCH_NATIVE", "1")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("CLEBSCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sh_module, "_KERNELS", {})
+    monkeypatch.setattr(_native, "_LIBRARIES", {})
+    monkeypatch.setattr(_native, "_FAILED", {})
+    x = torch.randn(100, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="no-such-cc"):
+        y = spherical_harmonics([0, 1, 2], x, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spherical_harmonics([0, 1, 2, 3], x, True)  # a second kernel fails quietly
+    monkeypatch.setenv("CLEBSCH_NATIVE", "0")
+    torch.testing.assert_close(y, spherical_harmonics([0, 1, 2], x, True), atol=0, rtol=0)
+
+
+def test_cached_library_is_reused(monkeypatch, tmp_path):
+    """A second process (simulated by clearing the in-memory tables) loads the cached file, compiles nothing."""
+    monkeypatch.setenv("CLEBSCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "_LIBRARIES", {})
+    source = "double twice(double x) { return 2 * x; }\n"
+    lib = _native.load("test", source)
+    assert lib is not None
+    files = list(tmp_path.glob("test-*.so"))
+    assert len(files) == 1
+    monkeypatch.setattr(_native, "_LIBRARIES", {})
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))  # would fail if it compiled again
+    import ctypes
+
+    again = _native.load("test", source)
+    again.twice.restype, again.twice.argtypes = ctypes.c_double, [ctypes.c_double]
+    assert again.twice(21.0) == 42.0
