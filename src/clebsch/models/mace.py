@@ -80,8 +80,7 @@ class MACELayer(torch.nn.Module):
         sender, receiver = edge_index[0], edge_index[1]
         x = self.linear_up(h)
         weights = self.radial(edge_basis) * edge_envelope[:, None]
-        messages = self.conv(x[sender], edge_sh, weights)
-        a = x.new_zeros(h.shape[0], self.conv.irreps_out.dim).index_add(0, receiver, messages) * self.inv_avg
+        a = self.conv.scatter_sum(x[sender], edge_sh, weights, receiver, h.shape[0]) * self.inv_avg
         a = self.linear_a(a)
         b = self.contraction(to_channels(a, self.irreps_a), species)
         out = self.linear_out(from_channels(b, self.irreps_out))

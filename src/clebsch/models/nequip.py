@@ -89,8 +89,7 @@ class InteractionBlock(torch.nn.Module):
         sender, receiver = edge_index[0], edge_index[1]
         x = self.self_interaction(h)
         weights = self.radial(edge_basis) * edge_envelope[:, None]
-        messages = self.conv(x[sender], edge_sh, weights)
-        conv = x.new_zeros(h.shape[0], self.conv.irreps_out.dim).index_add(0, receiver, messages) * self.norm
+        conv = self.conv.scatter_sum(x[sender], edge_sh, weights, receiver, h.shape[0]) * self.norm
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(h.dtype)
         out = self.gate(self.linear(conv) + self.self_connection(h, onehot))
         return h + out if self.resnet else out

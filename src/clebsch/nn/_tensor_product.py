@@ -192,6 +192,7 @@ class TensorProduct(torch.nn.Module):
         out_starts = [s.start for s in self._irreps_out.slices()]
         in1_starts = [s.start for s in self.irreps_in1.slices()]
         in2_starts = [s.start for s in self.irreps_in2.slices()]
+        self._in1_sizes = [m.dim for m in self.irreps_in1]
         self._plans = []
         for gi, g in enumerate(self._groups):
             self._plans.append(self._build_group(gi, g, in1, in2, out, in1_starts, in2_starts, out_starts))
@@ -224,6 +225,8 @@ class TensorProduct(torch.nn.Module):
 
     def _build_group(self, gi, g: _Group, in1, in2, out, s1, s2, so) -> dict:
         U, V, W = g.U, g.V, g.W
+        if g.mode == "uvu" and V == 1 and g.has_weight and not self.shared_weights:
+            return self._build_channelwise(gi, g, in1, in2, out, s1, s2, so)
         # first input components used by the group: [U, I]
         used1 = sorted({p.i_in1 for _, p, _ in g.paths})
         used2 = sorted({p.i_in2 for _, p, _ in g.paths})
@@ -316,6 +319,51 @@ class TensorProduct(torch.nn.Module):
             self.register_buffer(pre + "out", src, persistent=False)
         return plan
 
+    def _build_channelwise(self, gi, g: _Group, in1, in2, out, s1, s2, so) -> dict:
+        """Plan of a ``uvu`` group with one copy of input 2 and weights per batch element.
+
+        The paths are cut into *pieces*: those with the same block of input 1
+        (``a``, ``[z, U, d1]``, cut by ``split``, no gather) and the same output
+        dimension ``d``. For each piece, ``M = x2 @ C`` ``[z, P * d, d1]`` (one
+        matmul for all pieces), then ``M @ a^T`` ``[z, P, d, U]`` times the weights
+        ``w[z, P, 1, U]`` (an outer product when ``d1 = 1``). The channel axis ``U``
+        runs innermost so that the products with the weights are contiguous;
+        ``cols`` says where the columns of each piece go in the output.
+        """
+        U = g.U
+        pre = f"_g{gi}_"
+        dt = torch.get_default_dtype()
+        cols, Cs, steps, widx = [], [], [], []
+        for i in sorted({p.i_in1 for _, p, _ in g.paths}):
+            d1, l1 = in1[i].ir.dim, in1[i].ir.l
+            for d in sorted({out[p.i_out].ir.dim for _, p, _ in g.paths if p.i_in1 == i}):
+                sub = sorted([t for t in g.paths if t[1].i_in1 == i and out[t[1].i_out].ir.dim == d],
+                             key=lambda t: so[t[1].i_out])
+                P = len(sub)
+                C = torch.zeros(self.irreps_in2.dim, P, d, d1, dtype=torch.float64)
+                for j, (off, p, c) in enumerate(sub):
+                    l2, lo = in2[p.i_in2].ir.l, out[p.i_out].ir.l
+                    C[s2[p.i_in2] : s2[p.i_in2] + 2 * l2 + 1, j] = c * wigner_3j(l1, l2, lo).to(torch.float64).permute(1, 2, 0)
+                Cs.append(C.reshape(-1, d1 * P * d))
+                widx += [off + u for off, _, _ in sub for u in range(U)]
+                steps.append((i, d1, P, d))
+                cols += [so[p.i_out] + u * d + m for _, p, _ in sub for m in range(d) for u in range(U)]
+        self.register_buffer(pre + "C", torch.cat(Cs, dim=1).to(dt), persistent=False)
+        self.register_buffer(pre + "widx", torch.tensor(widx, dtype=torch.long), persistent=False)
+        plan = dict(mode="channelwise", pre=pre, U=U, steps=steps, csizes=[d1 * P * d for _, d1, P, d in steps],
+                    wsizes=[P * U for _, _, P, _ in steps])
+        plan["identity"] = cols == list(range(self._irreps_out.dim))
+        src = torch.tensor(cols, dtype=torch.long)
+        plan["full"] = len(cols) == self._irreps_out.dim and len(set(cols)) == len(cols)
+        if plan["full"]:
+            inv = torch.empty_like(src)
+            inv[src] = torch.arange(len(src))
+            self.register_buffer(pre + "out", inv, persistent=False)
+            self.register_buffer(pre + "out_inv", src, persistent=False)
+        else:
+            self.register_buffer(pre + "out", src, persistent=False)
+        return plan
+
     def _register_gather(self, name: str, idx: torch.Tensor, n: int) -> None:
         self.register_buffer(name, idx, persistent=False)
         if len(idx) == n and bool((torch.sort(idx).values == torch.arange(n)).all()):
@@ -359,6 +407,51 @@ class TensorProduct(torch.nn.Module):
         ``(weight_numel,)`` for shared weights, ``(..., weight_numel)`` otherwise.
         Returns ``(..., irreps_out.dim)``.
         """
+        x1, x2, weight, batch, z = self._prepare(x1, x2, weight)
+        dim = self._irreps_out.dim
+        if z == 0:  # e.g. a graph without edges: nothing to contract
+            return x1.new_zeros(batch + (dim,))
+        out = None
+        for plan in self._plans:
+            if plan["mode"] == "channelwise":
+                pieces = list(self._channelwise_pieces(plan, x1, x2, weight, z))
+                y = self._place(plan, torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0])
+            else:
+                y = self._run_group(plan, x1, x2, weight, z)
+            out = y if out is None else out + y
+        if out is None:
+            out = x1.new_zeros(z, dim)
+        return out.reshape(batch + (dim,))
+
+    def scatter_sum(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None, index: torch.Tensor,
+                    dim_size: int) -> torch.Tensor:
+        """``zeros(dim_size, irreps_out.dim).index_add(0, index, self(x1, x2, weight))``, computed faster.
+
+        The convolution of message passing: ``x1``, ``x2`` and ``weight`` are per edge
+        ``[E, ...]`` and ``index`` ``[E]`` gives each edge's receiver. The products
+        are summed into the receivers before their components are put in the
+        ``mul_ir`` order of ``irreps_out``, so that reordering costs per node, not per edge.
+        """
+        if x1.dim() != 2 or x2.dim() != 2:
+            return x1.new_zeros(dim_size, self._irreps_out.dim).index_add(0, index, self(x1, x2, weight))
+        x1, x2, weight, batch, z = self._prepare(x1, x2, weight)
+        dim = self._irreps_out.dim
+        out = x1.new_zeros(dim_size, dim)
+        if z == 0:
+            return out
+        for plan in self._plans:
+            if plan["mode"] == "channelwise":
+                pieces = [
+                    x1.new_zeros(dim_size, y.shape[1]).index_add(0, index, y)
+                    for y in self._channelwise_pieces(plan, x1, x2, weight, z)
+                ]
+                out = out + self._place(plan, torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0])
+            else:
+                out = out.index_add(0, index, self._run_group(plan, x1, x2, weight, z))
+        return out
+
+    def _prepare(self, x1, x2, weight):
+        """Check the inputs and flatten them to ``[z, ...]``; returns ``(x1, x2, weight, batch, z)``."""
         if x1.shape[-1] != self.irreps_in1.dim:
             raise ValueError(
                 f"input 1 has shape {tuple(x1.shape)}, expected last dimension {self.irreps_in1.dim} ({self.irreps_in1})"
@@ -386,19 +479,39 @@ class TensorProduct(torch.nn.Module):
             ) from None
         z = math.prod(batch)
         dtype = torch.promote_types(x1.dtype, x2.dtype)
-        if z == 0:  # e.g. a graph without edges: nothing to contract
-            return x1.new_zeros(batch + (self.irreps_out.dim,), dtype=dtype)
-        x1 = x1.to(dtype).expand(batch + x1.shape[-1:]).reshape(z, -1)
-        x2 = x2.to(dtype).expand(batch + x2.shape[-1:]).reshape(z, -1)
+        x1 = x1.to(dtype).expand(batch + x1.shape[-1:]).reshape(z, self.irreps_in1.dim)
+        x2 = x2.to(dtype).expand(batch + x2.shape[-1:]).reshape(z, self.irreps_in2.dim)
         if not self.shared_weights and self.weight_numel > 0:
-            weight = weight.expand(batch + weight.shape[-1:]).reshape(z, -1)
-        out = None
-        for plan in self._plans:
-            y = self._run_group(plan, x1, x2, weight, z)
-            out = y if out is None else out + y
-        if out is None:
-            out = x1.new_zeros(z, self._irreps_out.dim)
-        return out.reshape(batch + (self._irreps_out.dim,))
+            weight = weight.expand(batch + weight.shape[-1:]).reshape(z, self.weight_numel)
+        return x1, x2, weight, batch, z
+
+    def _channelwise_pieces(self, plan, x1, x2, weight, z):
+        """Yield each piece ``[z, U * P * d]`` of a channel-wise plan (see :meth:`_build_channelwise`).
+
+        Inputs are cut with ``split`` (whose backward is one ``cat``), never with
+        slices, whose backward would fill a zero tensor of the full size per slice.
+        """
+        U = plan["U"]
+        xs = x1.split(self._in1_sizes, dim=1)
+        ws = weight.index_select(1, getattr(self, plan["pre"] + "widx")).to(x1.dtype).split(plan["wsizes"], dim=1)
+        Ms = (x2 @ getattr(self, plan["pre"] + "C").to(x1.dtype)).split(plan["csizes"], dim=1)
+        for (i, d1, P, d), w, M in zip(plan["steps"], ws, Ms):
+            w = w.view(z, P, 1, U)
+            if d1 == 1:  # an outer product, the weights folded into the small factor
+                y = M.view(z, P, d, 1) * (xs[i].reshape(z, 1, 1, U) * w)
+            else:
+                a = xs[i].reshape(z, U, d1).transpose(1, 2)  # [z, d1, U]
+                y = torch.bmm(M.view(z, P * d, d1), a).view(z, P, d, U) * w
+            yield y.reshape(z, -1)
+
+    def _place(self, plan, y: torch.Tensor) -> torch.Tensor:
+        """Columns of a channel-wise plan ``[n, c]`` -> ``[n, irreps_out.dim]``."""
+        if plan["identity"]:
+            return y
+        idx = getattr(self, plan["pre"] + "out")
+        if plan["full"]:
+            return _Permute.apply(y, idx, getattr(self, plan["pre"] + "out_inv"))
+        return y.new_zeros(y.shape[0], self._irreps_out.dim).index_add(1, idx, y)
 
     def _gather(self, x: torch.Tensor, name: str) -> torch.Tensor:
         idx, inv = getattr(self, name), getattr(self, name + "_inv")
