@@ -91,3 +91,40 @@ def test_cached_library_is_reused(monkeypatch, tmp_path):
     again = _native.load("test", source)
     again.twice.restype, again.twice.argtypes = ctypes.c_double, [ctypes.c_double]
     assert again.twice(21.0) == 42.0
+
+
+_FORK_SCRIPT = """
+import multiprocessing, torch
+from clebsch.o3 import spherical_harmonics
+torch.set_num_threads(2)
+x = torch.randn(40_000, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+expected = spherical_harmonics([0, 1, 2], x, True)  # starts the kernel's thread pool here
+
+
+def child(x):
+    return spherical_harmonics([0, 1, 2], x, True)
+
+
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    result = pool.apply_async(child, (x,)).get(timeout=60)
+assert torch.equal(result, expected)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork is POSIX-only")
+def test_threads_work_in_a_forked_child(tmp_path):
+    """A child forked after the pool started (a data-loader worker) must not wait on its parent's threads.
+
+    In a fresh interpreter: this test process has run PyTorch's own OpenMP
+    regions, which are not safe to use again in a forked child.
+    """
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork.py"
+    script.write_text(_FORK_SCRIPT)
+    env = {**os.environ, "CLEBSCH_NATIVE": "1", "OMP_NUM_THREADS": "2"}
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]

@@ -140,10 +140,12 @@ def parallel_for(fn, n: int, *pointers, grain: int = 8192) -> None:
     if threads == 1:
         fn(*pointers, 0, n)
         return
-    if _POOL is None or _POOL._max_workers < threads:
-        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clebsch-native")
+    # a forked child inherits the pool object but not its threads: it needs its own
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[2] < threads:
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clebsch-native"), threads)
+    pool = _POOL[1]
     bounds = [n * i // threads for i in range(threads + 1)]
-    futures = [_POOL.submit(fn, *pointers, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    futures = [pool.submit(fn, *pointers, bounds[i], bounds[i + 1]) for i in range(1, threads)]
     fn(*pointers, bounds[0], bounds[1])
     for f in futures:
         f.result()
