@@ -5,11 +5,16 @@ Spherical harmonics of 100,000 random float32 vectors (normalize=True,
 10,000 rotations at l = 2 and 6. Two threads. Prints median times over
 several repeats (after warm-up) and the speed-up of clebsch over each reference.
 
+``clebsch`` is the default path (the generated C kernel, see
+``clebsch.o3._native``); ``clebsch-pt`` the PyTorch path used where no C
+compiler is found (``CLEBSCH_NATIVE=0``).
+
 Run: ``python benchmarks/o3.py``
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -42,9 +47,19 @@ def median_times(fns: dict, repeats: int = 21, warmup: int = 3) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def without_native(fn, *args):
+    """``fn`` on clebsch's PyTorch path (what runs where no C compiler is found)."""
+    os.environ["CLEBSCH_NATIVE"] = "0"
+    try:
+        return fn(*args)
+    finally:
+        del os.environ["CLEBSCH_NATIVE"]
+
+
 def sh_cases(lmax: int, x: torch.Tensor):
     ls = list(range(lmax + 1))
-    cases = {"clebsch": lambda v: o3.spherical_harmonics(ls, v, True, "component")}
+    cases = {"clebsch": lambda v: o3.spherical_harmonics(ls, v, True, "component"),
+             "clebsch-pt": lambda v: without_native(o3.spherical_harmonics, ls, v, True, "component")}
     if e3o3 is not None:
         cases["e3nn"] = lambda v: e3o3.spherical_harmonics(ls, v, True, normalization="component")
     if sphericart_torch is not None:

@@ -1,4 +1,4 @@
-"""The ``clebsch`` command: train, evaluate, info, md, relax, demo.
+"""The ``clebsch`` command: train, evaluate, info, md, relax, export, demo.
 
 Examples (shell)::
 
@@ -9,6 +9,7 @@ Examples (shell)::
     clebsch info runs/ethanol/model.pt
     clebsch md runs/ethanol/model.pt start.xyz --ensemble langevin --temperature 300 --steps 2000
     clebsch relax runs/ethanol/model.pt start.xyz --fmax 0.01 --optimizer fire
+    clebsch export runs/ethanol/model.pt ethanol.pt2
     clebsch demo --out demo-run
 
 Data-parallel training runs one process per device under torchrun::
@@ -60,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     description="Molecular dynamics (NVE, Langevin, NPT) with a packaged model."))
     add_relax_arguments(sub.add_parser("relax", help="relax a structure with a packaged model",
                                        description="Relax positions (and the cell with --cell) with a packaged model."))
+
+    p = sub.add_parser("export", help="export a packaged model to a .pt2 file that runs without clebsch",
+                       description="Export a packaged model with torch.export: energy, forces and stress (and the "
+                                   "dipole where the model has one) from plain torch. Load it with "
+                                   "ClebschCalculator(path) or torch.export.load.")
+    p.add_argument("model", help="packaged model file (model.pt)")
+    p.add_argument("output", help="exported file to write (.pt2)")
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("demo", help="train a small NequIP on the bundled ethanol data, evaluate, plot",
                        description="The README's main job: train a small NequIP on examples/ethanol_xtb.xyz "
@@ -133,6 +143,19 @@ def _info(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .calculators import export
+
+    output = Path(args.output)
+    if output.suffix != ".pt2":
+        raise ValueError(f"{output}: the exported file must end in .pt2 (the packaged model is the .pt)")
+    if output.parent and not output.parent.is_dir():
+        raise FileNotFoundError(f"{output}: folder {output.parent} does not exist")
+    export(args.model, output, dtype=args.dtype, device=args.device)
+    print(f"exported {args.model} -> {output} ({args.dtype}, {args.device}); load it with ClebschCalculator({str(output)!r})")
+    return 0
+
+
 def _demo(args) -> int:
     from .train.demo import run_demo
 
@@ -157,7 +180,8 @@ def main(argv=None) -> int:
 
     from .calculators._cli import run_md, run_relax
 
-    handlers = {"train": _train, "evaluate": _evaluate, "info": _info, "md": run_md, "relax": run_relax, "demo": _demo}
+    handlers = {"train": _train, "evaluate": _evaluate, "info": _info, "md": run_md, "relax": run_relax, "demo": _demo,
+                "export": _export}
     try:
         return handlers[args.command](args)
     except (ConfigError, PackageError, FileNotFoundError, ValueError) as err:

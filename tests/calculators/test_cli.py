@@ -74,3 +74,23 @@ def test_packaged_model_gives_the_numbers_of_the_model(model, model_file):
     atoms = molecule("CH3CH2OH")
     ref, got = ClebschCalculator(model), ClebschCalculator(model_file)
     assert got.get_potential_energy(atoms) == pytest.approx(ref.get_potential_energy(atoms), abs=1e-10)
+
+
+def test_export_command(tmp_path, model, model_file, capsys):
+    import numpy as np
+
+    from clebsch.calculators import ClebschCalculator
+    from clebsch.cli import main
+
+    out = tmp_path / "model.pt2"
+    assert main(["export", model_file, str(out)]) == 0
+    assert "exported" in capsys.readouterr().out
+    atoms = molecule("CH3CH2OH")
+    np.testing.assert_allclose(ClebschCalculator(str(out)).get_forces(atoms), ClebschCalculator(model).get_forces(atoms),
+                               atol=1e-10)
+    assert main(["export", model_file, str(tmp_path / "model.pt")]) == 2
+    assert "must end in .pt2" in capsys.readouterr().err
+    assert main(["export", model_file, str(tmp_path / "no" / "dir" / "m.pt2")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "missing.pt"), str(out)]) == 2
+    assert "missing.pt" in capsys.readouterr().err

@@ -172,10 +172,6 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
         dynamic["total_charge"] = None
         inputs.append("total_charge")
         outputs += ["charges", "dipole"]
-    with torch.no_grad():
-        # run once eagerly first: module-level caches (spherical-harmonic coefficients) must hold real
-        # tensors, not the fake ones tracing would otherwise store in them
-        module(*example)
     try:
         with torch.no_grad():
             program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
