@@ -174,3 +174,29 @@ def test_empty_batch_gives_empty_output():
     assert out.shape == (0, tp.irreps_out.dim)
     (out.sum() + x1.sum()).backward()
     assert x1.grad.shape == (0, 16)
+
+
+@pytest.mark.parametrize("irreps", [("4x0e+3x1o+2x2e", "0e+1o+2e", None), ("3x0e+2x1o", "1x1o+2x0e", None)])
+def test_scatter_sum_equals_index_add_of_forward(irreps):
+    """``scatter_sum`` (sums into receivers before reordering) = forward then ``index_add``, with derivatives."""
+    torch.manual_seed(5)
+    i1, i2, f = irreps
+    tp = ChannelwiseTensorProduct(i1, i2, filter_ir_out=f).double()
+    e, n = 40, 7
+    x1 = torch.randn(e, tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
+    x2 = torch.randn(e, tp.irreps_in2.dim, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(e, tp.weight_numel, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, n, (e,))
+    got = tp.scatter_sum(x1, x2, w, index, n)
+    ref = torch.zeros(n, tp.irreps_out.dim, dtype=torch.float64).index_add(0, index, tp(x1, x2, w))
+    assert (got - ref).abs().max() < 1e-12
+    g_got = torch.autograd.grad(got.pow(2).sum(), (x1, x2, w), create_graph=True)
+    g_ref = torch.autograd.grad(ref.pow(2).sum(), (x1, x2, w), create_graph=True)
+    for a, b in zip(g_got, g_ref):
+        assert (a - b).abs().max() < 1e-10
+    gg_got = torch.autograd.grad(sum(g.pow(2).sum() for g in g_got), (x1, x2, w))
+    gg_ref = torch.autograd.grad(sum(g.pow(2).sum() for g in g_ref), (x1, x2, w))
+    for a, b in zip(gg_got, gg_ref):
+        assert (a - b).abs().max() < 1e-8 * max(1.0, float(b.abs().max()))
+    empty = tp.scatter_sum(x1[:0], x2[:0], w[:0], index[:0], n)
+    assert empty.shape == (n, tp.irreps_out.dim) and not empty.any()
