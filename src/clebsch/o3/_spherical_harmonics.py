@@ -254,16 +254,27 @@ void sh_forward(const T* restrict xyz, T* restrict out, int64_t start, int64_t s
     T X[BLK], Y[BLK], Z[BLK], R[DIM][BLK];
     for (int64_t n0 = start; n0 < stop; n0 += BLK) {{
         const int nb = stop - n0 < BLK ? (int)(stop - n0) : BLK;
-        for (int i = 0; i < BLK; i++) {{
-            const int64_t n = n0 + (i < nb ? i : 0);
-            X[i] = xyz[3 * n]; Y[i] = xyz[3 * n + 1]; Z[i] = xyz[3 * n + 2];
+        const T* restrict p = xyz + 3 * n0;
+        if (nb == BLK) {{  /* a full block: fixed-stride loops the compiler unrolls */
+            for (int i = 0; i < BLK; i++) {{ X[i] = p[3 * i]; Y[i] = p[3 * i + 1]; Z[i] = p[3 * i + 2]; }}
+        }} else {{
+            for (int i = 0; i < BLK; i++) {{
+                const int k = i < nb ? i : 0;
+                X[i] = p[3 * k]; Y[i] = p[3 * k + 1]; Z[i] = p[3 * k + 2];
+            }}
         }}
         for (int i = 0; i < BLK; i++) {{
             T x = X[i], y = Y[i], z = Z[i];
             {ind.join(unit + monomials(len(exps)) + fwd)}
         }}
-        for (int i = 0; i < nb; i++)
-            for (int m = 0; m < DIM; m++) out[(n0 + i) * DIM + m] = R[m][i];
+        T* restrict q = out + n0 * DIM;
+        if (nb == BLK) {{
+            for (int i = 0; i < BLK; i++)
+                for (int m = 0; m < DIM; m++) q[i * DIM + m] = R[m][i];
+        }} else {{
+            for (int i = 0; i < nb; i++)
+                for (int m = 0; m < DIM; m++) q[i * DIM + m] = R[m][i];
+        }}
     }}
 }}
 
@@ -271,17 +282,27 @@ void sh_backward(const T* restrict xyz, const T* restrict grad, T* restrict gxyz
     T X[BLK], Y[BLK], Z[BLK], G[DIM][BLK], GX[3][BLK];
     for (int64_t n0 = start; n0 < stop; n0 += BLK) {{
         const int nb = stop - n0 < BLK ? (int)(stop - n0) : BLK;
-        for (int i = 0; i < BLK; i++) {{
-            const int64_t n = n0 + (i < nb ? i : 0);
-            X[i] = xyz[3 * n]; Y[i] = xyz[3 * n + 1]; Z[i] = xyz[3 * n + 2];
-            for (int m = 0; m < DIM; m++) G[m][i] = grad[n * DIM + m];
+        const T* restrict p = xyz + 3 * n0;
+        const T* restrict h = grad + n0 * DIM;
+        if (nb == BLK) {{
+            for (int i = 0; i < BLK; i++) {{
+                X[i] = p[3 * i]; Y[i] = p[3 * i + 1]; Z[i] = p[3 * i + 2];
+                for (int m = 0; m < DIM; m++) G[m][i] = h[i * DIM + m];
+            }}
+        }} else {{
+            for (int i = 0; i < BLK; i++) {{
+                const int k = i < nb ? i : 0;
+                X[i] = p[3 * k]; Y[i] = p[3 * k + 1]; Z[i] = p[3 * k + 2];
+                for (int m = 0; m < DIM; m++) G[m][i] = h[k * DIM + m];
+            }}
         }}
         for (int i = 0; i < BLK; i++) {{
             T x = X[i], y = Y[i], z = Z[i];
             {ind.join(unit + monomials(k_low) + bwd)}
         }}
+        T* restrict q = gxyz + 3 * n0;
         for (int i = 0; i < nb; i++) {{
-            gxyz[3 * (n0 + i)] = GX[0][i]; gxyz[3 * (n0 + i) + 1] = GX[1][i]; gxyz[3 * (n0 + i) + 2] = GX[2][i];
+            q[3 * i] = GX[0][i]; q[3 * i + 1] = GX[1][i]; q[3 * i + 2] = GX[2][i];
         }}
     }}
 }}
