@@ -324,11 +324,12 @@ class TensorProduct(torch.nn.Module):
 
         The paths are cut into *pieces*: those with the same block of input 1
         (``a``, ``[z, U, d1]``, cut by ``split``, no gather) and the same output
-        dimension ``d``. For each piece, ``M = x2 @ C`` ``[z, P * d, d1]`` (one
-        matmul for all pieces), then ``M @ a^T`` ``[z, P, d, U]`` times the weights
-        ``w[z, P, 1, U]`` (an outer product when ``d1 = 1``). The channel axis ``U``
-        runs innermost so that the products with the weights are contiguous;
-        ``cols`` says where the columns of each piece go in the output.
+        dimension ``d``. Per block, ``M = x2 @ C`` ``[z, K_i, d1]`` (one matmul for
+        all blocks) and one batched matmul ``M @ a^T`` ``[z, K_i, U]`` (an outer
+        product when ``d1 = 1``), cut into pieces ``[z, P, d, U]``, each times its
+        weights ``w[z, P, 1, U]``. The channel axis ``U`` runs innermost so that
+        the products with the weights are contiguous; ``cols`` says where the
+        columns of each piece go in the output.
         """
         U = g.U
         pre = f"_g{gi}_"
@@ -350,7 +351,11 @@ class TensorProduct(torch.nn.Module):
                 cols += [so[p.i_out] + u * d + m for _, p, _ in sub for m in range(d) for u in range(U)]
         self.register_buffer(pre + "C", torch.cat(Cs, dim=1).to(dt), persistent=False)
         self.register_buffer(pre + "widx", torch.tensor(widx, dtype=torch.long), persistent=False)
-        plan = dict(mode="channelwise", pre=pre, U=U, steps=steps, csizes=[d1 * P * d for _, d1, P, d in steps],
+        blocks = {}  # the pieces of one block of input 1 are consecutive
+        for i, d1, P, d in steps:
+            blocks.setdefault((i, d1), []).append((P, d))
+        plan = dict(mode="channelwise", pre=pre, U=U, blocks=[(i, d1, ps) for (i, d1), ps in blocks.items()],
+                    csizes=[d1 * sum(P * d for P, d in ps) for (i, d1), ps in blocks.items()],
                     wsizes=[P * U for _, _, P, _ in steps])
         plan["identity"] = cols == list(range(self._irreps_out.dim))
         src = torch.tensor(cols, dtype=torch.long)
@@ -495,14 +500,20 @@ class TensorProduct(torch.nn.Module):
         xs = x1.split(self._in1_sizes, dim=1)
         ws = weight.index_select(1, getattr(self, plan["pre"] + "widx")).to(x1.dtype).split(plan["wsizes"], dim=1)
         Ms = (x2 @ getattr(self, plan["pre"] + "C").to(x1.dtype)).split(plan["csizes"], dim=1)
-        for (i, d1, P, d), w, M in zip(plan["steps"], ws, Ms):
-            w = w.view(z, P, 1, U)
-            if d1 == 1:  # an outer product, the weights folded into the small factor
-                y = M.view(z, P, d, 1) * (xs[i].reshape(z, 1, 1, U) * w)
-            else:
-                a = xs[i].reshape(z, U, d1).transpose(1, 2)  # [z, d1, U]
-                y = torch.bmm(M.view(z, P * d, d1), a).view(z, P, d, U) * w
-            yield y.reshape(z, -1)
+        n = 0
+        for (i, d1, ps), M in zip(plan["blocks"], Ms):
+            rows = [P * d for P, d in ps]
+            if d1 == 1:  # outer products, the weights folded into the small factor
+                Mp = M.split(rows, dim=1) if len(ps) > 1 else (M,)
+                a = xs[i].reshape(z, 1, 1, U)
+            else:  # one batched matmul for the block [z, K_i, d1] @ [z, d1, U], then cut into pieces
+                T = torch.bmm(M.view(z, -1, d1), xs[i].reshape(z, U, d1).transpose(1, 2))
+                Mp = T.split(rows, dim=1) if len(ps) > 1 else (T,)
+            for (P, d), t in zip(ps, Mp):
+                w = ws[n].view(z, P, 1, U)
+                n += 1
+                y = t.reshape(z, P, d, 1) * (a * w) if d1 == 1 else t.reshape(z, P, d, U) * w
+                yield y.reshape(z, -1)
 
     def _place(self, plan, y: torch.Tensor) -> torch.Tensor:
         """Columns of a channel-wise plan ``[n, c]`` -> ``[n, irreps_out.dim]``."""
