@@ -33,6 +33,7 @@ def test_monomials_equal_direct_sum():
     try:
         sc = SymmetricContraction("0e+1o+2e", "0e+1o+2e", channels=4, correlation=3, num_species=3)
         sc2 = SymmetricContraction("0e+1o", "0e+1o+1e", channels=2, correlation=2, num_species=2)
+        others = [SymmetricContraction("0e+1o", "0e+1o", channels=2, correlation=c, num_species=2) for c in (1, 4)]
     finally:
         torch.set_default_dtype(default)
     a = torch.randn(11, 4, 9, dtype=torch.float64)
@@ -41,3 +42,6 @@ def test_monomials_equal_direct_sum():
     a = torch.randn(5, 2, 4, dtype=torch.float64)
     species = torch.tensor([0, 1, 1, 0, 1])
     assert (sc2(a, species) - direct(sc2, a, species)).abs().max() < 1e-10
+    for sc in others:  # degree 1 alone, and degree 4 (monomials by gathers)
+        a = torch.randn(5, 2, 4, dtype=torch.float64)
+        assert (sc(a, species) - direct(sc, a, species)).abs().max() < 1e-10

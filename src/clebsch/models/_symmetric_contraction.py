@@ -144,7 +144,14 @@ class SymmetricContraction(torch.nn.Module):
         self.weights = torch.nn.ParameterList()
         # monomials of degree nu: sorted index tuples a_1 <= ... <= a_nu, built from those of degree nu - 1
         monomials = [[(a,) for a in range(d)]]
-        for nu in range(2, correlation + 1):
+        self._structured = correlation <= 3
+        if self._structured:
+            # no gathers: degree 2 by the last index b, x[:b+1] x[b]; degree 3 by the middle index b,
+            # (degree 2 with last index b) x x[b:] (see monomials())
+            monomials.append([(a, b) for b in range(d) for a in range(b + 1)])
+            monomials.append([(a, b, c) for b in range(d) for a in range(b + 1) for c in range(b, d)])
+            monomials = monomials[:correlation]
+        for nu in range(2, correlation + 1 if not self._structured else 2):
             nxt, left, right = [], [], []
             for i, t in enumerate(monomials[-1]):
                 for a in range(t[-1], d):
@@ -192,6 +199,15 @@ class SymmetricContraction(torch.nn.Module):
         Returns one tensor ``[X_nu, ...]`` per degree. The components run along the
         first axis so that every gather copies whole rows.
         """
+        if self._structured:
+            d = x.shape[0]
+            if self.correlation == 1:
+                return [x]
+            by_last = [x[: b + 1] * x[b : b + 1] for b in range(d)]
+            out = [x, torch.cat(by_last)]
+            if self.correlation == 3:
+                out.append(torch.cat([(by_last[b].unsqueeze(1) * x[b:].unsqueeze(0)).flatten(0, 1) for b in range(d)]))
+            return out
         out, prev = [x], x
         for nu in range(2, self.correlation + 1):
             prev = prev.index_select(0, getattr(self, f"_left{nu}")) * x.index_select(0, getattr(self, f"_right{nu}"))
