@@ -19,11 +19,12 @@ channel. Because every ``U_nu`` is symmetric in its ``nu`` factors, the
 polynomial is a linear map of the distinct *monomials* ``A_a1 ... A_anu``
 (``a1 <= ... <= anu``; 9 + 45 + 165 = 219 of them for ``0e + 1o + 2e`` up to
 degree 3, against 9 + 81 + 729 entries of the full tensors). At run time the
-monomials of every atom and channel are built by index gathers, the weights of
+monomials of every atom and channel are built as products of contiguous blocks
+(by index gathers while exporting, or beyond degree 3), the weights of
 every element are folded into the coupling tensors (a small matmul,
 independent of the number of atoms), and one batched matmul per channel gives
 the output of every element, of which each atom keeps its own. No shape and no
-branch depends on the values, so the module traces and exports as it runs.
+branch depends on the values, so the module traces and exports.
 """
 
 from __future__ import annotations
@@ -142,22 +143,20 @@ class SymmetricContraction(torch.nn.Module):
         d = self.irreps_in.dim
         d_out_total = self.irreps_out.dim
         self.weights = torch.nn.ParameterList()
-        # monomials of degree nu: sorted index tuples a_1 <= ... <= a_nu, built from those of degree nu - 1
+        # monomials of degree nu: sorted index tuples a_1 <= ... <= a_nu, each the product of one of
+        # degree nu - 1 (left) and one component (right)
         monomials = [[(a,) for a in range(d)]]
         self._structured = correlation <= 3
-        if self._structured:
-            # no gathers: degree 2 by the last index b, x[:b+1] x[b]; degree 3 by the middle index b,
-            # (degree 2 with last index b) x x[b:] (see monomials())
-            monomials.append([(a, b) for b in range(d) for a in range(b + 1)])
-            monomials.append([(a, b, c) for b in range(d) for a in range(b + 1) for c in range(b, d)])
-            monomials = monomials[:correlation]
-        for nu in range(2, correlation + 1 if not self._structured else 2):
-            nxt, left, right = [], [], []
-            for i, t in enumerate(monomials[-1]):
-                for a in range(t[-1], d):
-                    nxt.append(t + (a,))
-                    left.append(i)
-                    right.append(a)
+        for nu in range(2, correlation + 1):
+            if self._structured and nu == 2:  # by the last index b: x[:b+1] x[b] (see monomials())
+                nxt = [(a, b) for b in range(d) for a in range(b + 1)]
+            elif self._structured:  # by the middle index b: (degree 2 with last index b) x x[b:]
+                nxt = [(a, b, c) for b in range(d) for a in range(b + 1) for c in range(b, d)]
+            else:
+                nxt = [t + (a,) for t in monomials[-1] for a in range(t[-1], d)]
+            where = {t: i for i, t in enumerate(monomials[-1])}
+            left = [where[t[:-1]] for t in nxt]
+            right = [t[-1] for t in nxt]
             monomials.append(nxt)
             self.register_buffer(f"_left{nu}", torch.tensor(left, dtype=torch.long), persistent=False)
             self.register_buffer(f"_right{nu}", torch.tensor(right, dtype=torch.long), persistent=False)
@@ -199,14 +198,16 @@ class SymmetricContraction(torch.nn.Module):
         Returns one tensor ``[X_nu, ...]`` per degree. The components run along the
         first axis so that every gather copies whole rows.
         """
-        if self._structured:
+        exporting = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+        if self._structured and not exporting:  # (slices of symbolic sizes give guards that fail to export)
             d = x.shape[0]
             if self.correlation == 1:
                 return [x]
-            by_last = [x[: b + 1] * x[b : b + 1] for b in range(d)]
+            by_last = [x.narrow(0, 0, b + 1) * x.narrow(0, b, 1) for b in range(d)]
             out = [x, torch.cat(by_last)]
             if self.correlation == 3:
-                out.append(torch.cat([(by_last[b].unsqueeze(1) * x[b:].unsqueeze(0)).flatten(0, 1) for b in range(d)]))
+                out.append(torch.cat([(by_last[b].unsqueeze(1) * x.narrow(0, b, d - b).unsqueeze(0)).flatten(0, 1)
+                                      for b in range(d)]))
             return out
         out, prev = [x], x
         for nu in range(2, self.correlation + 1):
