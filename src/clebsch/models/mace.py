@@ -79,8 +79,9 @@ class MACELayer(torch.nn.Module):
     def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope):
         sender, receiver = edge_index[0], edge_index[1]
         x = self.linear_up(h)
-        weights = self.radial(edge_basis) * edge_envelope[:, None]
-        a = self.conv.scatter_sum(x[sender], edge_sh, weights, receiver, h.shape[0]) * self.inv_avg
+        # the product is linear in the harmonics: the envelope scales them ([E, 9]), not the weights ([E, numel])
+        weights = self.radial(edge_basis)
+        a = self.conv.scatter_sum(x[sender], edge_sh * edge_envelope[:, None], weights, receiver, h.shape[0]) * self.inv_avg
         a = self.linear_a(a)
         b = self.contraction(to_channels(a, self.irreps_a), species)
         out = self.linear_out(from_channels(b, self.irreps_out))

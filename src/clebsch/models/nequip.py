@@ -88,8 +88,9 @@ class InteractionBlock(torch.nn.Module):
     def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope):
         sender, receiver = edge_index[0], edge_index[1]
         x = self.self_interaction(h)
-        weights = self.radial(edge_basis) * edge_envelope[:, None]
-        conv = self.conv.scatter_sum(x[sender], edge_sh, weights, receiver, h.shape[0]) * self.norm
+        # the product is linear in the harmonics: the envelope scales them ([E, 9]), not the weights ([E, numel])
+        weights = self.radial(edge_basis)
+        conv = self.conv.scatter_sum(x[sender], edge_sh * edge_envelope[:, None], weights, receiver, h.shape[0]) * self.norm
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(h.dtype)
         out = self.gate(self.linear(conv) + self.self_connection(h, onehot))
         return h + out if self.resnet else out
