@@ -357,6 +357,13 @@ class TensorProduct(torch.nn.Module):
         plan = dict(mode="channelwise", pre=pre, U=U, blocks=[(i, d1, ps) for (i, d1), ps in blocks.items()],
                     csizes=[d1 * sum(P * d for P, d in ps) for (i, d1), ps in blocks.items()],
                     wsizes=[P * U for _, _, P, _ in steps])
+        # the weights in the order of the pieces: as they are, a permutation (backward: the inverse one) or a gather
+        plan["weights"] = ("same" if widx == list(range(self.weight_numel))
+                           else "perm" if sorted(widx) == list(range(self.weight_numel)) else "gather")
+        if plan["weights"] == "perm":
+            inv = torch.empty(len(widx), dtype=torch.long)
+            inv[torch.tensor(widx)] = torch.arange(len(widx))
+            self.register_buffer(pre + "widx_inv", inv, persistent=False)
         plan["identity"] = cols == list(range(self._irreps_out.dim))
         src = torch.tensor(cols, dtype=torch.long)
         plan["full"] = len(cols) == self._irreps_out.dim and len(set(cols)) == len(cols)
@@ -498,7 +505,14 @@ class TensorProduct(torch.nn.Module):
         """
         U = plan["U"]
         xs = x1.split(self._in1_sizes, dim=1)
-        ws = weight.index_select(1, getattr(self, plan["pre"] + "widx")).to(x1.dtype).split(plan["wsizes"], dim=1)
+        pre = plan["pre"]
+        if plan["weights"] == "same":
+            w = weight
+        elif plan["weights"] == "perm":
+            w = _Permute.apply(weight, getattr(self, pre + "widx"), getattr(self, pre + "widx_inv"))
+        else:
+            w = weight.index_select(1, getattr(self, pre + "widx"))
+        ws = w.to(x1.dtype).split(plan["wsizes"], dim=1)
         Ms = (x2 @ getattr(self, plan["pre"] + "C").to(x1.dtype)).split(plan["csizes"], dim=1)
         n = 0
         for (i, d1, ps), M in zip(plan["blocks"], Ms):
