@@ -19,6 +19,13 @@ time a group costs
 
 There is no Python loop over paths at run time, and every operation is a plain
 differentiable torch op, so double backward (forces) works.
+
+The channel-wise groups of message passing (mode ``uvu``, one copy of the second
+input, weights per edge) have their own plan, cheaper in memory traffic: per
+block of the first input, one batched matmul with the channels innermost, the
+weights applied without expanding them, and no reordering per edge;
+:meth:`TensorProduct.scatter_sum` sums the edges into their receivers before
+the components are put in the order of ``irreps_out``.
 """
 
 from __future__ import annotations
