@@ -5,8 +5,10 @@ operations per element and memory-bound in eager PyTorch, where every
 operation makes one pass over memory. clebsch generates plain C99 for them
 (no Python or torch headers, so compiling takes a fraction of a second), builds
 a shared library with ``$CC`` (default ``cc``) for this machine's CPU, and calls
-it through :mod:`ctypes` on the tensors' memory, in ``torch.get_num_threads()``
-slices at once.
+it through :mod:`ctypes` on the tensors' memory. Built with OpenMP, a kernel
+splits its loop in PyTorch's own OpenMP runtime (the ``libgomp.so.1`` already
+loaded) on ``torch.get_num_threads()`` threads; without OpenMP, slices of the
+range run on a small pool of Python threads.
 
 The libraries are cached in ``$CLEBSCH_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/clebsch`` or ``~/.cache/clebsch``) under the hash of their
@@ -39,6 +41,7 @@ _LOCK = threading.Lock()
 _LIBRARIES: dict = {}
 _FAILED: dict = {}
 _POOL = None
+_OPENMP_PID = None
 
 
 def enabled() -> bool:
@@ -76,8 +79,10 @@ def _compile(source: str, target: Path) -> None:
         src.write_text(source)
         out = Path(tmp) / target.name
         errors = []
-        for arch in (["-march=native"], []):  # some compilers or CPUs refuse -march=native
-            run = subprocess.run([compiler, *_FLAGS, *arch, str(src), "-o", str(out), "-lm"],
+        # OpenMP shares PyTorch's runtime (the same libgomp.so.1, already loaded) and thread count;
+        # some compilers or CPUs refuse -fopenmp or -march=native
+        for extra in (["-fopenmp", "-march=native"], ["-fopenmp"], ["-march=native"], []):
+            run = subprocess.run([compiler, *_FLAGS, *extra, str(src), "-o", str(out), "-lm"],
                                  capture_output=True, text=True)
             if run.returncode == 0:
                 os.replace(out, target)  # atomic: concurrent processes never load a half-written file
@@ -102,6 +107,17 @@ def _built(filename: str, source: str) -> Path:
     raise RuntimeError(f"no writable folder for compiled kernels (tried {cache_dir()})")
 
 
+_OPENMP_PROBE = """
+int clebsch_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+"""
+
+
 def load(name: str, source: str):
     """The :class:`ctypes.CDLL` built from ``source``, or ``None`` where kernels cannot be built.
 
@@ -109,6 +125,7 @@ def load(name: str, source: str):
     """
     if not enabled():
         return None
+    source = source + _OPENMP_PROBE
     digest = hashlib.sha256((source + " ".join(_FLAGS) + _cpu_signature()).encode()).hexdigest()[:20]
     key = (name, digest)
     lib = _LIBRARIES.get(key)
@@ -126,26 +143,40 @@ def load(name: str, source: str):
                               "implementation (same numbers, slower). Set CLEBSCH_NATIVE=0 to silence this.",
                               RuntimeWarning, stacklevel=3)
             return None
+        lib.clebsch_openmp.restype = ctypes.c_int
+        lib.openmp = bool(lib.clebsch_openmp())
         _LIBRARIES[key] = lib
         return lib
 
 
-def parallel_for(fn, n: int, *pointers, grain: int = 8192) -> None:
-    """Run ``fn(*pointers, start, stop)`` over ``[0, n)`` in up to ``torch.get_num_threads()`` slices.
+def parallel_for(fn, n: int, *pointers, openmp: bool = False, grain: int = 8192) -> None:
+    """Run ``fn(*pointers, start, stop, threads)`` over ``[0, n)`` on up to ``torch.get_num_threads()`` threads.
 
-    ctypes releases the GIL during the call, so the slices run in parallel.
+    A kernel built with OpenMP splits the range itself, in PyTorch's own
+    thread pool (``fn(*pointers, 0, n, threads)``). Otherwise the range is cut
+    into slices run by a small pool of Python threads (ctypes releases the GIL
+    during each call), each slice on one thread.
     """
-    global _POOL
+    global _POOL, _OPENMP_PID
     threads = max(1, min(torch.get_num_threads(), n // grain))
+    if openmp:
+        # GNU OpenMP cannot start threads again in a child forked after it ran: one thread there
+        if threads > 1:
+            if _OPENMP_PID is None:
+                _OPENMP_PID = os.getpid()
+            elif _OPENMP_PID != os.getpid():
+                threads = 1
+        fn(*pointers, 0, n, threads)
+        return
     if threads == 1:
-        fn(*pointers, 0, n)
+        fn(*pointers, 0, n, 1)
         return
     # a forked child inherits the pool object but not its threads: it needs its own
     if _POOL is None or _POOL[0] != os.getpid() or _POOL[2] < threads:
         _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clebsch-native"), threads)
     pool = _POOL[1]
     bounds = [n * i // threads for i in range(threads + 1)]
-    futures = [pool.submit(fn, *pointers, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    fn(*pointers, bounds[0], bounds[1])
+    futures = [pool.submit(fn, *pointers, bounds[i], bounds[i + 1], 1) for i in range(1, threads)]
+    fn(*pointers, bounds[0], bounds[1], 1)
     for f in futures:
         f.result()

@@ -250,9 +250,8 @@ typedef {"double" if double else "float"} T;
 #define BLK 32
 #define DIM {dim}
 
-void sh_forward(const T* restrict xyz, T* restrict out, int64_t start, int64_t stop) {{
-    T X[BLK], Y[BLK], Z[BLK], R[DIM][BLK];
-    for (int64_t n0 = start; n0 < stop; n0 += BLK) {{
+static inline void forward_block(const T* restrict xyz, T* restrict out, int64_t n0, int64_t stop) {{
+        T X[BLK], Y[BLK], Z[BLK], R[DIM][BLK];
         const int nb = stop - n0 < BLK ? (int)(stop - n0) : BLK;
         const T* restrict p = xyz + 3 * n0;
         if (nb == BLK) {{  /* a full block: fixed-stride loops the compiler unrolls */
@@ -275,12 +274,10 @@ void sh_forward(const T* restrict xyz, T* restrict out, int64_t start, int64_t s
             for (int i = 0; i < nb; i++)
                 for (int m = 0; m < DIM; m++) q[i * DIM + m] = R[m][i];
         }}
-    }}
 }}
 
-void sh_backward(const T* restrict xyz, const T* restrict grad, T* restrict gxyz, int64_t start, int64_t stop) {{
-    T X[BLK], Y[BLK], Z[BLK], G[DIM][BLK], GX[3][BLK];
-    for (int64_t n0 = start; n0 < stop; n0 += BLK) {{
+static inline void backward_block(const T* restrict xyz, const T* restrict grad, T* restrict gxyz, int64_t n0, int64_t stop) {{
+        T X[BLK], Y[BLK], Z[BLK], G[DIM][BLK], GX[3][BLK];
         const int nb = stop - n0 < BLK ? (int)(stop - n0) : BLK;
         const T* restrict p = xyz + 3 * n0;
         const T* restrict h = grad + n0 * DIM;
@@ -304,6 +301,24 @@ void sh_backward(const T* restrict xyz, const T* restrict grad, T* restrict gxyz
         for (int i = 0; i < nb; i++) {{
             q[3 * i] = GX[0][i]; q[3 * i + 1] = GX[1][i]; q[3 * i + 2] = GX[2][i];
         }}
+}}
+
+/* one thread never enters a parallel region: GNU OpenMP cannot run one in a child forked after it ran */
+void sh_forward(const T* restrict xyz, T* restrict out, int64_t start, int64_t stop, int threads) {{
+    if (threads > 1) {{
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t n0 = start; n0 < stop; n0 += BLK) forward_block(xyz, out, n0, stop);
+    }} else {{
+        for (int64_t n0 = start; n0 < stop; n0 += BLK) forward_block(xyz, out, n0, stop);
+    }}
+}}
+
+void sh_backward(const T* restrict xyz, const T* restrict grad, T* restrict gxyz, int64_t start, int64_t stop, int threads) {{
+    if (threads > 1) {{
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t n0 = start; n0 < stop; n0 += BLK) backward_block(xyz, grad, gxyz, n0, stop);
+    }} else {{
+        for (int64_t n0 = start; n0 < stop; n0 += BLK) backward_block(xyz, grad, gxyz, n0, stop);
     }}
 }}
 """
@@ -325,9 +340,9 @@ def _kernels(ls: tuple, normalization: str, normalize: bool, x: torch.Tensor):
         if lib is not None:
             p, n = ctypes.c_void_p, ctypes.c_int64
             fwd, bwd = lib.sh_forward, lib.sh_backward
-            fwd.argtypes, fwd.restype = [p, p, n, n], None
-            bwd.argtypes, bwd.restype = [p, p, p, n, n], None
-            fns = (fwd, bwd)
+            fwd.argtypes, fwd.restype = [p, p, n, n, ctypes.c_int], None
+            bwd.argtypes, bwd.restype = [p, p, p, n, n, ctypes.c_int], None
+            fns = (fwd, bwd, lib.openmp)
         _KERNELS[key] = fns
     return _KERNELS[key]
 
@@ -343,7 +358,7 @@ class _SphericalHarmonics(torch.autograd.Function):
         if kernels is not None:
             x = x.contiguous()
             out = x.new_empty(x.shape[0], sum(2 * l + 1 for l in ls))
-            _native.parallel_for(kernels[0], x.shape[0], x.data_ptr(), out.data_ptr())
+            _native.parallel_for(kernels[0], x.shape[0], x.data_ptr(), out.data_ptr(), openmp=kernels[2])
             ctx.save_for_backward(x)
             return out
         ct, _ = _tables_as(ls, normalization, x.dtype, x.device)
@@ -373,7 +388,8 @@ class _SphericalHarmonics(torch.autograd.Function):
             grad = grad.contiguous()
             out = torch.empty_like(x)
             kernels = _kernels(ls, normalization, normalize, x)
-            _native.parallel_for(kernels[1], x.shape[0], x.data_ptr(), grad.data_ptr(), out.data_ptr())
+            _native.parallel_for(kernels[1], x.shape[0], x.data_ptr(), grad.data_ptr(), out.data_ptr(),
+                                 openmp=kernels[2])
             return out, None, None, None
         inv, m = saved
         _, bt = _tables_as(ls, normalization, grad.dtype, grad.device)
