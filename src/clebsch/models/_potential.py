@@ -148,8 +148,12 @@ class Potential(torch.nn.Module):
             compute_stress = "stress" in self.outputs and bool(graph.pbc.any())
         create_graph = self.training if training is None else training
 
+        outer_grad = torch.is_grad_enabled()
         with torch.enable_grad() if (compute_forces or compute_stress) else contextlib.nullcontext():
-            return self._evaluate(graph, compute_forces, compute_stress, create_graph)
+            out = self._evaluate(graph, compute_forces, compute_stress, create_graph)
+        if not outer_grad:  # the caller asked for no graph: keep none alive
+            out = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+        return out
 
     def _evaluate(self, graph, compute_forces: bool, compute_stress: bool, create_graph: bool) -> dict:
         positions = graph.positions

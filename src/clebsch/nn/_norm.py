@@ -41,7 +41,7 @@ class LayerNorm(_IrrepsNorm):
     --------
     >>> ln = LayerNorm("8x0e + 4x1o")
     >>> y = ln(torch.randn(5, 20))
-    >>> round(float(y[:, 8:].pow(2).mean()), 3)
+    >>> round(y[:, 8:].pow(2).mean().item(), 3)
     1.0
     """
 
