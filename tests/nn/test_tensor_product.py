@@ -200,3 +200,25 @@ def test_scatter_sum_equals_index_add_of_forward(irreps):
         assert (a - b).abs().max() < 1e-8 * max(1.0, float(b.abs().max()))
     empty = tp.scatter_sum(x1[:0], x2[:0], w[:0], index[:0], n)
     assert empty.shape == (n, tp.irreps_out.dim) and not empty.any()
+
+
+@pytest.mark.parametrize("irreps_out", ["2x0e+3x1o+2x2e", "3x1o+1x3e+2x0e+2x2e+1x1e"])
+def test_fully_connected_shared_weights_equals_e3nn_with_gradients(irreps_out):
+    """The shared-weight uvw plan (one matmul per output irrep): values and derivatives, outputs in any
+    order, an output no path reaches (3e), several irreps of input 2 at multiplicity 1."""
+    torch.manual_seed(5)
+    i1, i2 = "3x0e+2x1o+2x2e", "0e+1o+2e"
+    fc = FullyConnectedTensorProduct(i1, i2, irreps_out).double()
+    ref = eo.FullyConnectedTensorProduct(i1, i2, irreps_out).double()
+    with torch.no_grad():
+        fc.weight.copy_(ref.weight)
+    results = []
+    for tp in (fc, ref):
+        x1 = torch.randn(5, 19, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        x2 = torch.randn(5, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        y = tp(x1, x2)
+        g = torch.autograd.grad(y.pow(2).sum(), [x1, x2, tp.weight], create_graph=True)
+        gg = torch.autograd.grad(sum(t.pow(2).sum() for t in g), [x1, x2])
+        results.append((y, *g, *gg))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

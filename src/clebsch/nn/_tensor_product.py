@@ -234,6 +234,8 @@ class TensorProduct(torch.nn.Module):
         U, V, W = g.U, g.V, g.W
         if g.mode == "uvu" and V == 1 and g.has_weight and not self.shared_weights:
             return self._build_channelwise(gi, g, in1, in2, out, s1, s2, so)
+        if g.mode == "uvw" and V == 1 and g.has_weight and self.shared_weights:
+            return self._build_uvw_shared(gi, g, in1, in2, out, s1, s2, so)
         # first input components used by the group: [U, I]
         used1 = sorted({p.i_in1 for _, p, _ in g.paths})
         used2 = sorted({p.i_in2 for _, p, _ in g.paths})
@@ -323,6 +325,65 @@ class TensorProduct(torch.nn.Module):
             self.register_buffer(pre + "out", inv, persistent=False)
             self.register_buffer(pre + "out_inv", src, persistent=False)
         else:  # several paths into one output, or outputs left at zero: scatter-add
+            self.register_buffer(pre + "out", src, persistent=False)
+        return plan
+
+    def _build_uvw_shared(self, gi, g: _Group, in1, in2, out, s1, s2, so) -> dict:
+        """Plan of a fully connected (``uvw``) group with shared weights and one copy of input 2.
+
+        ``T[z, k, u] = sum_i M[z, i, k] a[z, u, i]`` with ``M = x2 @ C``, one batched
+        matmul; ``K`` is ordered by output irrep, then component, then path, so that
+        the rows of one output irrep are ``[z, d, P * U]`` and one matmul with its
+        weights ``[(p, u), w]`` sums all its paths: no per-path einsum, no scatter.
+        """
+        U, W = g.U, g.W
+        used1 = sorted({p.i_in1 for _, p, _ in g.paths})
+        used2 = sorted({p.i_in2 for _, p, _ in g.paths})
+        off1, I = {}, 0
+        for i in used1:
+            off1[i] = I
+            I += in1[i].ir.dim
+        off2, J = {}, 0
+        for i in used2:
+            off2[i] = J
+            J += in2[i].ir.dim
+        idx1 = torch.tensor([s1[i] + u * in1[i].ir.dim + m for u in range(U) for i in used1
+                             for m in range(in1[i].ir.dim)], dtype=torch.long)
+        idx2 = torch.tensor([s2[i] + m for i in used2 for m in range(in2[i].ir.dim)], dtype=torch.long)
+        by_out: dict = {}
+        for off, p, c in g.paths:
+            by_out.setdefault(p.i_out, []).append((off, p, c))
+        K = sum(out[o].ir.dim * len(ps) for o, ps in by_out.items())
+        C = torch.zeros(I, J, K, dtype=torch.float64)
+        outs, out_src, k0 = [], [], 0
+        pre = f"_g{gi}_"
+        for o in sorted(by_out, key=lambda o: so[o]):
+            ps, d = by_out[o], out[o].ir.dim
+            for q, (off, p, c) in enumerate(ps):
+                l1, l2 = in1[p.i_in1].ir.l, in2[p.i_in2].ir.l
+                c3 = c * wigner_3j(l1, l2, out[o].ir.l).to(torch.float64)  # [2l1+1, 2l2+1, d]
+                for m in range(d):  # K index of (output o, component m, path q)
+                    C[off1[p.i_in1] : off1[p.i_in1] + 2 * l1 + 1, off2[p.i_in2] : off2[p.i_in2] + 2 * l2 + 1,
+                      k0 + m * len(ps) + q] = c3[:, :, m]
+            widx = [off + u * W + w for off, _, _ in ps for u in range(U) for w in range(W)]  # [(p, u), w]
+            self.register_buffer(f"{pre}w{len(outs)}", torch.tensor(widx, dtype=torch.long), persistent=False)
+            outs.append(dict(k0=k0, d=d, P=len(ps), widx=f"{pre}w{len(outs)}"))
+            out_src += [so[o] + w * d + m for w in range(W) for m in range(d)]
+            k0 += d * len(ps)
+        dt = torch.get_default_dtype()
+        self._register_gather(pre + "in1", idx1, self.irreps_in1.dim)
+        self._register_gather(pre + "in2", idx2, self.irreps_in2.dim)
+        self.register_buffer(pre + "C", C.permute(1, 0, 2).reshape(J, I * K).to(dt), persistent=False)
+        plan = dict(mode="uvw_shared", pre=pre, U=U, W=W, I=I, J=J, K=K, outs=outs)
+        src = torch.tensor(out_src, dtype=torch.long)
+        plan["identity"] = out_src == list(range(self._irreps_out.dim))
+        plan["full"] = len(out_src) == self._irreps_out.dim
+        if plan["full"]:
+            inv = torch.empty_like(src)
+            inv[src] = torch.arange(len(src))
+            self.register_buffer(pre + "out", inv, persistent=False)
+            self.register_buffer(pre + "out_inv", src, persistent=False)
+        else:  # outputs that no path of this group reaches stay zero
             self.register_buffer(pre + "out", src, persistent=False)
         return plan
 
@@ -552,6 +613,8 @@ class TensorProduct(torch.nn.Module):
         return _Permute.apply(x, idx, inv)
 
     def _run_group(self, plan, x1, x2, weight, z):
+        if plan["mode"] == "uvw_shared":
+            return self._run_uvw_shared(plan, x1, x2, weight, z)
         pre, mode = plan["pre"], plan["mode"]
         U, V, W, I, J, K = plan["U"], plan["V"], plan["W"], plan["I"], plan["J"], plan["K"]
         C = getattr(self, pre + "C").to(x1.dtype)
@@ -590,6 +653,22 @@ class TensorProduct(torch.nn.Module):
         if plan["full"]:
             return _Permute.apply(y, idx, getattr(self, pre + "out_inv"))
         return y.new_zeros(z, self._irreps_out.dim).index_add(1, idx, y)
+
+
+    def _run_uvw_shared(self, plan, x1, x2, weight, z):
+        pre, U, W, I, K = plan["pre"], plan["U"], plan["W"], plan["I"], plan["K"]
+        C = getattr(self, pre + "C").to(x1.dtype)
+        a = self._gather(x1, pre + "in1").view(z, U, I)
+        M = (self._gather(x2, pre + "in2") @ C).view(z, I, K)
+        T = torch.bmm(M.transpose(1, 2), a.transpose(1, 2))  # [z, K, U]
+        pieces = []
+        for o in plan["outs"]:
+            d, P = o["d"], o["P"]
+            w = weight.index_select(-1, getattr(self, o["widx"])).to(x1.dtype).view(P * U, W)
+            t = T.narrow(1, o["k0"], d * P).reshape(z, d, P * U)
+            pieces.append(torch.matmul(t, w).transpose(1, 2).reshape(z, W * d))  # [z, w * d + m]
+        y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        return self._place(plan, y)
 
 
 class _Permute(torch.autograd.Function):
