@@ -70,6 +70,20 @@ class _Group:
         self.paths: list[tuple[int, Path, float]] = []  # (weight offset, path, coefficient)
 
 
+def _used_inputs(g: "_Group", in1, in2) -> tuple:
+    """Irreps of each input that the group's paths use, their offsets in the group's compact
+    layout, and the layouts' sizes: ``(used1, off1, I, used2, off2, J)``."""
+    out = []
+    for irreps, key in ((in1, "i_in1"), (in2, "i_in2")):
+        used = sorted({getattr(p, key) for _, p, _ in g.paths})
+        offsets, size = {}, 0
+        for i in used:
+            offsets[i] = size
+            size += irreps[i].ir.dim
+        out += [used, offsets, size]
+    return tuple(out)
+
+
 def resolve_weight_options(internal_weights: bool | None, shared_weights: bool | None) -> tuple[bool, bool]:
     """e3nn's defaults for weight options: shared and internal unless said otherwise.
 
@@ -237,16 +251,7 @@ class TensorProduct(torch.nn.Module):
         if g.mode == "uvw" and V == 1 and g.has_weight and self.shared_weights:
             return self._build_uvw_shared(gi, g, in1, in2, out, s1, s2, so)
         # first input components used by the group: [U, I]
-        used1 = sorted({p.i_in1 for _, p, _ in g.paths})
-        used2 = sorted({p.i_in2 for _, p, _ in g.paths})
-        off1, I = {}, 0
-        for i in used1:
-            off1[i] = I
-            I += in1[i].ir.dim
-        off2, J = {}, 0
-        for i in used2:
-            off2[i] = J
-            J += in2[i].ir.dim
+        used1, off1, I, used2, off2, J = _used_inputs(g, in1, in2)
         idx1 = torch.tensor(
             [s1[i] + u * in1[i].ir.dim + m for u in range(U) for i in used1 for m in range(in1[i].ir.dim)],
             dtype=torch.long,
@@ -337,16 +342,7 @@ class TensorProduct(torch.nn.Module):
         weights ``[(p, u), w]`` sums all its paths: no per-path einsum, no scatter.
         """
         U, W = g.U, g.W
-        used1 = sorted({p.i_in1 for _, p, _ in g.paths})
-        used2 = sorted({p.i_in2 for _, p, _ in g.paths})
-        off1, I = {}, 0
-        for i in used1:
-            off1[i] = I
-            I += in1[i].ir.dim
-        off2, J = {}, 0
-        for i in used2:
-            off2[i] = J
-            J += in2[i].ir.dim
+        used1, off1, I, used2, off2, J = _used_inputs(g, in1, in2)
         idx1 = torch.tensor([s1[i] + u * in1[i].ir.dim + m for u in range(U) for i in used1
                              for m in range(in1[i].ir.dim)], dtype=torch.long)
         idx2 = torch.tensor([s2[i] + m for i in used2 for m in range(in2[i].ir.dim)], dtype=torch.long)
