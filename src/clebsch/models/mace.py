@@ -29,8 +29,9 @@ from __future__ import annotations
 import torch
 
 from ..nn import BesselBasis, ChannelwiseTensorProduct, FullyConnectedTensorProduct, Linear, PolynomialCutoff, ScalarMLP
-from ..o3 import Irreps, spherical_harmonics
+from ..o3 import Irreps
 from ._registry import register
+from ._steerable import SteerableStack
 
 from ._symmetric_contraction import SymmetricContraction
 
@@ -92,7 +93,7 @@ class MACELayer(torch.nn.Module):
 
 
 @register("mace")
-class MACE(torch.nn.Module):
+class MACE(SteerableStack):
     """The MACE representation: equivariant features of body order ``correlation + 1`` per layer.
 
     Parameters
@@ -161,14 +162,3 @@ class MACE(torch.nn.Module):
             self.layers.append(layer)
             irreps = layer.irreps_out
         self.irreps_out = irreps
-
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        """Per-atom features ``[N, irreps_out.dim]`` from elements and edge vectors ``r_j - r_i``."""
-        length = edge_vectors.norm(dim=-1)
-        edge_sh = spherical_harmonics(self.irreps_sh, edge_vectors, normalize=True, normalization="component")
-        edge_basis = self.basis(length)
-        edge_envelope = self.envelope(length)
-        h = self.embedding.to(edge_vectors.dtype)[species]
-        for layer in self.layers:
-            h = layer(h, species, edge_index, edge_sh, edge_basis, edge_envelope)
-        return h

@@ -33,8 +33,9 @@ from ..nn import (
     PolynomialCutoff,
     ScalarMLP,
 )
-from ..o3 import Irreps, spherical_harmonics
+from ..o3 import Irreps
 from ._registry import register
+from ._steerable import SteerableStack
 
 __all__ = ["NequIP"]
 
@@ -97,7 +98,7 @@ class InteractionBlock(torch.nn.Module):
 
 
 @register("nequip")
-class NequIP(torch.nn.Module):
+class NequIP(SteerableStack):
     """The NequIP representation: equivariant per-atom features.
 
     Parameters
@@ -169,14 +170,3 @@ class NequIP(torch.nn.Module):
             self.layers.append(block)
             irreps = block.irreps_out
         self.irreps_out = irreps
-
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
-        """Per-atom features ``[N, irreps_out.dim]`` from elements and edge vectors ``r_j - r_i``."""
-        length = edge_vectors.norm(dim=-1)
-        edge_sh = spherical_harmonics(self.irreps_sh, edge_vectors, normalize=True, normalization="component")
-        edge_basis = self.basis(length)
-        edge_envelope = self.envelope(length)
-        h = self.embedding.to(edge_vectors.dtype)[species]
-        for layer in self.layers:
-            h = layer(h, species, edge_index, edge_sh, edge_basis, edge_envelope)
-        return h
