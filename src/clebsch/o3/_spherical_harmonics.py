@@ -245,7 +245,11 @@ def _kernel_source(ls: tuple, normalization: str, normalize: bool, double: bool)
     return f"""/* spherical harmonics ls={list(ls)} normalization={normalization} normalize={normalize} */
 #include <stdint.h>
 #include <math.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 typedef {"double" if double else "float"} T;
+#define IS_DOUBLE {int(double)}
 #define SQRT {"sqrt" if double else "sqrtf"}
 #define BLK 32
 #define DIM {dim}
@@ -268,8 +272,41 @@ static inline void forward_block(const T* restrict xyz, T* restrict out, int64_t
         }}
         T* restrict q = out + n0 * DIM;
         if (nb == BLK) {{
+#if defined(__AVX__) && !IS_DOUBLE
+            /* 8 x 8 transposes in registers: R is component-major, the output point-major */
+            for (int m0 = 0; m0 + 8 <= DIM; m0 += 8) {{
+                for (int i0 = 0; i0 < BLK; i0 += 8) {{
+                    __m256 r0 = _mm256_loadu_ps(&R[m0 + 0][i0]), r1 = _mm256_loadu_ps(&R[m0 + 1][i0]);
+                    __m256 r2 = _mm256_loadu_ps(&R[m0 + 2][i0]), r3 = _mm256_loadu_ps(&R[m0 + 3][i0]);
+                    __m256 r4 = _mm256_loadu_ps(&R[m0 + 4][i0]), r5 = _mm256_loadu_ps(&R[m0 + 5][i0]);
+                    __m256 r6 = _mm256_loadu_ps(&R[m0 + 6][i0]), r7 = _mm256_loadu_ps(&R[m0 + 7][i0]);
+                    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+                    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+                    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+                    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+                    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                    T* p0 = q + (int64_t)i0 * DIM + m0;
+                    _mm256_storeu_ps(p0 + 0 * DIM, _mm256_permute2f128_ps(s0, s4, 0x20));
+                    _mm256_storeu_ps(p0 + 1 * DIM, _mm256_permute2f128_ps(s1, s5, 0x20));
+                    _mm256_storeu_ps(p0 + 2 * DIM, _mm256_permute2f128_ps(s2, s6, 0x20));
+                    _mm256_storeu_ps(p0 + 3 * DIM, _mm256_permute2f128_ps(s3, s7, 0x20));
+                    _mm256_storeu_ps(p0 + 4 * DIM, _mm256_permute2f128_ps(s0, s4, 0x31));
+                    _mm256_storeu_ps(p0 + 5 * DIM, _mm256_permute2f128_ps(s1, s5, 0x31));
+                    _mm256_storeu_ps(p0 + 6 * DIM, _mm256_permute2f128_ps(s2, s6, 0x31));
+                    _mm256_storeu_ps(p0 + 7 * DIM, _mm256_permute2f128_ps(s3, s7, 0x31));
+                }}
+            }}
+#if DIM % 8
+            for (int i = 0; i < BLK; i++)
+                for (int m = DIM - DIM % 8; m < DIM; m++) q[i * DIM + m] = R[m][i];
+#endif
+#else
             for (int i = 0; i < BLK; i++)
                 for (int m = 0; m < DIM; m++) q[i * DIM + m] = R[m][i];
+#endif
         }} else {{
             for (int i = 0; i < nb; i++)
                 for (int m = 0; m < DIM; m++) q[i * DIM + m] = R[m][i];
