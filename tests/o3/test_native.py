@@ -30,6 +30,9 @@ def test_native_equals_torch_float64(ls, normalize, monkeypatch):
         ours = values_and_grad(ls, x, normalize, normalization, True, monkeypatch)
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+        with torch.no_grad():  # the path without an autograd node
+            torch.testing.assert_close(spherical_harmonics(ls, x, normalize, normalization), theirs[0],
+                                       atol=1e-12, rtol=1e-12)
     assert sh_module._KERNELS[(tuple(ls), "integral", normalize, torch.float64)] is not None, "the kernel did not build"
 
 

@@ -366,11 +366,14 @@ _NATIVE_LMAX = 6  # above, compiling takes seconds (l = 11: ~10 s) for little ga
 
 
 def _kernels(ls: tuple, normalization: str, normalize: bool, x: torch.Tensor):
-    """``(forward, backward)`` C functions for ``x``'s dtype on the CPU, or ``None``."""
+    """``(forward, backward, openmp)``: the C functions for ``x``'s dtype on the CPU, or ``None``."""
+    key = (ls, normalization, normalize, x.dtype)
+    fns = _KERNELS.get(key, False)
+    if fns is not False:  # the common case, first: one dict lookup
+        return fns if fns is not None and x.device.type == "cpu" and _native.enabled() else None
     if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or max(ls) > _NATIVE_LMAX
             or not _native.enabled()):
         return None
-    key = (ls, normalization, normalize, x.dtype)
     if key not in _KERNELS:
         lib = _native.load("spherical_harmonics", _kernel_source(ls, normalization, normalize, x.dtype == torch.float64))
         fns = None
@@ -384,6 +387,13 @@ def _kernels(ls: tuple, normalization: str, normalize: bool, x: torch.Tensor):
     return _KERNELS[key]
 
 
+def _forward_native(x: torch.Tensor, ls: tuple, kernels) -> torch.Tensor:
+    x = x.contiguous()
+    out = x.new_empty(x.shape[0], sum(2 * l + 1 for l in ls))
+    _native.parallel_for(kernels[0], x.shape[0], x.data_ptr(), out.data_ptr(), openmp=kernels[2])
+    return out
+
+
 class _SphericalHarmonics(torch.autograd.Function):
     """Forward without an autograd graph; hand-written backward, differentiable on demand."""
 
@@ -394,10 +404,8 @@ class _SphericalHarmonics(torch.autograd.Function):
         kernels = _kernels(ls, normalization, normalize, x)
         if kernels is not None:
             x = x.contiguous()
-            out = x.new_empty(x.shape[0], sum(2 * l + 1 for l in ls))
-            _native.parallel_for(kernels[0], x.shape[0], x.data_ptr(), out.data_ptr(), openmp=kernels[2])
             ctx.save_for_backward(x)
-            return out
+            return _forward_native(x, ls, kernels)
         ct, _ = _tables_as(ls, normalization, x.dtype, x.device)
         if normalize:
             r2 = (x * x).sum(dim=1)
@@ -505,6 +513,8 @@ def spherical_harmonics(
         ct, _ = _tables_as(ls, normalization, x.dtype, x.device)
         unit, _ = _unit(u, normalize)
         out = torch.mm(_monomial_rows(unit, max(ls)).T, ct)
+    elif not (u.requires_grad and torch.is_grad_enabled()) and (kernels := _kernels(ls, normalization, normalize, u)):
+        out = _forward_native(u, ls, kernels)  # nothing to differentiate: no autograd node
     else:
         out = _SphericalHarmonics.apply(u, ls, normalize, normalization)
     return out.reshape(*batch, out.shape[1])
