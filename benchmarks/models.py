@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _systems import water_box
+
 HERE = Path(__file__).resolve()
 DATA = HERE.parents[2] / "shared" / "data" / "ethanol" / "train.xyz"
 SPECIES = [1, 6, 8]
@@ -86,26 +88,6 @@ def time_steps(energy_fn, positions, energy_ref, forces_ref, params, repeats):
 
 
 # ----------------------------------------------------------------------------- inputs
-def water_box(n_atoms: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    n_mol = n_atoms // 3
-    length = (3 * n_mol / 0.1) ** (1 / 3)
-    per_side = int(np.ceil(n_mol ** (1 / 3)))
-    grid = np.stack(np.meshgrid(*[np.arange(per_side)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n_mol]
-    oxygen = (grid + 0.5 + rng.uniform(-0.1, 0.1, size=grid.shape)) * (length / per_side)
-    # two O-H bonds of 0.96 Å at 104.5 degrees, randomly oriented
-    first = rng.normal(size=(n_mol, 3))
-    first /= np.linalg.norm(first, axis=-1, keepdims=True)
-    other = rng.normal(size=(n_mol, 3))
-    other -= (other * first).sum(-1, keepdims=True) * first
-    other /= np.linalg.norm(other, axis=-1, keepdims=True)
-    angle = np.deg2rad(104.5)
-    second = np.cos(angle) * first + np.sin(angle) * other
-    hydrogens = oxygen[:, None, :] + 0.96 * np.stack([first, second], axis=1)
-    positions = np.concatenate([oxygen[:, None], hydrogens], axis=1).reshape(-1, 3) % length
-    return positions, np.eye(3) * length, np.tile([8, 1, 1], n_mol)
-
-
 def make_inputs(frames: int, box: int) -> dict:
     """The two graphs as plain tensors (so the reference workers need no clebsch)."""
     import ase.io
