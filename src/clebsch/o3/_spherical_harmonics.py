@@ -195,7 +195,12 @@ def _kernel_source(ls: tuple, normalization: str, normalize: bool, double: bool)
 
     Points are processed in blocks of 32 so that the compiler vectorises the
     arithmetic across points; the formulas are those of the PyTorch path
-    (:func:`_tables`), so the two agree to rounding.
+    (:func:`_tables`), so the two agree to rounding. Under AVX2 in float32,
+    full blocks run as groups of 8 points held in registers: the ``(x, y, z)``
+    triples are de-interleaved with blends and one permutation, and the
+    component-major results reach the point-major output (and the gradient
+    comes in) through 8 x 8 register transposes, with no pass through the
+    stack.
     """
     ct, bt = (t.tolist() for t in _tables(ls, normalization))
     lmax, dim = max(ls), len(ct[0])
@@ -206,61 +211,150 @@ def _kernel_source(ls: tuple, normalization: str, normalize: bool, double: bool)
     def num(c: float) -> str:
         return f"{c!r}{suffix}" if "e" in repr(c) or "." in repr(c) else f"{c!r}.0{suffix}"
 
-    def monomials(count: int) -> list[str]:
+    def monomials(count: int, vec: bool = False) -> list[str]:
         lines, index = [], {e: i for i, e in enumerate(exps)}
+        t = "V" if vec else "T"
         for i, e in enumerate(exps[:count]):
             if i == 0:
-                lines.append("const T m0 = (T)1;")
+                lines.append(f"const {t} m0 = {'ONE' if vec else '(T)1'};")
             elif sum(e) == 1:
-                lines.append(f"const T m{i} = {'xyz'[e.index(1)]};")
+                lines.append(f"const {t} m{i} = {'xyz'[e.index(1)]};")
             else:
                 j = 0 if e[0] else (1 if e[1] else 2)
                 parent = list(e)
                 parent[j] -= 1
-                lines.append(f"const T m{i} = m{index[tuple(parent)]} * {'xyz'[j]};")
+                lines.append(f"const {t} m{i} = m{index[tuple(parent)]} * {'xyz'[j]};")
         return lines
+
+    def output(m: int) -> str:
+        terms = [f"{num(ct[k][m])} * m{k}" for k in range(len(exps)) if ct[k][m] != 0.0]
+        return " + ".join(terms) if terms else None
+
+    def gradient(j: int, g: str) -> str:
+        terms = []
+        for k in range(k_low):
+            row = bt[j * k_low + k]
+            inner = [f"{num(row[m])} * {g.format(m=m)}" for m in range(dim) if row[m] != 0.0]
+            if inner:
+                terms.append(f"({' + '.join(inner)}) * m{k}")
+        return " + ".join(terms) if terms else None
 
     # a zero vector divides by 1 (written branch-free, so that the loop vectorises)
     unit = ["const T r2 = x * x + y * y + z * z;", "const T safe = r2 + (T)(r2 <= 0);", "const T inv = (T)1 / SQRT(safe);",
             "x *= inv; y *= inv; z *= inv;"] if normalize else []
-    fwd = []
-    for m in range(dim):
-        terms = [f"{num(ct[k][m])} * m{k}" for k in range(len(exps)) if ct[k][m] != 0.0]
-        fwd.append(f"R[{m}][i] = {' + '.join(terms) if terms else '(T)0'};")
-    bwd = []
-    for j in range(3):
-        terms = []
-        for k in range(k_low):
-            row = bt[j * k_low + k]
-            inner = [f"{num(row[m])} * G[{m}][i]" for m in range(dim) if row[m] != 0.0]
-            if inner:
-                terms.append(f"({' + '.join(inner)}) * m{k}")
-        bwd.append(f"const T g{j} = {' + '.join(terms) if terms else '(T)0'};")
+    fwd = [f"R[{m}][i] = {output(m) or '(T)0'};" for m in range(dim)]
+    bwd = [f"const T g{j} = {gradient(j, 'G[{m}][i]') or '(T)0'};" for j in range(3)]
     if normalize:
         bwd += ["const T dot = x * g0 + y * g1 + z * g2;",
                 "GX[0][i] = (g0 - x * dot) * inv; GX[1][i] = (g1 - y * dot) * inv; GX[2][i] = (g2 - z * dot) * inv;"]
     else:
         bwd += ["GX[0][i] = g0; GX[1][i] = g1; GX[2][i] = g2;"]
-    ind = "\n            "
+
+    # the same in groups of 8 points (AVX2, float32): V is a vector of 8 floats
+    vunit = ["const V r2 = x * x + y * y + z * z;",
+             "const V safe = r2 + (V)_mm256_and_ps(_mm256_cmp_ps((__m256)r2, _mm256_setzero_ps(), _CMP_LE_OQ), (__m256)ONE);",
+             "const V inv = ONE / (V)_mm256_sqrt_ps((__m256)safe);", "x *= inv; y *= inv; z *= inv;"] if normalize else []
+    full, rest = dim - dim % 8, dim % 8
+    vfwd = vunit + monomials(len(exps), vec=True) + [f"const V R{m} = {output(m) or 'ZERO'};" for m in range(dim)]
+    for m0 in range(0, full, 8):
+        vfwd.append(f"{{ __m256 t[8] = {{{', '.join(f'(__m256)R{m0 + k}' for k in range(8))}}}; transpose8(t);")
+        vfwd.append(f"  for (int k = 0; k < 8; k++) _mm256_storeu_ps(q + k * DIM + {m0}, t[k]); }}")
+    if rest:
+        vfwd.append(f"{{ float t[{rest}][8]; {' '.join(f'_mm256_storeu_ps(t[{k}], (__m256)R{full + k});' for k in range(rest))}")
+        vfwd.append(f"  for (int k = 0; k < 8; k++) for (int m = 0; m < {rest}; m++) q[k * DIM + {full} + m] = t[m][k]; }}")
+    vbwd = []
+    for m0 in range(0, full, 8):
+        vbwd.append(f"__m256 t{m0}[8]; for (int k = 0; k < 8; k++) t{m0}[k] = _mm256_loadu_ps(h + k * DIM + {m0}); "
+                    f"transpose8(t{m0});")
+        vbwd += [f"const V G{m0 + k} = (V)t{m0}[{k}];" for k in range(8)]
+    if rest:
+        vbwd.append(f"float tr[{rest}][8]; for (int k = 0; k < 8; k++) for (int m = 0; m < {rest}; m++) "
+                    f"tr[m][k] = h[k * DIM + {full} + m];")
+        vbwd += [f"const V G{full + k} = (V)_mm256_loadu_ps(tr[{k}]);" for k in range(rest)]
+    vbwd += vunit + monomials(k_low, vec=True)
+    vbwd += [f"const V g{j} = {gradient(j, 'G{m}') or 'ZERO'};" for j in range(3)]
+    if normalize:
+        vbwd += ["const V dot = x * g0 + y * g1 + z * g2;",
+                 "store_xyz8(q, (g0 - x * dot) * inv, (g1 - y * dot) * inv, (g2 - z * dot) * inv);"]
+    else:
+        vbwd += ["store_xyz8(q, g0, g1, g2);"]
+    ind, vind = "\n            ", "\n        "
     return f"""/* spherical harmonics ls={list(ls)} normalization={normalization} normalize={normalize} */
 #include <stdint.h>
 #include <math.h>
-#ifdef __AVX__
+#if defined(__AVX2__) && {int(not double)}
 #include <immintrin.h>
+#define GROUPS 1
 #endif
 typedef {"double" if double else "float"} T;
-#define IS_DOUBLE {int(double)}
 #define SQRT {"sqrt" if double else "sqrtf"}
 #define BLK 32
 #define DIM {dim}
+
+#ifdef GROUPS
+typedef float V __attribute__((vector_size(32)));
+#define ONE ((V)_mm256_set1_ps(1.0f))
+#define ZERO ((V)_mm256_setzero_ps())
+
+static inline void transpose8(__m256* r) {{  /* r[i][j] <- r[j][i] */
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20); r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20); r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31); r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31); r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}}
+
+/* 8 points x0 y0 z0 x1 ... z7 <-> the vectors x, y, z: two blends and one permutation each */
+static inline void load_xyz8(const T* p, V* x, V* y, V* z) {{
+    const __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8), c = _mm256_loadu_ps(p + 16);
+    *x = (V)_mm256_permutevar8x32_ps(_mm256_blend_ps(_mm256_blend_ps(a, b, 0x92), c, 0x24), _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5));
+    *y = (V)_mm256_permutevar8x32_ps(_mm256_blend_ps(_mm256_blend_ps(a, b, 0x24), c, 0x49), _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6));
+    *z = (V)_mm256_permutevar8x32_ps(_mm256_blend_ps(_mm256_blend_ps(a, b, 0x49), c, 0x92), _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7));
+}}
+
+static inline void store_xyz8(T* p, V x, V y, V z) {{
+    const __m256 u = _mm256_permutevar8x32_ps((__m256)x, _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5));
+    const __m256 v = _mm256_permutevar8x32_ps((__m256)y, _mm256_setr_epi32(5, 0, 3, 6, 1, 4, 7, 2));
+    const __m256 w = _mm256_permutevar8x32_ps((__m256)z, _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7));
+    _mm256_storeu_ps(p, _mm256_blend_ps(_mm256_blend_ps(u, v, 0x92), w, 0x24));
+    _mm256_storeu_ps(p + 8, _mm256_blend_ps(_mm256_blend_ps(u, v, 0x24), w, 0x49));
+    _mm256_storeu_ps(p + 16, _mm256_blend_ps(_mm256_blend_ps(u, v, 0x49), w, 0x92));
+}}
+
+static inline void forward_group(const T* restrict p, T* restrict q) {{
+        V x, y, z;
+        load_xyz8(p, &x, &y, &z);
+        {vind.join(vfwd)}
+}}
+
+static inline void backward_group(const T* restrict p, const T* restrict h, T* restrict q) {{
+        V x, y, z;
+        load_xyz8(p, &x, &y, &z);
+        {vind.join(vbwd)}
+}}
+#endif
 
 static inline void forward_block(const T* restrict xyz, T* restrict out, int64_t n0, int64_t stop) {{
         T X[BLK], Y[BLK], Z[BLK], R[DIM][BLK];
         const int nb = stop - n0 < BLK ? (int)(stop - n0) : BLK;
         const T* restrict p = xyz + 3 * n0;
+        T* restrict q = out + n0 * DIM;
+#ifdef GROUPS
+        if (nb == BLK) {{
+            for (int i = 0; i < BLK; i += 8) forward_group(p + 3 * i, q + i * DIM);
+            return;
+        }}
+#endif
         if (nb == BLK) {{  /* a full block: fixed-stride loops the compiler unrolls */
             for (int i = 0; i < BLK; i++) {{ X[i] = p[3 * i]; Y[i] = p[3 * i + 1]; Z[i] = p[3 * i + 2]; }}
-        }} else {{
+        }} else {{  /* a partial block repeats its first point */
             for (int i = 0; i < BLK; i++) {{
                 const int k = i < nb ? i : 0;
                 X[i] = p[3 * k]; Y[i] = p[3 * k + 1]; Z[i] = p[3 * k + 2];
@@ -270,47 +364,8 @@ static inline void forward_block(const T* restrict xyz, T* restrict out, int64_t
             T x = X[i], y = Y[i], z = Z[i];
             {ind.join(unit + monomials(len(exps)) + fwd)}
         }}
-        T* restrict q = out + n0 * DIM;
-        if (nb == BLK) {{
-#if defined(__AVX__) && !IS_DOUBLE
-            /* 8 x 8 transposes in registers: R is component-major, the output point-major */
-            for (int m0 = 0; m0 + 8 <= DIM; m0 += 8) {{
-                for (int i0 = 0; i0 < BLK; i0 += 8) {{
-                    __m256 r0 = _mm256_loadu_ps(&R[m0 + 0][i0]), r1 = _mm256_loadu_ps(&R[m0 + 1][i0]);
-                    __m256 r2 = _mm256_loadu_ps(&R[m0 + 2][i0]), r3 = _mm256_loadu_ps(&R[m0 + 3][i0]);
-                    __m256 r4 = _mm256_loadu_ps(&R[m0 + 4][i0]), r5 = _mm256_loadu_ps(&R[m0 + 5][i0]);
-                    __m256 r6 = _mm256_loadu_ps(&R[m0 + 6][i0]), r7 = _mm256_loadu_ps(&R[m0 + 7][i0]);
-                    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-                    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-                    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-                    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-                    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-                    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-                    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-                    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-                    T* p0 = q + (int64_t)i0 * DIM + m0;
-                    _mm256_storeu_ps(p0 + 0 * DIM, _mm256_permute2f128_ps(s0, s4, 0x20));
-                    _mm256_storeu_ps(p0 + 1 * DIM, _mm256_permute2f128_ps(s1, s5, 0x20));
-                    _mm256_storeu_ps(p0 + 2 * DIM, _mm256_permute2f128_ps(s2, s6, 0x20));
-                    _mm256_storeu_ps(p0 + 3 * DIM, _mm256_permute2f128_ps(s3, s7, 0x20));
-                    _mm256_storeu_ps(p0 + 4 * DIM, _mm256_permute2f128_ps(s0, s4, 0x31));
-                    _mm256_storeu_ps(p0 + 5 * DIM, _mm256_permute2f128_ps(s1, s5, 0x31));
-                    _mm256_storeu_ps(p0 + 6 * DIM, _mm256_permute2f128_ps(s2, s6, 0x31));
-                    _mm256_storeu_ps(p0 + 7 * DIM, _mm256_permute2f128_ps(s3, s7, 0x31));
-                }}
-            }}
-#if DIM % 8
-            for (int i = 0; i < BLK; i++)
-                for (int m = DIM - DIM % 8; m < DIM; m++) q[i * DIM + m] = R[m][i];
-#endif
-#else
-            for (int i = 0; i < BLK; i++)
-                for (int m = 0; m < DIM; m++) q[i * DIM + m] = R[m][i];
-#endif
-        }} else {{
-            for (int i = 0; i < nb; i++)
-                for (int m = 0; m < DIM; m++) q[i * DIM + m] = R[m][i];
-        }}
+        for (int i = 0; i < nb; i++)
+            for (int m = 0; m < DIM; m++) q[i * DIM + m] = R[m][i];
 }}
 
 static inline void backward_block(const T* restrict xyz, const T* restrict grad, T* restrict gxyz, int64_t n0, int64_t stop) {{
@@ -318,6 +373,13 @@ static inline void backward_block(const T* restrict xyz, const T* restrict grad,
         const int nb = stop - n0 < BLK ? (int)(stop - n0) : BLK;
         const T* restrict p = xyz + 3 * n0;
         const T* restrict h = grad + n0 * DIM;
+        T* restrict q = gxyz + 3 * n0;
+#ifdef GROUPS
+        if (nb == BLK) {{
+            for (int i = 0; i < BLK; i += 8) backward_group(p + 3 * i, h + i * DIM, q + 3 * i);
+            return;
+        }}
+#endif
         if (nb == BLK) {{
             for (int i = 0; i < BLK; i++) {{
                 X[i] = p[3 * i]; Y[i] = p[3 * i + 1]; Z[i] = p[3 * i + 2];
@@ -334,7 +396,6 @@ static inline void backward_block(const T* restrict xyz, const T* restrict grad,
             T x = X[i], y = Y[i], z = Z[i];
             {ind.join(unit + monomials(k_low) + bwd)}
         }}
-        T* restrict q = gxyz + 3 * n0;
         for (int i = 0; i < nb; i++) {{
             q[3 * i] = GX[0][i]; q[3 * i + 1] = GX[1][i]; q[3 * i + 2] = GX[2][i];
         }}
