@@ -97,10 +97,13 @@ def make_inputs(frames: int, box: int) -> dict:
 
     atoms = ase.io.read(DATA, index=f":{frames}")
     ethanol = batch([AtomicGraph.from_ase(a, cutoff=CUTOFF, dtype=torch.float32) for a in atoms])
-    pos, cell, numbers = water_box(box)
-    water = AtomicGraph.from_ase(Atoms(numbers, positions=pos, cell=cell, pbc=True), cutoff=CUTOFF, dtype=torch.float32)
+    graphs = {"ethanol": ethanol} if frames > 0 else {}
+    if box > 0:
+        pos, cell, numbers = water_box(box)
+        graphs["box"] = AtomicGraph.from_ase(Atoms(numbers, positions=pos, cell=cell, pbc=True), cutoff=CUTOFF,
+                                             dtype=torch.float32)
     out = {}
-    for name, g in (("ethanol", ethanol), ("box", water)):
+    for name, g in graphs.items():
         out[name] = {
             "positions": g.positions.float(), "numbers": g.numbers, "edge_index": g.edge_index,
             "shifts": g.shifts.float(), "cell": g.cell.float(), "batch": g.batch, "num_graphs": g.num_graphs,
@@ -226,8 +229,8 @@ def run_reference(kind: str, python: str, inputs_file: str, repeats: int, thread
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--box", type=int, default=1000)
+    parser.add_argument("--frames", type=int, default=16, help="ethanol frames in the batch (0: skip)")
+    parser.add_argument("--box", type=int, default=1000, help="atoms in the periodic box (0: skip)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)")
     parser.add_argument("--mace-python", default=os.environ.get("CLEBSCH_MACE_PYTHON", "/work/refvenv/bin/python"))
@@ -235,6 +238,8 @@ def main() -> None:
     parser.add_argument("--worker", choices=["mace", "nequip"], help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.frames < 0 or args.box < 0 or args.frames + args.box == 0 or args.repeats < 1 or args.threads < 1:
+        parser.error("--frames and --box must be >= 0 and not both 0; --repeats and --threads >= 1")
     torch.set_num_threads(args.threads)
 
     global THREADS
