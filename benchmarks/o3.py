@@ -5,18 +5,36 @@ Spherical harmonics of 100,000 random float32 vectors (normalize=True,
 10,000 rotations at l = 2 and 6. Two threads. Prints median times over
 several repeats (after warm-up) and the speed-up of clebsch over each reference.
 
+Two orders of timing, each printed as its own table:
+
+* ``interleaved``: the implementations take turns, call by call, so that load
+  from other jobs hits all alike. Each call then starts with caches full of
+  the previous implementation's data, and its output often lands on pages the
+  allocator has just handed back to the kernel (the "faults" column: minor page
+  faults per call, each a few microseconds on a virtual machine). Memory-bound
+  calls such as the spherical harmonics' forward pass, which writes 6.4 MB at
+  lmax = 3, pay most for this.
+* ``back-to-back``: all repeats of one implementation, then the next (warm
+  caches, as in ``torch.utils.benchmark``).
+
 ``clebsch`` is the default path (the generated C kernel, see
 ``clebsch.o3._native``); ``clebsch-pt`` the PyTorch path used where no C
 compiler is found (``CLEBSCH_NATIVE=0``).
 
-Run: ``python benchmarks/o3.py``
+Run: ``python benchmarks/o3.py [--order interleaved|back-to-back|both] [--repeats 21]``
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Windows
+    resource = None
 
 import torch
 
@@ -33,18 +51,39 @@ except ImportError:  # pragma: no cover
     sphericart_torch = None
 
 
+ORDER = "interleaved"
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
 def median_times(fns: dict, repeats: int = 21, warmup: int = 3) -> dict:
-    """Median wall time of each function; the functions take turns so that load on a shared machine hits all alike."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
+    """``{name: (median seconds, minor page faults per call)}`` for each function, timed in ``ORDER``."""
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    faults = dict.fromkeys(fns, 0)
+
+    def timed(name, f):
+        f0 = _minor_faults()
+        t0 = time.perf_counter()
+        f()
+        times[name].append(time.perf_counter() - t0)
+        faults[name] += _minor_faults() - f0
+
+    if ORDER == "interleaved":
+        for _ in range(warmup):
+            for f in fns.values():
+                f()
+        for _ in range(repeats):
+            for name, f in fns.items():
+                timed(name, f)
+    else:
         for name, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+            for _ in range(warmup):
+                f()
+            for _ in range(repeats):
+                timed(name, f)
+    return {name: (statistics.median(t), faults[name] / repeats) for name, t in times.items()}
 
 
 def without_native(fn, *args):
@@ -85,7 +124,7 @@ def bench_sh(n: int = 100_000, repeats: int = 21):
 
         fwd = median_times({name: (lambda f=f: f(x)) for name, f in cases.items()}, repeats)
         fb = median_times({name: fwd_bwd(f) for name, f in cases.items()}, repeats)
-        rows += [(f"sh lmax={lmax}", name, fwd[name], fb[name]) for name in cases]
+        rows += [(f"sh lmax={lmax}", name, *fwd[name], *fb[name]) for name in cases]
     return rows
 
 
@@ -98,25 +137,36 @@ def bench_wigner(n: int = 10_000, repeats: int = 21):
         if e3o3 is not None:
             fns["e3nn"] = lambda: e3o3.wigner_D(l, a, b, c)
         t = median_times(fns, repeats)
-        rows += [(f"wigner_D l={l}", name, t[name], None) for name in fns]
+        rows += [(f"wigner_D l={l}", name, *t[name], None, None) for name in fns]
     return rows
 
 
+def report(rows) -> None:
+    ours = {case: (fwd, fb) for case, name, fwd, _, fb, _ in rows if name == "clebsch"}
+    print(f"{'case':<16}{'impl':<12}{'fwd ms':>9}{'faults':>8}{'fwd+bwd ms':>12}{'faults':>8}"
+          f"{'fwd speed-up':>14}{'fwd+bwd speed-up':>18}")
+    for case, name, fwd, f_fwd, fb, f_fb in rows:
+        r_b = f"{fb / ours[case][1]:>17.2f}x" if fb is not None else ""
+        fb_ms, f_fb = (f"{fb * 1e3:>12.3f}", f"{f_fb:>8.0f}") if fb is not None else (f"{'-':>12}", f"{'-':>8}")
+        print(f"{case:<16}{name:<12}{fwd * 1e3:>9.3f}{f_fwd:>8.0f}{fb_ms}{f_fb}{fwd / ours[case][0]:>13.2f}x{r_b}")
+
+
 def main():
+    global ORDER
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--order", choices=["interleaved", "back-to-back", "both"], default="both")
+    parser.add_argument("--repeats", type=int, default=21)
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
     torch.set_num_threads(2)
     torch.set_default_dtype(torch.float32)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32"
           f"{', e3nn ' + __import__('e3nn').__version__ if e3o3 else ', e3nn not installed'}"
           f"{', sphericart-torch' if sphericart_torch else ', sphericart-torch not installed'}")
-    rows = bench_sh() + bench_wigner()
-    ours = {(case, "fwd"): t for case, name, t, _ in rows if name == "clebsch"}
-    ours.update({(case, "fb"): t for case, name, _, t in rows if name == "clebsch" and t is not None})
-    print(f"{'case':<16}{'impl':<12}{'fwd ms':>9}{'fwd+bwd ms':>12}{'fwd speed-up':>14}{'fwd+bwd speed-up':>18}")
-    for case, name, fwd, fb in rows:
-        r_f = ours[(case, "fwd")] and fwd / ours[(case, "fwd")]
-        r_b = fb / ours[(case, "fb")] if fb is not None else None
-        print(f"{case:<16}{name:<12}{fwd * 1e3:>9.3f}{fb * 1e3 if fb is not None else float('nan'):>12.3f}"
-              f"{r_f:>13.2f}x" + (f"{r_b:>17.2f}x" if r_b is not None else f"{'':>18}"))
+    for ORDER in (["interleaved", "back-to-back"] if args.order == "both" else [args.order]):
+        print(f"\n{ORDER} (median of {args.repeats}; faults: minor page faults per call)")
+        report(bench_sh(repeats=args.repeats) + bench_wigner(repeats=args.repeats))
     print("speed-up = time of the implementation in the row / time of clebsch (clebsch rows are 1.00x)")
 
 
