@@ -155,3 +155,30 @@ def test_python_thread_slices_give_the_same_numbers(monkeypatch):
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_float32_without_avx2_groups(monkeypatch):
+    """The float32 kernel built as on a CPU without AVX2 (blocks of 32 through the stack) gives the same numbers."""
+    import ctypes
+
+    monkeypatch.setenv("CLEBSCH_NATIVE", "1")
+    ls = (0, 1, 2, 3)
+    source = sh_module._kernel_source(ls, "component", True, double=False)
+    assert "defined(__AVX2__)" in source
+    lib = _native.load("spherical_harmonics_no_avx2", source.replace("defined(__AVX2__)", "0"))
+    assert lib is not None
+    p, n = ctypes.c_void_p, ctypes.c_int64
+    lib.sh_forward.argtypes = [p, p, n, n, ctypes.c_int]
+    lib.sh_backward.argtypes = [p, p, p, n, n, ctypes.c_int]
+    x = torch.randn(1_001, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float32)
+    x[3] = 0.0
+    grad = torch.randn(1_001, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float32)
+    out, gx = torch.empty_like(grad), torch.empty_like(x)
+    lib.sh_forward(x.data_ptr(), out.data_ptr(), 0, x.shape[0], 1)
+    lib.sh_backward(x.data_ptr(), grad.data_ptr(), gx.data_ptr(), 0, x.shape[0], 1)
+    xd = x.double().requires_grad_()
+    monkeypatch.setenv("CLEBSCH_NATIVE", "0")
+    expected = spherical_harmonics(list(ls), xd, True, "component")
+    (expected_gx,) = torch.autograd.grad(expected, xd, grad.double())
+    torch.testing.assert_close(out.double(), expected.detach(), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(gx.double(), expected_gx, atol=2e-4, rtol=2e-4)

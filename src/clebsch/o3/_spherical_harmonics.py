@@ -226,11 +226,11 @@ def _kernel_source(ls: tuple, normalization: str, normalize: bool, double: bool)
                 lines.append(f"const {t} m{i} = m{index[tuple(parent)]} * {'xyz'[j]};")
         return lines
 
-    def output(m: int) -> str:
+    def output(m: int) -> str | None:
         terms = [f"{num(ct[k][m])} * m{k}" for k in range(len(exps)) if ct[k][m] != 0.0]
         return " + ".join(terms) if terms else None
 
-    def gradient(j: int, g: str) -> str:
+    def gradient(j: int, g: str) -> str | None:
         terms = []
         for k in range(k_low):
             row = bt[j * k_low + k]
