@@ -42,7 +42,9 @@ def _snapshot(atoms, **extra_info):
     frame.arrays.pop("momenta", None)
     frame.info.clear()
     frame.info["energy"] = float(atoms.get_potential_energy())
-    frame.arrays["forces"] = atoms.get_forces().copy()
+    # the gradient of the energy: FixCom would otherwise take each frame's mass-weighted mean force out,
+    # which no translation-invariant model can learn
+    frame.arrays["forces"] = atoms.get_forces(apply_constraint=False).copy()
     frame.info.update(extra_info)
     return frame
 

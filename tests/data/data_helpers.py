@@ -11,7 +11,8 @@ def water_frames(n=6, seed=0, energy_key="energy", forces_key="forces"):
         atoms = molecule("H2O")
         atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
         atoms.info[energy_key] = -14.0 + 0.1 * i
-        atoms.arrays[forces_key] = rng.normal(size=(3, 3))
+        forces = rng.normal(size=(3, 3))
+        atoms.arrays[forces_key] = forces - forces.mean(axis=0)  # summing to zero, as a gradient does
         atoms.info["config_type"] = "water" if i % 2 else "vapour"
         frames.append(atoms)
     return frames

@@ -1,3 +1,4 @@
+import warnings
 from pathlib import Path
 
 import ase.io
@@ -6,7 +7,7 @@ import pytest
 import torch
 from data_helpers import water_file, water_frames  # noqa: F401 (fixture)
 
-from clebsch.data import AtomicDataset, key_map, read_dataset, read_structures
+from clebsch.data import AtomicDataset, check_net_forces, key_map, read_dataset, read_structures
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -157,3 +158,17 @@ def test_cache_keeps_targets_per_structure(tmp_path):
     assert [sorted(g.targets) for g in cached] == [sorted(g.targets) for g in fresh]
     assert "dipole" in cached[1].targets and "dipole" not in cached[0].targets
     assert torch.equal(cached[1].targets["dipole"], fresh[1].targets["dipole"])
+
+
+def test_forces_that_do_not_sum_to_zero_warn_with_file_and_frame(tmp_path):
+    """Constraint-adjusted forces (ASE's FixCom) carry a part no model can learn: the reader says so."""
+    frames = water_frames()
+    frames[4].arrays["forces"] = frames[4].arrays["forces"] + np.array([0.0, 0.5, 0.0])  # a net force on one frame
+    path = tmp_path / "drift.xyz"
+    ase.io.write(path, frames, format="extxyz")
+    with pytest.warns(UserWarning, match=r"drift\.xyz'.*in 1 of 6 frames.*worst: frame 4.*apply_constraint=False"):
+        read_dataset(path, cutoff=3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_dataset(EXAMPLES / "ethanol_xtb.xyz", cutoff=4.0, index=":50")  # the bundled data: gradients
+    assert check_net_forces(read_dataset(EXAMPLES / "cu_emt.xyz", cutoff=4.0)) == []

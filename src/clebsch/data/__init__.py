@@ -2,7 +2,8 @@
 
 - :func:`read_structures` — any ASE-readable file, errors naming file and frame.
 - :func:`read_dataset`, :class:`AtomicDataset` — graphs built once (optional on-disk cache),
-  targets read through a key map (:func:`key_map`).
+  targets read through a key map (:func:`key_map`); :func:`check_net_forces` warns about
+  reference forces that do not sum to zero.
 - :class:`TypeMap` — atomic numbers to species indices.
 - :func:`split_indices`, :func:`save_split`, :func:`load_split` — reproducible splits.
 - :func:`collate`, :func:`make_loader` — batched graphs for training.
@@ -12,7 +13,7 @@
 Units: Å, eV, eV/Å, eV/Å³ (stress, ASE's sign), e·Å (dipole).
 """
 
-from .dataset import AtomicDataset, key_map, read_dataset
+from .dataset import AtomicDataset, check_net_forces, key_map, read_dataset
 from .io import read_structures
 from .loader import collate, make_loader
 from .splits import load_split, save_split, split_indices
@@ -30,6 +31,7 @@ from .type_map import TypeMap
 __all__ = [
     "AtomicDataset",
     "read_dataset",
+    "check_net_forces",
     "key_map",
     "read_structures",
     "TypeMap",

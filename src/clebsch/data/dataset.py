@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +15,7 @@ import torch
 from ..graph import AtomicGraph, batch
 from .io import read_structures
 
-__all__ = ["AtomicDataset", "read_dataset", "key_map"]
+__all__ = ["AtomicDataset", "read_dataset", "key_map", "check_net_forces"]
 
 _CACHE_VERSION = 2
 
@@ -53,11 +54,50 @@ def read_dataset(path, cutoff: float, *, keys: dict[str, str] | None = None, req
         from tqdm import tqdm
 
         iterator = tqdm(iterator, total=len(frames), desc=f"graphs from {Path(path).name}")
-    return [
+    graphs = [
         AtomicGraph.from_ase(atoms, cutoff, method, k=k, scale=scale, keys=keys, required=required, dtype=dtype,
                              where=f"file '{path}', frame {i}")
         for i, atoms in iterator
     ]
+    check_net_forces(graphs, where=f"file '{path}'")
+    return graphs
+
+
+def check_net_forces(graphs: Sequence[AtomicGraph], where: str = "the dataset", rel: float = 0.01,
+                     atol: float = 1e-3) -> list[int]:
+    """Frames whose forces do not sum to zero; warns once, naming the worst frame.
+
+    Minus the gradient of an energy that does not change under translation sums
+    to zero, so every model's forces do. A frame whose reference forces have a
+    mean ``|sum F| / N`` above ``max(atol, rel * force RMS)`` (eV/Å) carries a
+    part no model can learn: typically forces adjusted by a constraint (ASE's
+    ``FixCom``) or by a thermostat. Returns the 0-based indices of those frames.
+    """
+    sums, counts, squares, n_components = [], [], 0.0, 0
+    for g in graphs:
+        f = g.targets.get("forces")
+        if f is None or g.num_graphs != 1:
+            sums.append(None)
+            counts.append(0)
+            continue
+        f = f.detach().double()
+        sums.append(f.sum(0).norm().item())
+        counts.append(g.num_atoms)
+        squares += float((f**2).sum())
+        n_components += f.numel()
+    if n_components == 0:
+        return []
+    threshold = max(atol, rel * (squares / n_components) ** 0.5)
+    bad = [i for i, (s, n) in enumerate(zip(sums, counts)) if s is not None and s / n > threshold]
+    if bad:
+        worst = max(bad, key=lambda i: sums[i] / counts[i])
+        warnings.warn(
+            f"{where}: in {len(bad)} of {len(graphs)} frames the forces do not sum to zero (worst: frame {worst}, "
+            f"|sum F| = {sums[worst]:.3g} eV/Å over {counts[worst]} atoms; force RMS "
+            f"{(squares / n_components) ** 0.5:.3g} eV/Å). A model's forces always sum to zero, so this part cannot "
+            "be learned. Were they adjusted by a constraint or a thermostat? With ASE, write "
+            "atoms.get_forces(apply_constraint=False).", UserWarning, stacklevel=3)
+    return bad
 
 
 def _cache_key(path, **settings) -> str:
