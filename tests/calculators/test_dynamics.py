@@ -23,7 +23,7 @@ def test_nve_conserves_energy_with_a_trained_model(trained_ethanol):
     untrained = _force_rmse(ClebschCalculator(trained_ethanol["untrained"]), held_out)
     # it learned: held-out force error well below the untrained model's and below the forces' own size
     assert trained < 0.3 * untrained, (trained, untrained)
-    assert trained < 0.35 * target, (trained, target)
+    assert trained < 0.2 * target, (trained, target)  # 0.11 eV/Å against an RMS of 1.05 when written
 
     atoms = held_out[0].copy()
     atoms.calc = None
