@@ -51,15 +51,12 @@ except ImportError:  # pragma: no cover
     sphericart_torch = None
 
 
-ORDER = "interleaved"
-
-
 def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
-def median_times(fns: dict, repeats: int = 21, warmup: int = 3) -> dict:
-    """``{name: (median seconds, minor page faults per call)}`` for each function, timed in ``ORDER``."""
+def median_times(fns: dict, repeats: int = 21, warmup: int = 3, order: str = "interleaved") -> dict:
+    """``{name: (median seconds, minor page faults per call)}`` for each function, timed in ``order``."""
     times = {name: [] for name in fns}
     faults = dict.fromkeys(fns, 0)
 
@@ -70,7 +67,7 @@ def median_times(fns: dict, repeats: int = 21, warmup: int = 3) -> dict:
         times[name].append(time.perf_counter() - t0)
         faults[name] += _minor_faults() - f0
 
-    if ORDER == "interleaved":
+    if order == "interleaved":
         for _ in range(warmup):
             for f in fns.values():
                 f()
@@ -107,7 +104,7 @@ def sh_cases(lmax: int, x: torch.Tensor):
     return cases
 
 
-def bench_sh(n: int = 100_000, repeats: int = 21):
+def bench_sh(n: int = 100_000, repeats: int = 21, order: str = "interleaved"):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, generator=g)
     xg = x.clone().requires_grad_()
@@ -122,13 +119,13 @@ def bench_sh(n: int = 100_000, repeats: int = 21):
 
             return run
 
-        fwd = median_times({name: (lambda f=f: f(x)) for name, f in cases.items()}, repeats)
-        fb = median_times({name: fwd_bwd(f) for name, f in cases.items()}, repeats)
+        fwd = median_times({name: (lambda f=f: f(x)) for name, f in cases.items()}, repeats, order=order)
+        fb = median_times({name: fwd_bwd(f) for name, f in cases.items()}, repeats, order=order)
         rows += [(f"sh lmax={lmax}", name, *fwd[name], *fb[name]) for name in cases]
     return rows
 
 
-def bench_wigner(n: int = 10_000, repeats: int = 21):
+def bench_wigner(n: int = 10_000, repeats: int = 21, order: str = "interleaved"):
     g = torch.Generator().manual_seed(1)
     a, b, c = o3.rand_angles(n, generator=g)
     rows = []
@@ -136,7 +133,7 @@ def bench_wigner(n: int = 10_000, repeats: int = 21):
         fns = {"clebsch": lambda: o3.wigner_D(l, a, b, c)}
         if e3o3 is not None:
             fns["e3nn"] = lambda: e3o3.wigner_D(l, a, b, c)
-        t = median_times(fns, repeats)
+        t = median_times(fns, repeats, order=order)
         rows += [(f"wigner_D l={l}", name, *t[name], None, None) for name in fns]
     return rows
 
@@ -152,7 +149,6 @@ def report(rows) -> None:
 
 
 def main():
-    global ORDER
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--order", choices=["interleaved", "back-to-back", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=21)
@@ -164,9 +160,9 @@ def main():
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32"
           f"{', e3nn ' + __import__('e3nn').__version__ if e3o3 else ', e3nn not installed'}"
           f"{', sphericart-torch' if sphericart_torch else ', sphericart-torch not installed'}")
-    for ORDER in (["interleaved", "back-to-back"] if args.order == "both" else [args.order]):
-        print(f"\n{ORDER} (median of {args.repeats}; faults: minor page faults per call)")
-        report(bench_sh(repeats=args.repeats) + bench_wigner(repeats=args.repeats))
+    for order in (["interleaved", "back-to-back"] if args.order == "both" else [args.order]):
+        print(f"\n{order} (median of {args.repeats}; faults: minor page faults per call)")
+        report(bench_sh(repeats=args.repeats, order=order) + bench_wigner(repeats=args.repeats, order=order))
     print("speed-up = time of the implementation in the row / time of clebsch (clebsch rows are 1.00x)")
 
 
