@@ -76,7 +76,7 @@ def check_net_forces(graphs: Sequence[AtomicGraph], where: str = "the dataset", 
     sums, counts, squares, n_components = [], [], 0.0, 0
     for g in graphs:
         f = g.targets.get("forces")
-        if f is None or g.num_graphs != 1:
+        if f is None or g.num_graphs != 1 or not bool(torch.isfinite(f).all()):  # missing forces are not judged
             sums.append(None)
             counts.append(0)
             continue
