@@ -60,10 +60,10 @@ def main(argv=None):
         "data": {"train": str(data / "train.xyz"), "valid_fraction": 0.05, "test": str(test),
                  "isolated_atoms": str(data / "isolated_atoms.xyz"), "keys": {"energy": "energy", "forces": "forces"},
                  "batch_size": 5, "valid_batch_size": 50},
-        "loss": {"energy_weight": 1.0, "forces_weight": 100.0},
+        "loss": {"weights": {"energy": 1.0, "forces": 100.0}},
         "optimizer": {"lr": 0.01, "amsgrad": True},
         "scheduler": {"name": "plateau", "patience": 5, "factor": 0.8},
-        "second_stage": {"enabled": True, "start_fraction": 0.8, "energy_weight": 1000.0, "forces_weight": 100.0,
+        "second_stage": {"enabled": True, "start_fraction": 0.8, "weights": {"energy": 1000.0, "forces": 100.0},
                          "lr": 0.001},
         "training": {"max_epochs": 100000, "max_time": budget, "ema_decay": 0.99},
     }

@@ -5,6 +5,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from clebsch.data import graph_from_atoms
 from clebsch.graph import AtomicGraph, batch
 
 
@@ -27,7 +28,7 @@ def _copper(seed=0):
 
 
 def test_from_ase_reads_targets_and_shapes():
-    g = AtomicGraph.from_ase(_water(), cutoff=3.0)
+    g = graph_from_atoms(_water(), cutoff=3.0)
     assert g.num_graphs == 1 and g.num_atoms == 3
     assert g.targets["energy"].shape == (1,)
     assert g.targets["forces"].shape == (3, 3)
@@ -35,7 +36,7 @@ def test_from_ase_reads_targets_and_shapes():
     assert g.cell.shape == (1, 3, 3) and not g.pbc.any()
     assert g.config_type == ["Default"]
     assert g.total_charge.tolist() == [0.0]
-    c = AtomicGraph.from_ase(_copper(), cutoff=3.0)
+    c = graph_from_atoms(_copper(), cutoff=3.0)
     assert c.pbc.all() and c.config_type == ["bulk"]
     stress = c.targets["stress"][0]
     assert torch.allclose(stress, stress.T)
@@ -45,13 +46,13 @@ def test_from_ase_reads_targets_and_shapes():
 def test_from_ase_key_map_and_dtype():
     atoms = _water()
     atoms.info["E_dft"] = atoms.info.pop("energy")
-    g = AtomicGraph.from_ase(atoms, 3.0, keys={"energy": "E_dft"}, dtype=torch.float64)
+    g = graph_from_atoms(atoms, 3.0, keys={"energy": "E_dft"}, dtype=torch.float64)
     assert g.targets["energy"].item() == -14.0
     assert g.positions.dtype == torch.float64 and "forces" not in g.targets
 
 
 def test_batch_split_round_trip():
-    graphs = [AtomicGraph.from_ase(a, cutoff=3.0) for a in (_water(-1.0), _copper(1), _water(-2.0, 1.0), _copper(2))]
+    graphs = [graph_from_atoms(a, cutoff=3.0) for a in (_water(-1.0), _copper(1), _water(-2.0, 1.0), _copper(2))]
     b = batch(graphs)
     assert b.num_graphs == 4
     assert b.n_atoms.tolist() == [3, 4, 3, 4]
@@ -82,13 +83,13 @@ def test_batch_split_round_trip():
 
 def test_batch_rejects_mixed_cutoffs_and_empty():
     with pytest.raises(ValueError, match="different cutoffs"):
-        batch([AtomicGraph.from_ase(_water(), 3.0), AtomicGraph.from_ase(_water(), 4.0)])
+        batch([graph_from_atoms(_water(), 3.0), graph_from_atoms(_water(), 4.0)])
     with pytest.raises(ValueError, match="empty"):
         batch([])
 
 
 def test_to_and_clone():
-    g = batch([AtomicGraph.from_ase(_copper(), 3.0), AtomicGraph.from_ase(_copper(3), 3.0)])
+    g = batch([graph_from_atoms(_copper(), 3.0), graph_from_atoms(_copper(3), 3.0)])
     h = g.to(dtype=torch.float64)
     assert h.positions.dtype == torch.float64 and h.cell.dtype == torch.float64
     assert h.targets["stress"].dtype == torch.float64 and h.shifts.dtype == torch.float64
@@ -101,7 +102,7 @@ def test_to_and_clone():
 
 def test_to_ase_round_trip():
     atoms = _copper()
-    g = AtomicGraph.from_ase(atoms, 3.0, dtype=torch.float64)
+    g = graph_from_atoms(atoms, 3.0, dtype=torch.float64)
     back = g.to_ase()
     assert np.allclose(back.positions, atoms.positions) and np.allclose(back.cell, atoms.cell)
     assert back.get_potential_energy() == pytest.approx(-3.0)
@@ -112,7 +113,7 @@ def test_to_ase_round_trip():
 
 
 def test_with_neighbors_recomputes_for_new_positions():
-    g = batch([AtomicGraph.from_ase(_copper(), 2.8), AtomicGraph.from_ase(_water(), 2.8)])
+    g = batch([graph_from_atoms(_copper(), 2.8), graph_from_atoms(_water(), 2.8)])
     g.positions[0] += torch.tensor([0.9, 0.9, 0.0])  # move atom 0 of copper
     fresh = g.with_neighbors()
     ref = batch([

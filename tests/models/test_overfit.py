@@ -10,6 +10,7 @@ from pathlib import Path
 import ase.io
 import torch
 
+from clebsch.data import graph_from_atoms
 from clebsch.graph import AtomicGraph, batch
 from clebsch.models import build_model
 
@@ -31,7 +32,7 @@ ETHANOL = Path(__file__).resolve().parents[2] / "examples" / "ethanol_xtb.xyz"
 def training_frames(n=5):
     """``n`` ethanol frames with energies and forces, batched in float32."""
     frames = ase.io.read(ETHANOL, index=f"0:{100 * n}:100")
-    return batch([AtomicGraph.from_ase(atoms, cutoff=CUTOFF, dtype=torch.float32) for atoms in frames])
+    return batch([graph_from_atoms(atoms, cutoff=CUTOFF, dtype=torch.float32) for atoms in frames])
 
 
 def loss_fn(model, graph):

@@ -6,7 +6,7 @@ from clebsch.train.config import ConfigError, TrainConfig, default_config_yaml, 
 
 def test_defaults_everywhere():
     config = load_config(None)
-    assert config.model.name == "nequip" and config.loss.forces_weight > 0
+    assert config.model.name == "nequip" and config.loss.weights["forces"] > 0
     assert isinstance(config, TrainConfig)
 
 

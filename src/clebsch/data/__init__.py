@@ -2,7 +2,9 @@
 
 - :func:`read_structures` — any ASE-readable file, errors naming file and frame.
 - :func:`read_dataset`, :class:`AtomicDataset` — graphs built once (optional on-disk cache),
-  targets read through a key map (:func:`key_map`); :func:`check_net_forces` warns about
+  targets read through a key map (:func:`key_map`) and checked against their declarations
+  (:func:`read_targets`, :func:`graph_from_atoms`; per-edge targets joined to the
+  neighbour list by :func:`join_edge_targets`); :func:`check_net_forces` warns about
   reference forces that do not sum to zero.
 - :class:`TypeMap` — atomic numbers to species indices.
 - :func:`split_indices`, :func:`save_split`, :func:`load_split` — reproducible splits.
@@ -15,6 +17,7 @@ Units: Å, eV, eV/Å, eV/Å³ (stress, ASE's sign), e·Å (dipole).
 
 from .dataset import AtomicDataset, check_net_forces, key_map, read_dataset
 from .io import read_structures
+from .targets import DEFAULT_KEYS, graph_from_atoms, join_edge_targets, read_targets, voigt_to_matrix
 from .loader import collate, make_loader
 from .splits import load_split, save_split, split_indices
 from .statistics import (
@@ -30,6 +33,11 @@ from .type_map import TypeMap
 
 __all__ = [
     "AtomicDataset",
+    "graph_from_atoms",
+    "read_targets",
+    "join_edge_targets",
+    "voigt_to_matrix",
+    "DEFAULT_KEYS",
     "read_dataset",
     "check_net_forces",
     "key_map",

@@ -17,7 +17,7 @@ from .io import read_structures
 
 __all__ = ["AtomicDataset", "read_dataset", "key_map", "check_net_forces"]
 
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 
 
 def key_map(energy_key="energy", forces_key="forces", stress_key="stress", virial_key="virial",
@@ -37,13 +37,20 @@ def key_map(energy_key="energy", forces_key="forces", stress_key="stress", viria
 
 def read_dataset(path, cutoff: float, *, keys: dict[str, str] | None = None, required: Sequence[str] = ("energy", "forces"),
                  method: str = "radius", k: int | None = None, scale: float = 1.2, dtype: torch.dtype | None = None,
-                 index: str = ":", format: str | None = None, progress: bool = False) -> list[AtomicGraph]:
+                 index: str = ":", format: str | None = None, progress: bool = False, targets: dict | None = None,
+                 allow_nonfinite: bool = False) -> list[AtomicGraph]:
     """Read a structure file into a list of graphs (one per frame).
 
     Errors name the file and the 0-based frame: malformed frames, missing
-    required keys (with the keys that do exist), non-finite positions and
-    overlapping atoms.
+    required keys (with the keys that do exist), values that do not fit their
+    target's declaration (shape, symmetry; ``targets`` adds declarations to the
+    built-in ones), non-finite values (unless ``allow_nonfinite``: then they
+    count as missing), non-finite positions and overlapping atoms.
     """
+    from ..targets import resolve_targets
+    from .targets import graph_from_atoms
+
+    declared = resolve_targets(targets)
     keys = key_map() if keys is None else dict(keys)
     missing = [name for name in required if name not in keys]
     if missing:
@@ -55,8 +62,8 @@ def read_dataset(path, cutoff: float, *, keys: dict[str, str] | None = None, req
 
         iterator = tqdm(iterator, total=len(frames), desc=f"graphs from {Path(path).name}")
     graphs = [
-        AtomicGraph.from_ase(atoms, cutoff, method, k=k, scale=scale, keys=keys, required=required, dtype=dtype,
-                             where=f"file '{path}', frame {i}")
+        graph_from_atoms(atoms, cutoff, method, k=k, scale=scale, keys=keys, required=required, dtype=dtype,
+                         targets=declared, allow_nonfinite=allow_nonfinite, where=f"file '{path}', frame {i}")
         for i, atoms in iterator
     ]
     check_net_forces(graphs, where=f"file '{path}'")
@@ -113,6 +120,7 @@ def _pack(graphs):
     return {"version": _CACHE_VERSION, "batch": batch(graphs), "targets": [list(g.targets) for g in graphs]}
 
 
+
 def _unpack(payload):
     graphs = payload["batch"].split()
     for g, names in zip(graphs, payload["targets"]):
@@ -149,7 +157,8 @@ class AtomicDataset(torch.utils.data.Dataset):
     def from_file(cls, path, cutoff: float, *, keys: dict[str, str] | None = None,
                   required: Sequence[str] = ("energy", "forces"), method: str = "radius", k: int | None = None,
                   scale: float = 1.2, dtype: torch.dtype | None = None, index: str = ":", format: str | None = None,
-                  cache_dir=None, progress: bool = False) -> "AtomicDataset":
+                  cache_dir=None, progress: bool = False, targets: dict | None = None,
+                  allow_nonfinite: bool = False) -> "AtomicDataset":
         """Read ``path`` and build every graph; see :func:`read_dataset` for the arguments.
 
         With ``cache_dir``, the preprocessed graphs are saved there (``torch.save``,
@@ -159,7 +168,7 @@ class AtomicDataset(torch.utils.data.Dataset):
         dtype = dtype or torch.get_default_dtype()
         keys = key_map() if keys is None else dict(keys)
         settings = dict(cutoff=float(cutoff), keys=keys, required=list(required), method=method, k=k, scale=scale,
-                        dtype=str(dtype), index=index, format=format)
+                        dtype=str(dtype), index=index, format=format, targets=targets, allow_nonfinite=allow_nonfinite)
         cache_file = None
         if cache_dir is not None:
             if not Path(path).exists():
@@ -171,7 +180,8 @@ class AtomicDataset(torch.utils.data.Dataset):
                 except Exception:  # a damaged cache is rebuilt, never trusted
                     pass
         graphs = read_dataset(path, cutoff, keys=keys, required=required, method=method, k=k, scale=scale,
-                              dtype=dtype, index=index, format=format, progress=progress)
+                              dtype=dtype, index=index, format=format, progress=progress, targets=targets,
+                              allow_nonfinite=allow_nonfinite)
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")

@@ -87,9 +87,9 @@ def reference_energies_from_file(path, energy_key: str = "energy", config_type: 
             continue
         if config_type is not None and atoms.info.get("config_type") != config_type:
             continue
-        from ..graph import read_targets
+        from .targets import read_targets
 
-        targets, _ = read_targets(atoms, {"energy": energy_key}, required=("energy",), where=f"file '{path}', frame {i}")
+        targets, _, _ = read_targets(atoms, {"energy": energy_key}, required=("energy",), where=f"file '{path}', frame {i}")
         refs[int(atoms.numbers[0])] = float(targets["energy"][0])
     if not refs:
         extra = f" with config_type={config_type!r}" if config_type else ""

@@ -8,9 +8,8 @@
   (vesin cell lists, periodic orthorhombic and triclinic cells).
 """
 
-from ._ase import DEFAULT_KEYS, PER_ATOM_TARGETS, read_targets, voigt_to_matrix
 from ._validate import MIN_DISTANCE, check_cell, check_cutoff, check_positions
-from .atomic_graph import AtomicGraph, batch
+from .atomic_graph import PER_ATOM_TARGETS, AtomicGraph, batch
 from .neighbors import bond_graph, knn_graph, radius_graph
 
 __all__ = [
@@ -19,12 +18,9 @@ __all__ = [
     "radius_graph",
     "knn_graph",
     "bond_graph",
-    "read_targets",
-    "voigt_to_matrix",
     "check_cutoff",
     "check_positions",
     "check_cell",
-    "DEFAULT_KEYS",
     "PER_ATOM_TARGETS",
     "MIN_DISTANCE",
 ]

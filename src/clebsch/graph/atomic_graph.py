@@ -9,12 +9,14 @@ import numpy as np
 import torch
 
 from . import neighbors as _nl
-from ._ase import DEFAULT_KEYS, PER_ATOM_TARGETS, read_targets
 from ._validate import MIN_DISTANCE
 
 __all__ = ["AtomicGraph", "batch"]
 
 _METHODS = ("radius", "knn", "bonds")
+
+PER_ATOM_TARGETS = ("forces", "charges", "magmoms", "forces_weight", "atomic_energies")
+"""Target names that are per atom ([N, ...]) rather than per structure ([B, ...]) by default."""
 
 
 @dataclass
@@ -56,6 +58,9 @@ class AtomicGraph:
         A label per structure ("Default" unless the data says otherwise).
     per_atom_targets : tuple of str
         Names of the targets indexed by atom rather than by structure.
+    per_edge_targets : tuple of str
+        Names of the targets indexed by edge ([E, ...], aligned with ``edge_index``; NaN
+        where an edge has no reference value).
     neighbor_options : dict
         How the edges were built (``method``, ``k``, ``scale``), reused by :meth:`with_neighbors`.
 
@@ -84,6 +89,7 @@ class AtomicGraph:
     total_charge: torch.Tensor | None = None
     config_type: list[str] | None = None
     per_atom_targets: tuple[str, ...] = PER_ATOM_TARGETS
+    per_edge_targets: tuple[str, ...] = ()
     neighbor_options: dict = field(default_factory=lambda: {"method": "radius"})
 
     def __post_init__(self):
@@ -119,6 +125,7 @@ class AtomicGraph:
             self.config_type = [self.config_type] * b
         self.config_type = list(self.config_type)
         self.per_atom_targets = tuple(self.per_atom_targets)
+        self.per_edge_targets = tuple(self.per_edge_targets)
         self.cutoff = float(self.cutoff)
 
     # ------------------------------------------------------------------ basics
@@ -255,10 +262,14 @@ class AtomicGraph:
 
     @classmethod
     def from_ase(cls, atoms, cutoff: float | None = None, method: str = "radius", *, k: int | None = None,
-                 scale: float = 1.2, keys: dict[str, str] | None = None, required=(),
+                 scale: float = 1.2, targets: dict | None = None, per_atom_targets=(),
                  dtype: torch.dtype | None = None, min_distance: float = MIN_DISTANCE,
-                 where: str | None = None) -> "AtomicGraph":
-        """Build a graph from an ``ase.Atoms``, reading targets on the way.
+                 where: str | None = None, **removed) -> "AtomicGraph":
+        """Build a graph from an ``ase.Atoms`` (positions, numbers, cell, pbc, charge, config_type).
+
+        Reference values are not read here: :func:`clebsch.data.graph_from_atoms`
+        reads and checks them against their declarations. ``targets`` may give
+        them as arrays in their stored shapes.
 
         Parameters
         ----------
@@ -266,30 +277,25 @@ class AtomicGraph:
         cutoff : float
             Neighbour radius in Å (required for ``method="radius"``).
         method : {"radius", "knn", "bonds"}
-        keys : dict, optional
-            Target name -> key in ``atoms.calc.results``, ``atoms.info`` or
-            ``atoms.arrays``; defaults to the target names themselves
-            (``energy``, ``forces``, ``stress``, ``virial``, ``dipole``, ``polarizability``).
-        required : sequence of str
-            Targets whose absence is an error.
+        targets : dict, optional
+            Name -> array, as :meth:`from_tensors` takes them.
+        per_atom_targets : sequence of str
+            Names in ``targets`` indexed by atom (in addition to the usual ones).
         dtype : torch.dtype, optional
             Float dtype (default: torch's default dtype).
 
-        ``config_type`` and ``total_charge`` (or ``charge``) come from ``atoms.info``;
-        an ``info`` entry ``weight`` becomes the ``weight`` target.
+        ``config_type`` and ``total_charge`` (or ``charge``) come from ``atoms.info``.
 
         >>> from ase.build import molecule
-        >>> atoms = molecule("H2O")
-        >>> atoms.info["energy"] = -14.2
-        >>> g = AtomicGraph.from_ase(atoms, cutoff=2.0)
-        >>> g.targets["energy"].tolist(), g.numbers.tolist()
-        ([-14.2], [8, 1, 1])
+        >>> g = AtomicGraph.from_ase(molecule("H2O"), cutoff=2.0)
+        >>> g.numbers.tolist(), g.num_edges
+        ([8, 1, 1], 6)
         """
+        if removed:
+            raise TypeError(f"AtomicGraph.from_ase got {sorted(removed)}: reading targets from a key map is done by "
+                            "clebsch.data.graph_from_atoms(atoms, cutoff, keys=..., required=...)")
         dtype = dtype or torch.get_default_dtype()
-        targets, per_atom = read_targets(atoms, keys if keys is not None else DEFAULT_KEYS, required, where)
         info = atoms.info
-        if "weight" in info and "weight" not in targets:
-            targets["weight"] = np.asarray([float(info["weight"])])
         charge = info.get("total_charge", info.get("charge", 0.0))
         try:
             charge = float(charge)
@@ -300,8 +306,8 @@ class AtomicGraph:
         pbc = np.asarray(atoms.pbc, dtype=bool)
         return cls.from_tensors(
             positions, atoms.numbers, cutoff, cell=cell, pbc=pbc, method=method, k=k, scale=scale,
-            targets={n: torch.as_tensor(v) for n, v in targets.items()},
-            per_atom_targets=tuple(dict.fromkeys(PER_ATOM_TARGETS + per_atom)),
+            targets={n: torch.as_tensor(v) for n, v in (targets or {}).items()},
+            per_atom_targets=tuple(dict.fromkeys(PER_ATOM_TARGETS + tuple(per_atom_targets))),
             total_charge=charge, config_type=str(info.get("config_type", "Default")),
             min_distance=min_distance, where=where,
         )
@@ -328,6 +334,8 @@ class AtomicGraph:
                 atoms.info["total_charge"] = float(g.total_charge[0])
             calc = {}
             for name, value in g.targets.items():
+                if name in g.per_edge_targets:
+                    continue
                 v = value.detach().cpu().numpy()
                 if name in g.per_atom_targets:
                     if name == "forces":
@@ -372,7 +380,7 @@ class AtomicGraph:
                 method=method, total_charge=float(g.total_charge[0]), config_type=g.config_type[0],
                 per_atom_targets=g.per_atom_targets, **opts,
             )
-            new.targets = dict(g.targets)
+            new.targets = {k: v for k, v in g.targets.items() if k not in g.per_edge_targets}
             parts.append(new)
         return parts[0] if len(parts) == 1 else batch(parts)
 
@@ -396,7 +404,10 @@ class AtomicGraph:
             a0, a1, e0, e1 = atom_start[b], atom_start[b + 1], edge_start[b], edge_start[b + 1]
             targets = {}
             for name, value in self.targets.items():
-                targets[name] = value[a0:a1] if name in self.per_atom_targets else value[b:b + 1]
+                if name in self.per_edge_targets:
+                    targets[name] = (value if order is None else value[order])[e0:e1]
+                else:
+                    targets[name] = value[a0:a1] if name in self.per_atom_targets else value[b:b + 1]
             out.append(AtomicGraph(
                 positions=self.positions[a0:a1],
                 numbers=self.numbers[a0:a1],
@@ -412,6 +423,7 @@ class AtomicGraph:
                 total_charge=self.total_charge[b:b + 1],
                 config_type=[self.config_type[b]],
                 per_atom_targets=self.per_atom_targets,
+                per_edge_targets=self.per_edge_targets,
                 neighbor_options=dict(self.neighbor_options),
             ))
         return out
@@ -450,6 +462,7 @@ def batch(graphs) -> AtomicGraph:
     edge_index = torch.cat([g.edge_index + atom_offsets[k] for k, g in enumerate(graphs)], dim=1)
     batch_index = torch.cat([g.batch + graph_offsets[k] for k, g in enumerate(graphs)])
     per_atom = tuple(dict.fromkeys(n for g in graphs for n in g.per_atom_targets))
+    per_edge = tuple(dict.fromkeys(n for g in graphs for n in g.per_edge_targets))
     names = list(dict.fromkeys(n for g in graphs for n in g.targets))
     targets = {}
     for name in names:
@@ -459,7 +472,7 @@ def batch(graphs) -> AtomicGraph:
             if name in g.targets:
                 parts.append(g.targets[name])
             else:
-                rows = g.num_atoms if name in per_atom else g.num_graphs
+                rows = g.num_edges if name in per_edge else g.num_atoms if name in per_atom else g.num_graphs
                 fill = torch.full((rows, *template.shape[1:]), float("nan"), dtype=template.dtype if template.is_floating_point() else fdtype, device=device)
                 parts.append(fill)
         targets[name] = torch.cat(parts)
@@ -478,5 +491,6 @@ def batch(graphs) -> AtomicGraph:
         total_charge=torch.cat([g.total_charge for g in graphs]),
         config_type=[c for g in graphs for c in g.config_type],
         per_atom_targets=per_atom,
+        per_edge_targets=per_edge,
         neighbor_options=dict(first.neighbor_options),
     )

@@ -1,15 +1,31 @@
 """Model families behind one contract: ``model(graph) -> dict`` of named tensors.
 
-Every family is a *representation* (per-atom features) wrapped by a
-:class:`Potential` that adds output heads and the autograd responses
-(forces, stress). Build any of them from a plain dict::
+Every family is a *representation* (per-atom features, see :class:`Representation`)
+wrapped by a :class:`Potential` that adds output heads (one per target kind) and
+the autograd responses (forces, stress, Born charges). What each output is —
+its level, layout, unit — is declared once in :mod:`clebsch.targets`. Build any
+model from a plain dict::
 
     model = build_model({"name": "nequip", "species": ["H", "C", "O"], "cutoff": 5.0})
 """
 
-from ._heads import DipoleHead, IrrepsHead, PolarizabilityHead, ScalarReadout, irrep_block
+from ..targets import TARGETS, Target, declare, register_target, resolve_targets
+from ._heads import (
+    HEADS,
+    AtomHead,
+    DipoleHead,
+    EdgeHead,
+    EquivariantReadout,
+    HeadContext,
+    IrrepsHead,
+    PolarizabilityHead,
+    ScalarReadout,
+    StructureHead,
+    build_head,
+    irrep_block,
+)
 from ._potential import OUTPUTS, Potential
-from ._registry import REPRESENTATIONS, build_model, hyperparameters, register
+from ._registry import REPRESENTATIONS, Representation, build_model, families, hyperparameters, register
 from . import nequip  # noqa: F401
 from . import mace  # noqa: F401
 from . import segnn  # noqa: F401
@@ -17,11 +33,25 @@ from . import schnet, egnn, painn  # noqa: F401  (registers the families)
 
 __all__ = [
     "OUTPUTS",
+    "TARGETS",
+    "Target",
+    "declare",
+    "register_target",
+    "resolve_targets",
     "Potential",
+    "Representation",
     "REPRESENTATIONS",
     "build_model",
+    "families",
     "hyperparameters",
     "register",
+    "HEADS",
+    "HeadContext",
+    "build_head",
+    "AtomHead",
+    "StructureHead",
+    "EdgeHead",
+    "EquivariantReadout",
     "DipoleHead",
     "IrrepsHead",
     "PolarizabilityHead",

@@ -1,19 +1,31 @@
-"""Output heads: per-atom quantities read from a representation's features.
+"""Output heads: quantities read from a representation's per-atom features.
 
 A representation returns per-atom features laid out by an :class:`~clebsch.o3.Irreps`.
-A head reads the blocks it needs (scalars for energies and charges, ``1o`` for
-atomic dipoles, ``2e`` for anisotropic polarizabilities) and mixes the copies of
-each irrep with learned weights. Mixing copies of one irrep is equivariant, so
-every head is too.
+A head receives them with a :class:`HeadContext` (species, positions, batch,
+edges, their vectors, total charge, masses) and returns named tensors. Heads
+for a built-in target are registered in :data:`HEADS` by kind; a target
+declared in a config gets the generic head of its level (:class:`AtomHead`,
+:class:`StructureHead`, :class:`EdgeHead`), which predicts the target's irreps
+and returns its stored form (a Cartesian tensor where it is declared so).
+
+The generic heads reach every irrep whatever the family gives: a linear map of
+the features, a product of the features with themselves (``1o x 1o -> 1e``) and
+a one-step convolution of the neighbours' scalars with the spherical harmonics
+of the edges (so an invariant family like SchNet still predicts vectors and
+tensors). Every operation is equivariant, so every head is.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
-from ..o3 import Irrep, Irreps, wigner_3j
+from ..nn import BesselBasis, FullyConnectedTensorProduct, Linear, PolynomialCutoff, ScalarMLP
+from ..o3 import Irrep, Irreps, spherical_harmonics, wigner_3j
+from ..targets import Target
 
 
 def irrep_block(features: torch.Tensor, irreps: Irreps, ir: Irrep | str) -> torch.Tensor:
@@ -84,8 +96,51 @@ class ScalarReadout(torch.nn.Module):
         return self.net(scalars)
 
 
+@dataclass
+class HeadContext:
+    """What a head may read besides the features (one structure or a batch).
+
+    Attributes
+    ----------
+    species : Tensor [N]
+        Indices into the model's ``species``.
+    positions : Tensor [N, 3]
+        Positions (the tensor forces and Born charges are taken against).
+    batch : Tensor [N]
+        Structure of each atom.
+    num_graphs : int
+    edge_index : Tensor [2, E]
+        Sender (row 0) and receiver (row 1) of each edge.
+    edge_vectors : Tensor [E, 3]
+        From receiver to sender, cell shift included.
+    total_charge : Tensor [B]
+    masses : Tensor [N]
+        Atomic masses (for the centre of mass).
+    cutoff : float
+    """
+
+    species: torch.Tensor
+    positions: torch.Tensor
+    batch: torch.Tensor
+    num_graphs: int
+    edge_index: torch.Tensor
+    edge_vectors: torch.Tensor
+    total_charge: torch.Tensor
+    masses: torch.Tensor
+    cutoff: float
+
+    def per_structure(self, values: torch.Tensor, mean: bool = False) -> torch.Tensor:
+        """Sum (or mean) of per-atom ``values`` [N, ...] over each structure: [B, ...]."""
+        out = values.new_zeros(self.num_graphs, *values.shape[1:]).index_add_(0, self.batch, values)
+        if mean:
+            count = torch.zeros(self.num_graphs, dtype=values.dtype, device=values.device).index_add_(
+                0, self.batch, torch.ones_like(self.batch, dtype=values.dtype))
+            out = out / count.clamp(min=1).reshape(-1, *([1] * (values.dim() - 1)))
+        return out
+
+
 class DipoleHead(torch.nn.Module):
-    """Per-atom charges and atomic dipoles.
+    """Per-atom charges and atomic dipoles; outputs ``charges`` [N] and ``dipole`` [B, 3].
 
     The molecular dipole is ``sum_i mu_i + sum_i q_i (r_i - r_c)`` where the
     charges are shifted so that they add up to the structure's total charge
@@ -93,26 +148,29 @@ class DipoleHead(torch.nn.Module):
     not depend on the origin.
     """
 
+    outputs = ("charges", "dipole")
+
     def __init__(self, irreps_in: Irreps, hidden: int = 16):
         super().__init__()
         self.irreps_in = Irreps(irreps_in)
         self.charges = ScalarReadout(self.irreps_in, 1, hidden)
         self.vectors = IrrepMix(self.irreps_in.count(Irrep("1o")), 1)
 
-    def forward(self, features, positions, masses, batch, num_graphs, total_charge):
+    def forward(self, features: torch.Tensor, ctx: HeadContext) -> dict:
+        batch, num_graphs, positions, masses = ctx.batch, ctx.num_graphs, ctx.positions, ctx.masses
         q = self.charges(features)[:, 0]
         ones = torch.ones_like(q)
         n_atoms = torch.zeros(num_graphs, dtype=q.dtype, device=q.device).index_add_(0, batch, ones)
         q_sum = torch.zeros_like(n_atoms).index_add_(0, batch, q)
-        q = q - ((q_sum - total_charge) / n_atoms)[batch]
+        q = q - ((q_sum - ctx.total_charge.to(q.dtype)) / n_atoms.clamp(min=1))[batch]
         m_sum = torch.zeros_like(n_atoms).index_add_(0, batch, masses)
         centre = torch.zeros(num_graphs, 3, dtype=q.dtype, device=q.device).index_add_(
             0, batch, masses[:, None] * positions
-        ) / m_sum[:, None]
+        ) / m_sum.clamp(min=1e-12)[:, None]
         mu = self.vectors(irrep_block(features, self.irreps_in, "1o"))[:, 0]
         per_atom = mu + q[:, None] * (positions - centre[batch])
         dipole = torch.zeros(num_graphs, 3, dtype=q.dtype, device=q.device).index_add_(0, batch, per_atom)
-        return q, dipole
+        return {"charges": q, "dipole": dipole}
 
 
 class PolarizabilityHead(torch.nn.Module):
@@ -120,30 +178,39 @@ class PolarizabilityHead(torch.nn.Module):
 
     The isotropic part is ``a_i * I``; the anisotropic part maps the five ``2e``
     components onto symmetric traceless matrices with the real Clebsch-Gordan
-    coefficients of ``1o x 1o -> 2e``, so it rotates as ``R alpha R^T``.
+    coefficients of ``1o x 1o -> 2e``, so it rotates as ``R alpha R^T``. Where
+    the features have no ``2e`` block, the anisotropic part comes from the
+    edges (as in :class:`EquivariantReadout`).
     """
 
-    def __init__(self, irreps_in: Irreps, hidden: int = 16):
+    outputs = ("polarizability",)
+
+    def __init__(self, irreps_in: Irreps, hidden: int = 16, cutoff: float | None = None):
         super().__init__()
         self.irreps_in = Irreps(irreps_in)
         self.isotropic = ScalarReadout(self.irreps_in, 1, hidden)
         self.anisotropic = IrrepMix(self.irreps_in.count(Irrep("2e")), 1)
         self.register_buffer("basis", wigner_3j(1, 1, 2, dtype=torch.get_default_dtype()) * math.sqrt(5.0))
+        # families without 2e features: the anisotropic part from the neighbours' directions
+        self.edges = (EdgeConvolution(self.irreps_in, Irreps("2e"), cutoff, hidden)
+                      if self.irreps_in.count(Irrep("2e")) == 0 and cutoff else None)
 
-    def forward(self, features, batch, num_graphs):
+    def forward(self, features: torch.Tensor, ctx: HeadContext) -> dict:
         a = self.isotropic(features)[:, 0]
         t = self.anisotropic(irrep_block(features, self.irreps_in, "2e"))[:, 0]
+        if self.edges is not None:
+            t = t + self.edges(features, ctx)
         eye = torch.eye(3, dtype=a.dtype, device=a.device)
         per_atom = a[:, None, None] * eye + torch.einsum("nk,ijk->nij", t, self.basis.to(t.dtype))
-        out = torch.zeros(num_graphs, 3, 3, dtype=a.dtype, device=a.device)
-        return out.index_add_(0, batch, per_atom)
+        return {"polarizability": ctx.per_structure(per_atom)}
 
 
 class IrrepsHead(torch.nn.Module):
-    """A general per-atom equivariant output of any irreps (e.g. density coefficients).
+    """A per-atom output of any irreps as a learned mix of the representation's copies of each irrep.
 
-    Each output irrep is a learned mix of the input copies of the same irrep;
-    irreps absent from the representation are zero.
+    Irreps absent from the representation are zero. Kept for models built with
+    ``irreps_heads``; a declared per-atom target uses :class:`AtomHead`, which
+    reaches every irrep.
     """
 
     def __init__(self, irreps_in: Irreps, irreps_out: Irreps):
@@ -154,9 +221,201 @@ class IrrepsHead(torch.nn.Module):
             IrrepMix(self.irreps_in.count(mul_ir.ir), mul_ir.mul) for mul_ir in self.irreps_out
         )
 
-    def forward(self, features):
+    def forward(self, features, ctx: Optional[HeadContext] = None):
         out = [
             mix(irrep_block(features, self.irreps_in, mul_ir.ir)).flatten(-2)
             for mix, mul_ir in zip(self.mixes, self.irreps_out)
         ]
         return torch.cat(out, dim=-1)
+
+
+# ---------------------------------------------------------------- generic heads
+
+
+def _natural(ir: Irrep) -> bool:
+    return ir.p == (-1) ** ir.l
+
+
+class EdgeConvolution(torch.nn.Module):
+    """Per-atom irreps from the neighbours: ``sum_j R(r_ij, h_j) Y(r_ij)`` for irreps of parity ``(-1)^l``.
+
+    ``R`` is an MLP of a Bessel expansion of the distance (with a smooth
+    envelope, so the sum is continuous at the cutoff) and of the sender's
+    scalars. Irreps of the other parity (pseudovectors) cannot come from one
+    edge and are left to the feature products.
+    """
+
+    def __init__(self, irreps_in: Irreps, irreps_out: Irreps, cutoff: float, hidden: int = 16, num_basis: int = 8):
+        super().__init__()
+        self.irreps_out = Irreps(irreps_out)
+        self.reach = Irreps([m for m in self.irreps_out if _natural(m.ir)])
+        self.ls = sorted({m.ir.l for m in self.reach})
+        n_scalars = Irreps(irreps_in).count(Irrep("0e"))
+        self.irreps_in = Irreps(irreps_in)
+        self.basis = BesselBasis(cutoff, num_basis)
+        self.envelope = PolynomialCutoff(cutoff)
+        self.weights = ScalarMLP([num_basis + n_scalars, max(hidden, 1), max(self.reach.num_irreps, 1)])
+        # where each output component takes its Y^l component and its weight
+        y_start = {l: sum(2 * k + 1 for k in self.ls if k < l) for l in self.ls}
+        comp, wcol, place = [], [], []
+        k = 0
+        for mul_ir, sl in zip(self.irreps_out, self.irreps_out.slices()):
+            if not _natural(mul_ir.ir):
+                continue
+            d = mul_ir.ir.dim
+            for u in range(mul_ir.mul):
+                for m in range(d):
+                    comp.append(y_start[mul_ir.ir.l] + m)
+                    wcol.append(k)
+                    place.append(sl.start + u * d + m)
+                k += 1
+        self.register_buffer("_y", torch.tensor(comp, dtype=torch.long), persistent=False)
+        self.register_buffer("_w", torch.tensor(wcol, dtype=torch.long), persistent=False)
+        self.register_buffer("_place", torch.tensor(place, dtype=torch.long), persistent=False)
+
+    def forward(self, features: torch.Tensor, ctx: HeadContext) -> torch.Tensor:
+        n = ctx.species.shape[0]
+        out = features.new_zeros(n, self.irreps_out.dim)
+        if not self.ls or ctx.edge_index.shape[1] == 0:
+            return out
+        sender, receiver = ctx.edge_index[0], ctx.edge_index[1]
+        lengths = torch.linalg.norm(ctx.edge_vectors, dim=-1)
+        y = spherical_harmonics(self.ls, ctx.edge_vectors, normalize=True)
+        scalars = irrep_block(features, self.irreps_in, "0e")[..., 0][sender]
+        radial = torch.cat([self.basis(lengths), scalars.to(lengths.dtype)], dim=-1)
+        w = self.weights(radial) * self.envelope(lengths)[:, None]
+        messages = y[:, self._y] * w[:, self._w]
+        summed = features.new_zeros(n, messages.shape[1]).index_add_(0, receiver, messages)
+        return out.index_copy(1, self._place, summed / math.sqrt(8.0))
+
+
+class EquivariantReadout(torch.nn.Module):
+    """Per-atom ``irreps_out`` from the features: linear + feature products + edge convolution.
+
+    Parameters
+    ----------
+    irreps_in : Irreps
+        The representation's features.
+    irreps_out : Irreps
+    cutoff : float
+        For the edge convolution.
+    hidden : int
+        Width of the scalar MLPs.
+    channels : int
+        Copies of each irrep kept for the feature products.
+    """
+
+    def __init__(self, irreps_in: Irreps, irreps_out: Irreps, cutoff: float, hidden: int = 16, channels: int = 4):
+        super().__init__()
+        self.irreps_in = Irreps(irreps_in)
+        self.irreps_out = Irreps(irreps_out)
+        self.linear = Linear(self.irreps_in, self.irreps_out, biases=True)
+        small = Irreps([(channels, ir) for ir in sorted({m.ir for m in self.irreps_in if m.ir.l <= 2})])
+        self.reduce = Linear(self.irreps_in, small)
+        products = {ir for _, a in small for _, b in small for ir in a * b}
+        self.product = (FullyConnectedTensorProduct(small, small, self.irreps_out)
+                        if any(m.ir in products for m in self.irreps_out) else None)
+        self.edges = EdgeConvolution(self.irreps_in, self.irreps_out, cutoff, hidden)
+
+    def forward(self, features: torch.Tensor, ctx: HeadContext) -> torch.Tensor:
+        out = self.linear(features) + self.edges(features, ctx)
+        if self.product is not None:
+            x = self.reduce(features)
+            out = out + self.product(x, x)
+        return out
+
+
+class AtomHead(torch.nn.Module):
+    """A declared per-atom target: its irreps per atom, returned in its stored form."""
+
+    def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16):
+        super().__init__()
+        self.target = target
+        self.outputs = (target.name,)
+        self.readout = EquivariantReadout(irreps_in, target.irreps_out, cutoff, hidden)
+
+    def forward(self, features: torch.Tensor, ctx: HeadContext) -> dict:
+        return {self.target.name: self.target.to_cartesian(self.readout(features, ctx))}
+
+
+class StructureHead(torch.nn.Module):
+    """A declared per-structure target: per-atom irreps summed (extensive) or averaged (intensive)."""
+
+    def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16):
+        super().__init__()
+        self.target = target
+        self.outputs = (target.name,)
+        self.readout = EquivariantReadout(irreps_in, target.irreps_out, cutoff, hidden)
+
+    def forward(self, features: torch.Tensor, ctx: HeadContext) -> dict:
+        per_atom = self.readout(features, ctx)
+        return {self.target.name: self.target.to_cartesian(ctx.per_structure(per_atom, mean=not self.target.extensive))}
+
+
+class EdgeHead(torch.nn.Module):
+    """A declared per-edge target (e.g. a Hamiltonian block between atoms i and j): irreps per edge.
+
+    ``out_ij = Linear(h_i) + Linear(h_j) + TP(x_i, x_j) + R(r_ij, h_i, h_j) Y(r_ij)``,
+    with ``x`` a few copies of each irrep of the features; equivariant, and it
+    tells ``i -> j`` from ``j -> i``.
+    """
+
+    def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16, channels: int = 4):
+        super().__init__()
+        self.target = target
+        self.outputs = (target.name,)
+        irreps_in = Irreps(irreps_in)
+        out = target.irreps_out
+        self.irreps_in = irreps_in
+        self.receiver = Linear(irreps_in, out, biases=True)
+        self.sender = Linear(irreps_in, out)
+        small = Irreps([(channels, ir) for ir in sorted({m.ir for m in irreps_in if m.ir.l <= 2})])
+        self.reduce = Linear(irreps_in, small)
+        products = {ir for _, a in small for _, b in small for ir in a * b}
+        self.product = FullyConnectedTensorProduct(small, small, out) if any(m.ir in products for m in out) else None
+        self.geometry = EdgeConvolution(irreps_in, out, cutoff, hidden)
+        n_scalars = irreps_in.count(Irrep("0e"))
+        self.geometry.weights = ScalarMLP([8 + 2 * n_scalars, max(hidden, 1), max(self.geometry.reach.num_irreps, 1)])
+
+    def forward(self, features: torch.Tensor, ctx: HeadContext) -> dict:
+        sender, receiver = ctx.edge_index[0], ctx.edge_index[1]
+        out = self.receiver(features)[receiver] + self.sender(features)[sender]
+        if self.product is not None:
+            x = self.reduce(features)
+            out = out + self.product(x[receiver], x[sender])
+        g = self.geometry
+        if g.ls and sender.numel():
+            lengths = torch.linalg.norm(ctx.edge_vectors, dim=-1)
+            y = spherical_harmonics(g.ls, ctx.edge_vectors, normalize=True)
+            s = irrep_block(features, self.irreps_in, "0e")[..., 0]
+            radial = torch.cat([g.basis(lengths), s[receiver], s[sender]], dim=-1)
+            w = g.weights(radial) * g.envelope(lengths)[:, None]
+            geo = out.new_zeros(out.shape).index_copy(1, g._place, y[:, g._y] * w[:, g._w])
+            out = out + geo
+        return {self.target.name: self.target.to_cartesian(out)}
+
+
+HeadFactory = Callable[..., torch.nn.Module]
+
+HEADS: dict[str, HeadFactory] = {
+    "dipole": lambda irreps, target, cutoff, hidden: DipoleHead(irreps, hidden),
+    "polarizability": lambda irreps, target, cutoff, hidden: PolarizabilityHead(irreps, hidden, cutoff),
+    "atom": lambda irreps, target, cutoff, hidden: AtomHead(irreps, target, cutoff, hidden),
+    "structure": lambda irreps, target, cutoff, hidden: StructureHead(irreps, target, cutoff, hidden),
+    "edge": lambda irreps, target, cutoff, hidden: EdgeHead(irreps, target, cutoff, hidden),
+}
+"""Head kind -> ``factory(irreps_in, target, cutoff, hidden)``. A target names its kind
+(``Target.head``); without one it gets the generic head of its level."""
+
+
+def head_kind(target: Target) -> str:
+    """The kind of head that makes ``target``."""
+    return target.head or target.level
+
+
+def build_head(irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16) -> torch.nn.Module:
+    """The head for ``target`` on features ``irreps_in``."""
+    kind = head_kind(target)
+    if kind not in HEADS:
+        raise ValueError(f"target {target.name!r} asks for head {kind!r}; known heads: {sorted(HEADS)}")
+    return HEADS[kind](irreps_in, target, cutoff, hidden)

@@ -23,9 +23,15 @@ import torch
 from ase.data import atomic_masses, chemical_symbols
 
 from ..o3 import Irreps
-from ._heads import DipoleHead, IrrepsHead, PolarizabilityHead, ScalarReadout
+from ..targets import TARGETS, Target, resolve_targets
+from ._heads import HeadContext, IrrepsHead, ScalarReadout, build_head, head_kind
 
-OUTPUTS = ("energy", "forces", "stress", "dipole", "polarizability")
+OUTPUTS = tuple(TARGETS)
+"""The built-in outputs (see :data:`clebsch.targets.TARGETS`); a config may declare more."""
+
+# state-dict keys of models written before heads were held in one ModuleDict
+_LEGACY_PREFIXES = {"dipole_head.": "heads.dipole.", "polarizability_head.": "heads.polarizability.",
+                    "irreps_heads.": "heads."}
 
 
 def _atomic_number(symbol_or_z) -> int:
@@ -46,8 +52,8 @@ class Potential(torch.nn.Module):
     ----------
     representation : torch.nn.Module
         Maps ``(species, edge_index, edge_vectors)`` to per-atom features laid
-        out by its attribute ``irreps_out``. ``species`` holds indices into
-        ``species`` below.
+        out by its attribute ``irreps_out`` (see :class:`~clebsch.models.Representation`).
+        ``species`` holds indices into ``species`` below.
     species : sequence of int or str
         The elements the model knows, as atomic numbers or symbols.
     cutoff : float
@@ -57,10 +63,18 @@ class Potential(torch.nn.Module):
     scale : float
         Multiplies the learned part of the per-atom energy (a force RMS, eV/Å).
     outputs : sequence of str
-        Among ``energy, forces, stress, dipole, polarizability``; ``forces``
-        and ``stress`` are responses of the energy.
+        Targets to predict: built-in ones (:data:`clebsch.targets.TARGETS`:
+        ``energy, forces, stress, virial, dipole, charges, polarizability,
+        born_charges, ...``) and those declared in ``targets``. Responses
+        (forces, stress, Born charges) are derivatives of their source output.
+    targets : dict, optional
+        Declarations of further targets, ``{"gap": {"level": "structure",
+        "irreps": "0e", "reduce": "mean"}}`` (see :func:`clebsch.targets.declare`).
     irreps_heads : dict, optional
-        Extra per-atom equivariant outputs, ``{"name": "4x0e + 2x1o"}``.
+        Untrained extra per-atom outputs, ``{"name": "4x0e + 2x1o"}`` (kept for
+        older configs; declare a target instead).
+    readout_hidden : int
+        Width of the heads' hidden layers.
     config : dict, optional
         The plain config this model was built from (see :func:`build_model`).
     """
@@ -73,16 +87,19 @@ class Potential(torch.nn.Module):
         atomic_energies: Sequence[float] | None = None,
         scale: float = 1.0,
         outputs: Sequence[str] = ("energy", "forces"),
+        targets: dict | None = None,
         irreps_heads: dict | None = None,
         readout_hidden: int = 16,
         config: dict | None = None,
     ):
         super().__init__()
-        unknown = [o for o in outputs if o not in OUTPUTS]
-        if unknown:
-            raise ValueError(f"unknown output(s) {unknown}; allowed: {list(OUTPUTS)}")
         if not cutoff > 0:
             raise ValueError(f"cutoff must be positive, got {cutoff}")
+        self.targets: dict[str, Target] = resolve_targets(targets)
+        unknown = [o for o in outputs if o not in self.targets]
+        if unknown:
+            raise ValueError(f"unknown output(s) {unknown}; allowed: {sorted(self.targets)} "
+                             "(declare others under model.targets)")
         numbers = [_atomic_number(s) for s in species]
         if len(set(numbers)) != len(numbers):
             raise ValueError(f"'species' lists an element twice: {list(species)}")
@@ -90,6 +107,9 @@ class Potential(torch.nn.Module):
         self.irreps = Irreps(representation.irreps_out)
         self.species = numbers
         self.cutoff = float(cutoff)
+        outputs = list(dict.fromkeys(outputs))
+        if "energy" not in outputs:
+            outputs.insert(0, "energy")
         self.outputs = tuple(outputs)
         self.config = dict(config or {})
 
@@ -104,28 +124,78 @@ class Potential(torch.nn.Module):
         self.register_buffer("masses", torch.as_tensor(atomic_masses[numbers], dtype=torch.get_default_dtype()))
 
         self.energy_head = ScalarReadout(self.irreps, 1, readout_hidden)
-        self.dipole_head = DipoleHead(self.irreps, readout_hidden) if "dipole" in outputs else None
-        self.polarizability_head = PolarizabilityHead(self.irreps, readout_hidden) if "polarizability" in outputs else None
-        self.irreps_heads = torch.nn.ModuleDict(
-            {name: IrrepsHead(self.irreps, irreps) for name, irreps in (irreps_heads or {}).items()}
-        )
+        # one head per head kind the outputs need (the dipole head makes charges and dipole);
+        # responses need their source output
+        needed = list(self.outputs)
+        for name in self.outputs:
+            t = self.targets[name]
+            if t.source == "response" and t.of not in needed:
+                needed.append(t.of)
+        self.heads = torch.nn.ModuleDict()
+        self._head_of: dict[str, str] = {}
+        for name in needed:
+            t = self.targets[name]
+            if t.source != "head":
+                continue
+            key = head_kind(t) if t.head else name
+            if key not in self.heads:
+                self.heads[key] = build_head(self.irreps, t, self.cutoff, readout_hidden)
+            self._head_of[name] = key
+        for name, irreps in (irreps_heads or {}).items():
+            self.heads[name] = IrrepsHead(self.irreps, irreps)
+        self._legacy_irreps = tuple((irreps_heads or {}).keys())
+        self.responses = tuple(n for n in self.outputs if self.targets[n].source == "response")
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     # ------------------------------------------------------------------ helpers
-    def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
-        """Indices into ``species`` for atomic numbers; an unknown element raises, naming it and the atom."""
+    def species_index(self, numbers: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices into ``species`` for atomic numbers; an unknown element raises, naming it and the atom.
+
+        With ``batch``, the atom is named by its structure and its index within it.
+        """
+        def where(bad: int) -> str:
+            if batch is None or int(batch.max()) == 0:
+                return f"atom {bad}"
+            b = int(batch[bad])
+            first = int((batch == b).nonzero()[0])
+            return f"atom {bad - first} of structure {b} in the batch"
+
         if numbers.numel() and (numbers.min() < 1 or numbers.max() > 118):
             bad = int(((numbers < 1) | (numbers > 118)).nonzero()[0])
-            raise ValueError(f"atom {bad} has atomic number {int(numbers[bad])}, which is not an element")
+            raise ValueError(f"{where(bad)} has atomic number {int(numbers[bad])}, which is not an element")
         index = self.z_to_index[numbers]
         if (index < 0).any():
             bad = int((index < 0).nonzero()[0])
             z = int(numbers[bad])
             known = [chemical_symbols[s] for s in self.species]
             raise ValueError(
-                f"atom {bad} is {chemical_symbols[z]} (Z={z}), an element this model was not trained on; "
+                f"{where(bad)} is {chemical_symbols[z]} (Z={z}), an element this model was not trained on; "
                 f"it knows {known}"
             )
         return index
+
+    def atomic_energies_and_features(self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor):
+        """The energy path: per-atom energies [N] and the features [N, irreps.dim].
+
+        ``E_i = E0[z_i] + scale * (f(h_i) - f(h_i^isolated))``: one extra node per
+        element, with no edges, gives the isolated-atom features in the same pass.
+        Used by :meth:`forward` and by the export, so both compute the same numbers.
+        """
+        n = species.shape[0]
+        n_species = len(self.species)
+        all_species = torch.cat([species, torch.arange(n_species, device=species.device)])
+        features = self.representation(all_species, edge_index, vectors)
+        atomic_out = self.energy_head(features)[:, 0]
+        learned = atomic_out[:n] - atomic_out[n:][species]
+        e_atom = self.atomic_energies.to(learned.dtype)[species] + self.scale.to(learned.dtype) * learned
+        return e_atom, features[:n]
+
+    def head_context(self, graph, species, positions, vectors) -> HeadContext:
+        return HeadContext(
+            species=species, positions=positions, batch=graph.batch, num_graphs=graph.num_graphs,
+            edge_index=graph.edge_index, edge_vectors=vectors, total_charge=graph.total_charge.to(positions.dtype),
+            masses=self.masses.to(positions.dtype)[species], cutoff=self.cutoff,
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -140,27 +210,29 @@ class Potential(torch.nn.Module):
         Returns a dict with ``energy`` [B], ``atomic_energies`` [N] and, as
         configured, ``forces`` [N, 3], ``stress`` [B, 3, 3] (periodic structures;
         zero rows elsewhere), ``virial``, ``charges``, ``dipole`` [B, 3],
-        ``polarizability`` [B, 3, 3] and extra per-atom heads.
+        ``polarizability`` [B, 3, 3], ``born_charges`` [N, 3, 3] and the
+        declared targets in their stored shapes.
         """
         if compute_forces is None:
             compute_forces = "forces" in self.outputs
         if compute_stress is None:
-            compute_stress = "stress" in self.outputs and bool(graph.pbc.any())
+            compute_stress = ("stress" in self.outputs or "virial" in self.outputs) and bool(graph.pbc.any())
         create_graph = self.training if training is None else training
+        born = "born_charges" in self.outputs
 
         outer_grad = torch.is_grad_enabled()
-        with torch.enable_grad() if (compute_forces or compute_stress) else contextlib.nullcontext():
-            out = self._evaluate(graph, compute_forces, compute_stress, create_graph)
+        with torch.enable_grad() if (compute_forces or compute_stress or born) else contextlib.nullcontext():
+            out = self._evaluate(graph, compute_forces, compute_stress, born, create_graph)
         if not outer_grad:  # the caller asked for no graph: keep none alive
             out = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
         return out
 
-    def _evaluate(self, graph, compute_forces: bool, compute_stress: bool, create_graph: bool) -> dict:
+    def _evaluate(self, graph, compute_forces: bool, compute_stress: bool, born: bool, create_graph: bool) -> dict:
         positions = graph.positions
         cell = graph.cell
         num_graphs = graph.num_graphs
         grad_inputs = []
-        if compute_forces or compute_stress:
+        if compute_forces or compute_stress or born:
             if not positions.requires_grad:
                 positions = positions.detach().requires_grad_(True)
             grad_inputs.append(positions)
@@ -172,22 +244,23 @@ class Potential(torch.nn.Module):
             grad_inputs.append(strain)
 
         vectors = graph.edge_vectors(positions=positions, cell=cell)
-        species = self.species_index(graph.numbers)
-        n = species.shape[0]
-        n_species = len(self.species)
-        # one extra isolated node per element, for the energy reference
-        all_species = torch.cat([species, torch.arange(n_species, device=species.device)])
-        features = self.representation(all_species, graph.edge_index, vectors)
-        atomic_out = self.energy_head(features)[:, 0]
-        learned = atomic_out[:n] - atomic_out[n:][species]
-        e_atom = self.atomic_energies.to(learned.dtype)[species] + self.scale.to(learned.dtype) * learned
+        species = self.species_index(graph.numbers, graph.batch)
+        e_atom, features = self.atomic_energies_and_features(species, graph.edge_index, vectors)
         energy = torch.zeros(num_graphs, dtype=e_atom.dtype, device=e_atom.device).index_add_(0, graph.batch, e_atom)
         out = {"energy": energy, "atomic_energies": e_atom}
-        features = features[:n]
 
-        if grad_inputs:
+        if self.heads:
+            ctx = self.head_context(graph, species, positions, vectors)
+            for key, head in self.heads.items():
+                if key in self._legacy_irreps:
+                    out[key] = head(features)
+                else:
+                    out.update(head(features, ctx))
+
+        if compute_forces or compute_stress:
             grads = torch.autograd.grad(
-                energy.sum(), grad_inputs, create_graph=create_graph, allow_unused=True
+                energy.sum(), grad_inputs, create_graph=create_graph, retain_graph=create_graph or born,
+                allow_unused=True,
             )
             if compute_forces:
                 g = grads[0]
@@ -200,16 +273,28 @@ class Potential(torch.nn.Module):
                 safe = torch.where(periodic, volume, torch.ones_like(volume))
                 out["virial"] = virial
                 out["stress"] = torch.where(periodic[:, None, None], -virial / safe[:, None, None], torch.zeros_like(virial))
-
-        if self.dipole_head is not None:
-            masses = self.masses.to(features.dtype)[species]
-            charges, dipole = self.dipole_head(
-                features, graph.positions, masses, graph.batch, num_graphs, graph.total_charge.to(features.dtype)
-            )
-            out["charges"] = charges
-            out["dipole"] = dipole
-        if self.polarizability_head is not None:
-            out["polarizability"] = self.polarizability_head(features, graph.batch, num_graphs)
-        for name, head in self.irreps_heads.items():
-            out[name] = head(features)
+        if born:
+            out["born_charges"] = self._born_charges(out["dipole"], grad_inputs[0], create_graph)
         return out
+
+    @staticmethod
+    def _born_charges(dipole: torch.Tensor, positions: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        """``Z*[i, a, b] = d(mu_a) / d(r_ib)`` for the structure atom ``i`` belongs to (3 backward passes)."""
+        rows = []
+        for a in range(3):
+            g = torch.autograd.grad(dipole[:, a].sum(), positions, create_graph=create_graph, retain_graph=True,
+                                    allow_unused=True)[0]
+            rows.append(g if g is not None else torch.zeros_like(positions))
+        return torch.stack(rows, dim=1)
+
+
+def _rename_legacy_keys(state_dict, prefix, *args, **kwargs):
+    """Map the head keys of older models (``dipole_head.*``, ...) onto ``heads.*``."""
+    for key in list(state_dict):
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix):]
+        for old, new in _LEGACY_PREFIXES.items():
+            if rest.startswith(old):
+                state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
+                break

@@ -1,26 +1,77 @@
-"""Build a model from a plain config dict, and rebuild it from ``model.config``."""
+"""The family registry: build a model from a plain config dict, and rebuild it from ``model.config``.
+
+A model family is a *representation*: a ``torch.nn.Module`` class that follows
+the :class:`Representation` protocol and registers itself with
+``@register("name")``. Registering is all it takes: the config schema, the
+default config, ``clebsch train`` and the public contract
+(:func:`clebsch.testing.check_potential`, run on every registered family by
+the test suite) pick it up.
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+import typing
+from typing import Callable, Protocol
+
+import torch
 
 from ._potential import Potential
+
+__all__ = ["REPRESENTATIONS", "Representation", "register", "families", "hyperparameters", "build_model",
+           "POTENTIAL_KEYS"]
 
 REPRESENTATIONS: dict[str, type] = {}
 
 # keys of a model config that belong to the Potential rather than the representation
-POTENTIAL_KEYS = ("species", "cutoff", "atomic_energies", "scale", "outputs", "irreps_heads", "readout_hidden")
+POTENTIAL_KEYS = ("species", "cutoff", "atomic_energies", "scale", "outputs", "targets", "irreps_heads",
+                  "readout_hidden")
+
+
+class Representation(Protocol):
+    """What a model family is: per-atom features from species and edges.
+
+    ``__init__(self, num_species, cutoff, **hyperparameters)``: every
+    hyperparameter has a default (the defaults are the family's config).
+
+    ``forward(species [N] long, edge_index [2, E] long, edge_vectors [E, 3]) -> [N, irreps_out.dim]``:
+    ``species`` are indices into the model's elements, ``edge_index[0]`` the
+    senders ``j`` and ``edge_index[1]`` the receivers ``i``, and
+    ``edge_vectors`` point from ``i`` to ``j`` (cell shift included). Features
+    must be equivariant (laid out by ``irreps_out``, ``mul_ir`` order), smooth
+    in the edge vectors, zero-influence for an edge at the cutoff, and plain
+    differentiable torch operations (forces are taken by autograd, twice in
+    training). An atom without edges must get features that depend on its
+    species only (the isolated-atom reference relies on it).
+
+    ``irreps_out``: an :class:`~clebsch.o3.Irreps` attribute, with at least one ``0e``.
+    """
+
+    irreps_out: object
+
+    def __call__(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        ...
 
 
 def register(name: str) -> Callable[[type], type]:
     """Class decorator: make a representation buildable as ``{"name": name, ...}``."""
 
     def wrap(cls: type) -> type:
+        if name in REPRESENTATIONS and REPRESENTATIONS[name] is not cls:
+            raise ValueError(f"model family {name!r} is already registered by {REPRESENTATIONS[name].__module__}")
         REPRESENTATIONS[name] = cls
         return cls
 
     return wrap
+
+
+def families() -> list[str]:
+    """The registered model families, sorted.
+
+    >>> "nequip" in families()
+    True
+    """
+    return sorted(REPRESENTATIONS)
 
 
 def hyperparameters(name: str) -> dict:
@@ -42,8 +93,34 @@ def hyperparameters(name: str) -> dict:
 
 def _lookup(name: str) -> type:
     if name not in REPRESENTATIONS:
-        raise ValueError(f"unknown model {name!r}; available: {sorted(REPRESENTATIONS)}")
+        raise ValueError(f"unknown model {name!r}; available: {families()}")
     return REPRESENTATIONS[name]
+
+
+def _check_types(name: str, cls: type, values: dict) -> None:
+    """A hyperparameter whose value has another type than its default (or annotation) raises, naming it."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: fall back to the defaults' types
+        hints = {}
+    defaults = hyperparameters(name)
+    for key, value in values.items():
+        default = defaults.get(key)
+        hint = hints.get(key)
+        expected = None
+        if hint in (int, float, bool, str):
+            expected = hint
+        elif default is not None and type(default) in (int, float, bool, str):
+            expected = type(default)
+        if expected is None or value is None:
+            continue
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            article = "an" if expected.__name__[0] in "aeiou" else "a"
+            raise ValueError(f"model.{key}: {value!r} is not {article} {expected.__name__} "
+                             f"(model {name!r}, default {default!r})")
 
 
 def build_model(config: dict) -> Potential:
@@ -51,7 +128,7 @@ def build_model(config: dict) -> Potential:
 
     The dict holds ``name`` (a model family), the keys of :class:`Potential`
     (``species``, ``cutoff``, ``atomic_energies``, ``scale``, ``outputs``,
-    ``irreps_heads``, ``readout_hidden``) and the family's hyperparameters.
+    ``targets``, ``readout_hidden``) and the family's hyperparameters.
     Missing hyperparameters take their defaults, and the returned model's
     ``config`` holds every value, so ``build_model(model.config)`` rebuilds it.
 
@@ -63,17 +140,20 @@ def build_model(config: dict) -> Potential:
     """
     config = dict(config)
     if "name" not in config:
-        raise ValueError(f"a model config needs 'name', one of {sorted(REPRESENTATIONS)}")
+        raise ValueError(f"a model config needs 'name', one of {families()}")
     name = config.pop("name")
     cls = _lookup(name)
     for key in ("species", "cutoff"):
         if key not in config:
             raise ValueError(f"model config for {name!r} is missing {key!r}")
     potential_kwargs = {k: config.pop(k) for k in POTENTIAL_KEYS if k in config}
+    if not potential_kwargs.get("targets"):
+        potential_kwargs.pop("targets", None)
     defaults = hyperparameters(name)
     unknown = sorted(set(config) - set(defaults))
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {unknown} for model {name!r}; allowed: {sorted(defaults)}")
+    _check_types(name, cls, config)
     hyper = {**defaults, **config}
     representation = cls(num_species=len(potential_kwargs["species"]), cutoff=float(potential_kwargs["cutoff"]), **hyper)
     full = {"name": name, **potential_kwargs, **hyper}

@@ -10,6 +10,7 @@ Examples
 5
 """
 
+from ._cartesian import CartesianTensor, ReducedTensorProducts
 from ._irreps import Irrep, Irreps, MulIr
 from ._rotation import (
     angles_to_matrix,
@@ -41,6 +42,8 @@ __all__ = [
     "so3_generators",
     "change_basis_real_to_complex",
     "spherical_harmonics",
+    "ReducedTensorProducts",
+    "CartesianTensor",
     "angles_to_matrix",
     "angles_to_xyz",
     "axis_angle_to_matrix",

@@ -36,8 +36,18 @@ __all__ = [
     "FAMILIES",
 ]
 
-FAMILIES = ("schnet", "egnn", "painn", "nequip", "segnn", "mace")
-"""Model families a config may name."""
+
+
+def __getattr__(name):
+    if name == "FAMILIES":  # the registered model families, read when asked (families may register late)
+        return tuple(_families())
+    raise AttributeError(name)
+
+
+def _families() -> list[str]:
+    from ..models import families
+
+    return families()
 
 
 class ConfigError(ValueError):
@@ -68,13 +78,12 @@ def parse_duration(value) -> Optional[float]:
 
 
 class ModelSection(BaseModel):
-    """The model: a family and its hyperparameters (see ``clebsch.models.hyperparameters``)."""
+    """The model: a family and its hyperparameters (see ``clebsch.models.hyperparameters``), its outputs and targets."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    name: Literal["schnet", "egnn", "painn", "nequip", "segnn", "mace"] = Field(
-        "nequip", description="model family: schnet, egnn, painn, nequip, segnn or mace"
-    )
+    name: str = Field("nequip", description="model family (clebsch.models.families()): schnet, egnn, painn, nequip, "
+                                            "segnn, mace, ...")
     cutoff: float = Field(5.0, gt=0, description="radial cutoff in Å")
     species: Union[Literal["auto"], list[str]] = Field(
         "auto", description="elements the model knows; auto: those in the training data"
@@ -88,9 +97,33 @@ class ModelSection(BaseModel):
     avg_num_neighbors: Union[Literal["auto"], float] = Field(
         "auto", description="message normalisation, for families that use it; auto: from the training set"
     )
-    outputs: Union[Literal["auto"], list[Literal["energy", "forces", "stress", "dipole", "polarizability"]]] = Field(
-        "auto", description="model outputs; auto: energy, forces and whatever has a positive loss weight"
+    outputs: Union[Literal["auto"], list[str]] = Field(
+        "auto", description="model outputs (clebsch.targets.TARGETS and model.targets); auto: energy, forces and "
+                            "every target with a positive loss weight"
     )
+    targets: dict[str, dict] = Field(
+        default_factory=dict,
+        description="further targets, e.g. {shielding: {level: atom, cartesian: ij, unit: ppm}, "
+                    "gap: {level: structure, irreps: 0e, reduce: mean, unit: eV}}",
+    )
+    readout_hidden: int = Field(16, ge=0, description="width of the output heads' hidden layers")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value):
+        known = _families()
+        if value not in known:
+            raise ValueError(f"{value!r} is not allowed; allowed values: {', '.join(known)}")
+        return value
+
+    @field_validator("targets")
+    @classmethod
+    def _check_targets(cls, value):
+        from ..targets import declare
+
+        for name, spec in value.items():
+            declare(name, spec)
+        return value
 
     @model_validator(mode="after")
     def _check_hyperparameters(self):
@@ -104,7 +137,28 @@ class ModelSection(BaseModel):
             raise ValueError(
                 f"unknown key(s) {unknown} for model {self.name!r}; allowed keys: {', '.join(names)}"
             )
+        from ..models import REPRESENTATIONS
+        from ..models._registry import _check_types
+
+        _check_types(self.name, REPRESENTATIONS[self.name], extra)
+        limits = getattr(REPRESENTATIONS[self.name], "limits", {})
+        for key, (lo, hi) in limits.items():
+            value = extra.get(key, allowed.get(key))
+            if isinstance(value, (int, float)) and not lo <= value <= hi:
+                raise ValueError(f"model.{key}: {value} is outside the supported range {lo}..{hi} for {self.name!r}")
+        if self.outputs != "auto":
+            known = self.known_targets()
+            bad = [o for o in self.outputs if o not in known]
+            if bad:
+                raise ValueError(f"model.outputs: unknown target(s) {bad}; allowed: {', '.join(sorted(known))} "
+                                 "(declare others under model.targets)")
         return self
+
+    def known_targets(self) -> dict:
+        """The built-in targets and those declared in ``targets``, by name."""
+        from ..targets import resolve_targets
+
+        return resolve_targets(self.targets)
 
     def hyperparameters(self) -> dict:
         """The family hyperparameters given in the config (defaults excluded)."""
@@ -116,7 +170,6 @@ def _family_hyperparameters(name: str) -> Optional[dict]:
     try:
         from .. import models
 
-        _import_families()
         if name not in models.REPRESENTATIONS:
             return None
         return models.hyperparameters(name)
@@ -125,14 +178,8 @@ def _family_hyperparameters(name: str) -> Optional[dict]:
 
 
 def _import_families() -> None:
-    """Import every model family module so that it registers itself."""
-    import importlib
-
-    for name in FAMILIES:
-        try:
-            importlib.import_module(f"clebsch.models.{name}")
-        except ImportError:
-            pass
+    """Import the model families so that they register themselves."""
+    from .. import models  # noqa: F401
 
 
 class DataSection(_Section):
@@ -147,30 +194,71 @@ class DataSection(_Section):
     isolated_atoms: Optional[str] = Field(None, description="file of isolated-atom energies (one atom per frame)")
     keys: dict[str, Optional[str]] = Field(
         default_factory=lambda: {"energy": "energy", "forces": "forces", "stress": "stress", "dipole": "dipole"},
-        description="target name -> key in the file (info, arrays or calculator results)",
+        description="target name -> key in the file (info, arrays or calculator results); also 'weight', "
+                    "a per-frame loss weight",
+    )
+    config_type_weights: dict[str, float] = Field(
+        default_factory=dict, description="loss weight per config_type, e.g. {md_500K: 0.5}; others: 1"
+    )
+    skip_nonfinite: bool = Field(
+        False, description="treat NaN / infinite reference values as missing instead of an error"
     )
     batch_size: int = Field(5, gt=0, description="structures per training batch (global, over all processes)")
     valid_batch_size: int = Field(10, gt=0, description="structures per validation / test batch")
 
-    @field_validator("keys")
+    @field_validator("config_type_weights")
     @classmethod
-    def _check_keys(cls, keys):
-        allowed = ("energy", "forces", "stress", "virial", "dipole", "polarizability", "weight")
-        bad = sorted(set(keys) - set(allowed))
+    def _check_ctw(cls, value):
+        bad = {k: v for k, v in value.items() if not (isinstance(v, (int, float)) and v >= 0 and v == v)}
         if bad:
-            raise ValueError(f"unknown target(s) {bad}; allowed values: {', '.join(allowed)}")
-        return keys
+            raise ValueError(f"weights must be numbers >= 0, got {bad}")
+        return value
+
+
+_OLD_WEIGHT_KEYS = ("energy_weight", "forces_weight", "stress_weight", "dipole_weight")
+
+
+def _fold_old_weights(data, defaults: dict):
+    """Read the ``*_weight`` keys of older configs into ``weights``."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    weights = dict(data.get("weights") or {})
+    for key in list(data):
+        if key.endswith("_weight"):
+            value = data.pop(key)
+            weights.setdefault(key.removesuffix("_weight"), value)
+    data["weights"] = {**defaults, **weights}
+    return data
+
+
+def _check_weights(value: dict) -> dict:
+    bad = {k: v for k, v in value.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0}
+    if bad:
+        raise ValueError(f"weights must be numbers >= 0, got {bad}")
+    return {k: float(v) for k, v in value.items()}
 
 
 class LossSection(_Section):
-    """Weighted loss terms: energy per atom, forces, stress, dipole."""
+    """Weighted loss terms, one per target: energy per atom, forces, stress, dipole, any declared target."""
 
     kind: Literal["mse", "huber"] = Field("mse", description="mse or huber")
     huber_delta: float = Field(0.01, gt=0, description="Huber transition point (in the target's units)")
-    energy_weight: float = Field(1.0, ge=0, description="weight of the energy-per-atom term")
-    forces_weight: float = Field(100.0, ge=0, description="weight of the force term")
-    stress_weight: float = Field(0.0, ge=0, description="weight of the stress term")
-    dipole_weight: float = Field(0.0, ge=0, description="weight of the dipole term")
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"energy": 1.0, "forces": 100.0},
+        description="loss weight per target (energy is per atom); targets not listed: energy 1, forces 100, others 0; "
+                    "e.g. {energy: 1, forces: 100, dipole: 10}",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data):
+        return _fold_old_weights(data, {"energy": 1.0, "forces": 100.0})
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value):
+        return _check_weights(value)
 
 
 class OptimizerSection(_Section):
@@ -201,11 +289,21 @@ class SecondStageSection(_Section):
         0.75, gt=0, lt=1, description="start after this fraction of max_epochs (or of max_time, whichever comes first)"
     )
     start_epoch: Optional[int] = Field(None, ge=0, description="start at this epoch instead of start_fraction")
-    energy_weight: float = Field(1000.0, ge=0, description="energy weight in the second stage")
-    forces_weight: float = Field(100.0, ge=0, description="force weight in the second stage")
-    stress_weight: float = Field(0.0, ge=0, description="stress weight in the second stage")
-    dipole_weight: float = Field(0.0, ge=0, description="dipole weight in the second stage")
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"energy": 1000.0, "forces": 100.0},
+        description="loss weights in the second stage (targets not listed: as in loss.weights)",
+    )
     lr: Optional[float] = Field(None, gt=0, description="learning rate for the second stage; null: keep")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data):
+        return _fold_old_weights(data, {"energy": 1000.0, "forces": 100.0})
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value):
+        return _check_weights(value)
 
 
 class TrainingSection(_Section):
@@ -249,6 +347,26 @@ class TrainConfig(_Section):
             return value
         raise ValueError(f"{value!r} is not a device; allowed values: auto, cpu, cuda, cuda:N")
 
+    @model_validator(mode="after")
+    def _check_target_names(self):
+        known = set(self.model.known_targets())
+        bad_keys = sorted(set(self.data.keys) - known - {"weight"})
+        if bad_keys:
+            raise ValueError(f"data.keys: unknown target(s) {bad_keys}; allowed: {', '.join(sorted(known | {'weight'}))} "
+                             "(declare others under model.targets)")
+        for where, weights in (("loss.weights", self.loss.weights), ("second_stage.weights", self.second_stage.weights)):
+            bad = sorted(set(weights) - known)
+            if bad:
+                raise ValueError(f"{where}: unknown target(s) {bad}; allowed: {', '.join(sorted(known))}")
+        return self
+
+    def stage_weights(self, stage: int) -> dict[str, float]:
+        """The loss weights of a stage (the second stage's override the first's)."""
+        weights = dict(self.loss.weights)
+        if stage == 2:
+            weights.update(self.second_stage.weights)
+        return weights
+
     def to_dict(self) -> dict:
         """Plain dict (YAML-ready) of every value, defaults included."""
         return self.model_dump(mode="json")
@@ -274,7 +392,12 @@ def _format_errors(error: ValidationError, root=TrainConfig) -> str:
             allowed = expected.replace(" or ", ", ")
             lines.append(f"{key}: {item['input']!r} is not allowed; allowed values: {allowed}")
         elif kind == "value_error":
-            lines.append(f"{key}: {str(item['msg']).removeprefix('Value error, ')}")
+            msg = str(item["msg"]).removeprefix("Value error, ")
+            head = msg.split(":", 1)[0]
+            if key == "<config>" or head.startswith(key + ".") or head == key:
+                lines.append(msg)  # the message names its own dotted key
+            else:
+                lines.append(f"{key}: {msg}")
         else:
             lines.append(f"{key}: {item['msg']} (got {item['input']!r})")
     # a union gives one error per member; keep the first per key
@@ -401,8 +524,8 @@ def default_config_yaml(family: str = "nequip") -> str:
     >>> load_config(None, base=yaml.safe_load(text)).model.name
     'nequip'
     """
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}; allowed values: {', '.join(FAMILIES)}")
+    if family not in _families():
+        raise ConfigError(f"unknown model family {family!r}; allowed values: {', '.join(_families())}")
     config = TrainConfig(model=ModelSection(name=family))
     lines = [
         "# clebsch training configuration; every key below is optional and shows its default.",

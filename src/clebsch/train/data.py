@@ -33,14 +33,17 @@ class RunData:
     split: dict = field(default_factory=dict)
 
 
-def read_file(path, cutoff: float, keys: dict, dtype: torch.dtype, required=("energy",)) -> list:
+def read_file(path, cutoff: float, keys: dict, dtype: torch.dtype, required=("energy",), targets=None,
+              allow_nonfinite: bool = False) -> list:
     """Graphs of every frame of ``path``; errors name the file, the frame and the key."""
     keys = {k: v for k, v in keys.items() if v is not None}
     required = tuple(r for r in required if r in keys)
-    return list(AtomicDataset.from_file(path, cutoff, keys=keys, required=required, dtype=dtype).graphs)
+    return list(AtomicDataset.from_file(path, cutoff, keys=keys, required=required, dtype=dtype, targets=targets,
+                                        allow_nonfinite=allow_nonfinite).graphs)
 
 
-def load_run_data(data_cfg, cutoff: float, dtype: torch.dtype, seed: int, run_dir=None, required=("energy",)) -> RunData:
+def load_run_data(data_cfg, cutoff: float, dtype: torch.dtype, seed: int, run_dir=None, required=("energy",),
+                  keys: dict | None = None, targets=None, allow_nonfinite: bool = False) -> RunData:
     """Read the files of a config's ``data`` section and split them.
 
     When ``valid`` or ``test`` are not given as files, they are drawn from the
@@ -49,7 +52,9 @@ def load_run_data(data_cfg, cutoff: float, dtype: torch.dtype, seed: int, run_di
     """
     if data_cfg.train is None:
         raise ValueError("data.train is not set: give a training file (e.g. --set data.train=frames.xyz)")
-    graphs = read_file(data_cfg.train, cutoff, data_cfg.keys, dtype, required)
+    keys = data_cfg.keys if keys is None else keys
+    opts = dict(targets=targets, allow_nonfinite=allow_nonfinite)
+    graphs = read_file(data_cfg.train, cutoff, keys, dtype, required, **opts)
     n = len(graphs)
     valid_size = 0.0 if data_cfg.valid else data_cfg.valid_fraction
     test_size = 0.0 if data_cfg.test else data_cfg.test_fraction
@@ -65,9 +70,9 @@ def load_run_data(data_cfg, cutoff: float, dtype: torch.dtype, seed: int, run_di
         split=split,
     )
     if data_cfg.valid:
-        out.valid = read_file(data_cfg.valid, cutoff, data_cfg.keys, dtype, required)
+        out.valid = read_file(data_cfg.valid, cutoff, keys, dtype, required, **opts)
     if data_cfg.test:
-        out.test = read_file(data_cfg.test, cutoff, data_cfg.keys, dtype, required)
+        out.test = read_file(data_cfg.test, cutoff, keys, dtype, required, **opts)
     return out
 
 

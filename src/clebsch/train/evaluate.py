@@ -13,21 +13,36 @@ import torch
 
 from .metrics import MetricsAccumulator, format_table
 
-__all__ = ["Evaluation", "evaluate", "predict", "write_predictions"]
+__all__ = ["Evaluation", "evaluate", "evaluate_keys", "predict", "write_predictions"]
 
 
 @dataclass
 class Evaluation:
-    """Metrics (``{config_type: {metric: value}}``, meV units) and, when kept, predictions."""
+    """Metrics (``{config_type: {metric: value}}``, in each target's display unit) and, when kept, predictions.
+
+    ``parity`` holds, for each target with references, ``{"ref": array, "pred": array}``
+    (energies with ``n_atoms``) for parity plots.
+    """
 
     metrics: dict
     loss: float | None = None
     energy: dict = field(default_factory=lambda: {"ref": [], "pred": [], "n_atoms": [], "config_type": []})
     forces: dict = field(default_factory=lambda: {"ref": [], "pred": []})
+    parity: dict = field(default_factory=dict)
     outputs: list = field(default_factory=list)
+    targets: dict | None = None
+    units: dict = field(default_factory=dict)
 
     def table(self, title: str | None = None) -> str:
-        return format_table(self.metrics, title)
+        return format_table(self.metrics, title, self.targets)
+
+
+def evaluate_keys(model, overrides: dict | None = None) -> dict:
+    """Target name -> key in a file for everything ``model`` predicts (by default the target's own name)."""
+    keys = {name: name for name in model.outputs if model.targets[name].trainable}
+    for name, key in (overrides or {}).items():
+        keys[name] = key
+    return {k: v for k, v in keys.items() if v}
 
 
 def predict(model, graph, device=None, dtype=None) -> dict:
@@ -54,10 +69,11 @@ def evaluate(model, graphs, batch_size: int = 10, loss_fn=None, keep: bool = Fal
     """
     from ..graph import batch as batch_graphs
 
-    acc = MetricsAccumulator()
+    targets = getattr(model, "targets", None)
+    acc = MetricsAccumulator(targets)
     was_training = model.training
     model.eval()
-    result = Evaluation(metrics={})
+    result = Evaluation(metrics={}, targets=targets)
     total_loss, total_n = 0.0, 0
     try:
         for start in range(0, len(graphs), batch_size):
@@ -79,46 +95,65 @@ def evaluate(model, graphs, batch_size: int = 10, loss_fn=None, keep: bool = Fal
                 if "forces" in g.targets and "forces" in out:
                     result.forces["ref"].append(g.targets["forces"].double().cpu().numpy())
                     result.forces["pred"].append(out["forces"].double().cpu().numpy())
+                for name in out:
+                    if name in ("energy", "forces") or name not in g.targets or name not in acc.targets:
+                        continue
+                    if not acc.targets[name].trainable:
+                        continue
+                    d = result.parity.setdefault(name, {"ref": [], "pred": []})
+                    d["ref"].append(g.targets[name].double().cpu().numpy().reshape(-1))
+                    d["pred"].append(out[name].detach().double().cpu().numpy().reshape(-1))
             if keep_outputs:
                 result.outputs.append({k: v.cpu() for k, v in out.items()})
     finally:
         model.train(was_training)
     result.metrics = acc.compute()
+    result.units = acc.units()
     result.loss = total_loss / total_n if total_n else None
     if keep:
-        for d in (result.energy, result.forces):
+        for d in (result.energy, result.forces, *result.parity.values()):
             for k in ("ref", "pred", "n_atoms"):
                 if k in d:
                     d[k] = np.concatenate(d[k]) if d[k] else np.zeros(0)
     return result
 
 
-def write_predictions(path, frames, outputs) -> None:
+def write_predictions(path, frames, outputs, targets=None) -> None:
     """Write ``frames`` (``ase.Atoms``) as extxyz with predictions beside the references.
 
     ``outputs`` are the per-batch output dicts of :func:`evaluate` (``keep_outputs=True``),
-    in the order of ``frames``. Predicted energies go to ``info["pred_energy"]``,
-    forces to ``arrays["pred_forces"]``, stress and dipole to ``info``; the file is
-    written to a temporary name and renamed.
+    in the order of ``frames``. Every prediction goes beside its reference as
+    ``pred_<name>``: per-structure ones to ``info`` (flattened), per-atom ones to
+    ``arrays`` (``[N, ...]`` flattened per atom); per-edge ones are not written.
+    The file is written to a temporary name and renamed.
     """
     import os
     import tempfile
 
     import ase.io
 
+    from ..targets import TARGETS
+
+    targets = TARGETS if targets is None else targets
+    per_atom = {name for name, t in targets.items() if t.level == "atom"}
+    per_edge = {name for name, t in targets.items() if t.level == "edge"}
     k = 0
     for out in outputs:
         offset = 0
+        n_structures = out["energy"].shape[0]
         for b in range(out["energy"].shape[0]):
             atoms = frames[k]
             n = len(atoms)
             atoms.info["pred_energy"] = float(out["energy"][b])
-            if "forces" in out:
-                atoms.arrays["pred_forces"] = out["forces"][offset:offset + n].double().numpy()
-            if "stress" in out:
-                atoms.info["pred_stress"] = out["stress"][b].double().numpy().reshape(-1)
-            if "dipole" in out:
-                atoms.info["pred_dipole"] = out["dipole"][b].double().numpy()
+            for name, value in out.items():
+                if name == "energy" or name in per_edge or value.dim() == 0:
+                    continue
+                if value.shape[0] == n_structures and name not in per_atom:
+                    v = value[b].double().numpy().reshape(-1)
+                    atoms.info[f"pred_{name}"] = float(v[0]) if v.size == 1 else v
+                elif name in per_atom:
+                    v = value[offset:offset + n].double().numpy()
+                    atoms.arrays[f"pred_{name}"] = v.reshape(n, -1) if v.ndim > 2 else v
             offset += n
             k += 1
     path = Path(path)

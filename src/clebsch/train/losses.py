@@ -1,6 +1,13 @@
-"""Weighted loss over energy per atom, forces, stress and dipole (MSE or Huber).
+"""Weighted loss over any targets (MSE or Huber), with per-structure weights.
 
-Missing targets (NaN after batching structures that lack them) are masked out.
+There is one term per target with a positive weight; what a term compares
+comes from the target's declaration (:mod:`clebsch.targets`): energies are
+compared per atom, everything else as stored (Cartesian tensors in their
+Cartesian form). Missing reference values (NaN after batching structures that
+lack them) are masked out. Each structure carries a weight — its ``weight``
+target times its config_type's weight — that multiplies its errors (per-atom
+and per-edge errors take their structure's weight).
+
 Each term is a sum over items divided by a count, and :class:`WeightedLoss`
 can take the counts from outside (``counts=``) so that data-parallel ranks
 normalise by the global count and their summed gradients match one process.
@@ -10,9 +17,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["WeightedLoss", "TERMS"]
+from ..targets import TARGETS, Target
 
-TERMS = ("energy", "forces", "stress", "dipole")
+__all__ = ["WeightedLoss", "term_values", "structure_weights", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite."""
 
 
 def _elementwise(kind: str, delta: float, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -21,51 +32,91 @@ def _elementwise(kind: str, delta: float, pred: torch.Tensor, ref: torch.Tensor)
     return torch.nn.functional.huber_loss(pred, ref, reduction="none", delta=delta)
 
 
-def term_values(output: dict, graph) -> dict:
-    """(prediction, reference, per-item mask) for each loss term present in both."""
+def structure_weights(graph, config_type_weights: dict | None = None) -> torch.Tensor | None:
+    """Per-structure loss weights ``[B]``: the ``weight`` target times the config_type weight; None if all are 1."""
+    w = None
+    if "weight" in graph.targets:
+        w = graph.targets["weight"].reshape(-1).to(graph.positions.dtype)
+        w = torch.where(torch.isfinite(w), w, torch.ones_like(w))
+    if config_type_weights:
+        ct = torch.tensor([float(config_type_weights.get(c, 1.0)) for c in graph.config_type],
+                          dtype=graph.positions.dtype, device=graph.positions.device)
+        w = ct if w is None else w * ct
+    return w
+
+
+def term_values(output: dict, graph, targets: dict[str, Target] | None = None) -> dict:
+    """``{name: (prediction, reference, level)}`` for each target present in both."""
+    targets = TARGETS if targets is None else targets
     out = {}
-    targets = graph.targets
+    refs = graph.targets
     n_atoms = graph.n_atoms.to(graph.positions.dtype)
-    if "energy" in output and "energy" in targets:
-        out["energy"] = (output["energy"] / n_atoms, targets["energy"].to(output["energy"].dtype) / n_atoms)
-    for name in ("forces", "stress", "dipole"):
-        if name in output and name in targets:
-            out[name] = (output[name], targets[name].to(output[name].dtype))
+    for name, pred in output.items():
+        t = targets.get(name)
+        if t is None or not t.trainable or name not in refs:
+            continue
+        ref = refs[name].to(pred.dtype)
+        if t.per_atom:
+            out[name] = (pred / n_atoms, ref / n_atoms, t.level)
+        else:
+            out[name] = (pred, ref, t.level)
     return out
 
 
+def _item_weights(weights: torch.Tensor | None, level: str, graph, like: torch.Tensor) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    if level == "atom":
+        w = weights[graph.batch]
+    elif level == "edge":
+        w = weights[graph.batch[graph.edge_index[1]]]
+    else:
+        w = weights
+    return w.reshape(-1, *([1] * (like.dim() - 1)))
+
+
 class WeightedLoss:
-    """``sum_k w_k * mean(loss(pred_k, ref_k))`` over the terms with a positive weight.
+    """``sum_k w_k * mean(loss(pred_k, ref_k))`` over the targets with a positive weight.
 
     Parameters
     ----------
     weights : dict
-        ``{"energy": 1.0, "forces": 100.0, "stress": 0.0, "dipole": 0.0}``.
+        ``{"energy": 1.0, "forces": 100.0, "dipole": 10.0, ...}``.
     kind : {"mse", "huber"}
     huber_delta : float
+    targets : dict, optional
+        Declarations by name (default: the built-in ones).
+    config_type_weights : dict, optional
+        ``{config_type: weight}``; structures of other types weigh 1.
 
     Examples
     --------
     >>> import types
     >>> g = types.SimpleNamespace(targets={"energy": torch.tensor([2.0])}, n_atoms=torch.tensor([2]),
-    ...                           positions=torch.zeros(2, 3))
+    ...                           positions=torch.zeros(2, 3), config_type=["Default"])
     >>> loss, parts = WeightedLoss({"energy": 1.0})({"energy": torch.tensor([0.0])}, g)
     >>> float(loss)
     1.0
     """
 
-    def __init__(self, weights: dict, kind: str = "mse", huber_delta: float = 0.01):
+    def __init__(self, weights: dict, kind: str = "mse", huber_delta: float = 0.01,
+                 targets: dict[str, Target] | None = None, config_type_weights: dict | None = None):
         if kind not in ("mse", "huber"):
             raise ValueError(f"loss kind must be 'mse' or 'huber', got {kind!r}")
-        self.weights = {k: float(v) for k, v in weights.items() if k in TERMS and float(v) > 0}
+        self.targets = TARGETS if targets is None else targets
+        unknown = sorted(set(weights) - set(self.targets))
+        if unknown:
+            raise ValueError(f"loss weights for unknown target(s) {unknown}; known: {sorted(self.targets)}")
+        self.weights = {k: float(v) for k, v in weights.items() if float(v) > 0 and self.targets[k].trainable}
         self.kind = kind
         self.delta = float(huber_delta)
+        self.config_type_weights = dict(config_type_weights or {})
 
     def counts(self, output: dict, graph) -> dict:
         """Number of finite reference values per term (for global normalisation)."""
         return {
             name: torch.isfinite(ref).sum().to(pred.dtype)
-            for name, (pred, ref) in term_values(output, graph).items()
+            for name, (pred, ref, _) in term_values(output, graph, self.targets).items()
             if name in self.weights
         }
 
@@ -73,13 +124,17 @@ class WeightedLoss:
         """Return ``(total loss, {term: unweighted loss as float})``."""
         total = None
         parts = {}
-        values = term_values(output, graph)
+        values = term_values(output, graph, self.targets)
+        weights = structure_weights(graph, self.config_type_weights)
         for name, weight in self.weights.items():
             if name not in values:
                 continue
-            pred, ref = values[name]
+            pred, ref, level = values[name]
             mask = torch.isfinite(ref)
             err = _elementwise(self.kind, self.delta, pred, torch.where(mask, ref, pred.detach()))
+            w = _item_weights(weights, level, graph, err)
+            if w is not None:
+                err = err * w
             err = torch.where(mask, err, torch.zeros_like(err))
             n = counts[name] if counts is not None else mask.sum().to(err.dtype)
             term = err.sum() / n.clamp(min=1)

@@ -36,7 +36,7 @@ from .config import ConfigError, TrainConfig, _import_families, load_config
 from .data import RunData, batches, epoch_order, isolated_atom_energies, load_run_data, species_of, statistics
 from .ema import ExponentialMovingAverage
 from .evaluate import evaluate
-from .losses import WeightedLoss
+from .losses import NonFiniteLossError, WeightedLoss
 from .package import save_package
 from .schedule import LRSchedule
 
@@ -64,7 +64,7 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
 
     _import_families()
     m = config.model
-    species = species_of(data.train + data.valid) if m.species == "auto" else list(m.species)
+    species = species_of(data.train) if m.species == "auto" else list(m.species)
     for s in species:
         if s not in _Z or s == "X":
             raise ConfigError(f"model.species: {s!r} is not an element symbol")
@@ -75,6 +75,15 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
         raise ConfigError(
             f"model.species {species} lacks {[chemical_symbols[z] for z in unknown]}, present in the training data"
         )
+    for part, graphs in (("validation", data.valid), ("test", data.test)):
+        extra = sorted({int(z) for g in graphs for z in g.numbers.unique().tolist()} - set(zs))
+        if extra:
+            where = getattr(config.data, "valid" if part == "validation" else "test") or config.data.train
+            raise ConfigError(
+                f"the {part} set ({where}) holds {[chemical_symbols[z] for z in extra]}, which the training set does "
+                f"not: a model cannot learn an element it never sees in training; add such structures to "
+                f"data.train or remove them from the {part} set"
+            )
     stats = statistics(data.train, zs)
     if m.atomic_energies == "auto":
         if config.data.isolated_atoms:
@@ -99,12 +108,9 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
     scale = stats["force_rms"] if m.scale == "auto" else float(m.scale)
     if m.outputs == "auto":
         outputs = ["energy", "forces"]
-        for term in ("stress", "dipole"):
-            w = getattr(config.loss, f"{term}_weight")
-            if config.second_stage.enabled:
-                w = max(w, getattr(config.second_stage, f"{term}_weight"))
-            if w > 0:
-                outputs.append(term)
+        for name in trained_targets(config):
+            if name not in outputs:
+                outputs.append(name)
     else:
         outputs = list(m.outputs)
     model_config = {
@@ -114,6 +120,8 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
         "atomic_energies": [float(e) for e in e0],
         "scale": float(scale),
         "outputs": outputs,
+        "readout_hidden": int(m.readout_hidden),
+        **({"targets": dict(m.targets)} if m.targets else {}),
         **m.hyperparameters(),
     }
     family = hyperparameters(m.name)
@@ -121,6 +129,29 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
         ann = stats["avg_num_neighbors"] if m.avg_num_neighbors == "auto" else float(m.avg_num_neighbors)
         model_config["avg_num_neighbors"] = float(max(ann, 1.0))
     return model_config
+
+
+def trained_targets(config: TrainConfig) -> list[str]:
+    """Targets with a positive loss weight in either stage, in the order the weights list them."""
+    stages = [config.stage_weights(1)] + ([config.stage_weights(2)] if config.second_stage.enabled else [])
+    names = []
+    for weights in stages:
+        for name, w in weights.items():
+            if w > 0 and name not in names:
+                names.append(name)
+    return names
+
+
+def data_keys(config: TrainConfig) -> tuple[dict, tuple]:
+    """The key map of the data section completed with every trained target, and the targets every frame must hold."""
+    keys = dict(config.data.keys)
+    trained = trained_targets(config)
+    for name in trained:
+        keys.setdefault(name, name)
+    if "weight" not in keys:
+        keys["weight"] = "weight"
+    required = tuple(name for name in trained if keys.get(name))
+    return keys, required
 
 
 # ------------------------------------------------------------------ distributed
@@ -191,20 +222,52 @@ class Trainer:
         if self.resume and not last.exists():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {last}")
         if self.is_main:
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            try:
+                (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(f"cannot create run_dir {self.run_dir}: {err.strerror or err}") from None
+            self._lock()
             import yaml
 
             atomic_write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False), self.run_dir / "config.yaml")
+
+    def _lock(self) -> None:
+        """Hold ``run_dir/.lock`` for the whole run, so that two trainings never share a run directory."""
+        import fcntl
+
+        path = self.run_dir / ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise ConfigError(f"cannot write into run_dir {self.run_dir}: {err.strerror or err}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            raise ConfigError(
+                f"run_dir {self.run_dir} is in use by another training{f' (pid {other})' if other else ''}; "
+                "wait for it to end or choose another run_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._lock_fd = None
 
     def setup(self) -> None:
         cfg = self.config
         self._prepare_run_dir()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
-        required = tuple(k for k in ("energy", "forces", "stress", "dipole")
-                         if getattr(cfg.loss, f"{k}_weight") > 0 and k in cfg.data.keys)
+        keys, required = data_keys(cfg)
         self.data = load_run_data(cfg.data, cfg.model.cutoff, self.dtype, cfg.seed,
-                                  run_dir=self.run_dir if self.is_main else None, required=required)
+                                  run_dir=self.run_dir if self.is_main else None, required=required, keys=keys,
+                                  targets=cfg.model.targets, allow_nonfinite=cfg.data.skip_nonfinite)
         self.checkpoint = load_checkpoint(self.run_dir / "checkpoints" / "last.pt") if self.resume else None
         if self.checkpoint is not None:
             self.model_config = self.checkpoint["model_config"]
@@ -236,11 +299,19 @@ class Trainer:
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
         self.loss_fn = self._loss_for_stage(self.stage)
+        if self.csv_header is None:  # a new run: the columns are fixed now, whatever the first row holds
+            self.csv_header = self._csv_columns()
+            if self.is_main:
+                atomic_write_text(",".join(self.csv_header) + "\n", self.csv_path)
 
     def _loss_for_stage(self, stage: int) -> WeightedLoss:
-        src = self.config.loss if stage == 1 else self.config.second_stage
-        weights = {t: getattr(src, f"{t}_weight") for t in ("energy", "forces", "stress", "dipole")}
-        return WeightedLoss(weights, self.config.loss.kind, self.config.loss.huber_delta)
+        cfg = self.config
+        weights = {k: v for k, v in cfg.stage_weights(stage).items() if k in self.model.outputs or v == 0}
+        missing = sorted(k for k, v in cfg.stage_weights(stage).items() if v > 0 and k not in self.model.outputs)
+        if missing:
+            raise ConfigError(f"loss weights for {missing}, which model.outputs {list(self.model.outputs)} lacks")
+        return WeightedLoss(weights, cfg.loss.kind, cfg.loss.huber_delta, targets=self.model.targets,
+                            config_type_weights=cfg.data.config_type_weights)
 
     # -------------------------------------------------------------- checkpoints
     def _state(self) -> dict:
@@ -305,14 +376,26 @@ class Trainer:
         text = "".join(",".join(r) + "\n" for r in keep)
         atomic_write_text(text, self.csv_path)
 
+    def _csv_columns(self) -> list[str]:
+        """Every column a row may fill: losses, then MAE / RMSE of each validated quantity, overall and per config_type."""
+        from .metrics import quantities
+
+        graphs = self.data.valid or self.data.train
+        present = {n for g in graphs for n in g.targets}
+        names = [n for n in self.model.outputs if n in present and self.model.targets[n].trainable]
+        qs = [q for q in quantities(self.model.targets) if q in names or q.removesuffix("_per_atom") in names
+              and q.endswith("_per_atom")]
+        groups = ["all"] + sorted({c for g in graphs for c in g.config_type})
+        cols = ["epoch", "stage", "time_s", "lr", "train_loss", "valid_loss"]
+        for group in groups:
+            prefix = "" if group == "all" else f"{group}:"
+            cols += [f"{prefix}{q}_{stat}" for q in qs for stat in ("mae", "rmse")]
+        return cols
+
     def _write_csv(self, row: dict) -> None:
         if not self.is_main:
             return
-        if self.csv_header is None:
-            self.csv_header = list(row)
-            new = True
-        else:
-            new = not self.csv_path.exists()
+        new = not self.csv_path.exists()
         with open(self.csv_path, "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.csv_header, extrasaction="ignore")
             if new:
@@ -393,6 +476,9 @@ class Trainer:
             v = torch.tensor([value], dtype=torch.float64)
             torch.distributed.all_reduce(v)
             value = float(v)
+        if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"the training loss became {value} at epoch {self.epoch + 1}, step {self.step + 1}")
         if self.config.optimizer.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optimizer.clip_grad_norm)
         self.optimizer.step()
@@ -413,7 +499,13 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train until max_epochs, max_time or early stopping, then test, package and plot."""
-        self.setup()
+        try:
+            self.setup()
+            return self._fit()
+        finally:
+            self._unlock()
+
+    def _fit(self) -> TrainResult:
         cfg, tr = self.config, self.config.training
         self.t0 = time.monotonic()
         n_train = len(self.data.train)
@@ -425,87 +517,120 @@ class Trainer:
         )
         writer = self._tensorboard()
         bar = None
-        if tr.progress and self.is_main:
+        lines = tr.progress and self.is_main and not sys.stderr.isatty()  # a log file: one line per epoch
+        if tr.progress and self.is_main and not lines:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=tr.max_epochs * steps_per_epoch, initial=self.epoch * steps_per_epoch, unit="step",
                        dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
         stopped = "max_epochs"
         try:
-            while self.epoch < tr.max_epochs:
-                if self._out_of_time():
-                    stopped = "max_time"
-                    break
-                self._maybe_switch_stage()
-                progress = self.elapsed() / tr.max_time if tr.max_time else None
-                lr = self.schedule.start_epoch(self.epoch, progress)
-                order = epoch_order(n_train, cfg.seed, self.epoch)
-                loss_sum, n_sum, step_in_epoch = 0.0, 0, 0
-                out_of_time = False
-                for graph in batches(self.data.train, cfg.data.batch_size, order, self.rank, self.world):
-                    value, n = self.train_step(graph)
-                    loss_sum += value * cfg.data.batch_size
-                    n_sum += cfg.data.batch_size
-                    step_in_epoch += 1
-                    if bar is not None:
-                        if tr.max_time is not None:
-                            # ETA from the wall-time budget: the steps that fit at the current pace
-                            done = bar.n + 1
-                            fit = int(done * tr.max_time / max(self.elapsed(), 1e-9))
-                            bar.total = max(min(tr.max_epochs * steps_per_epoch, fit), done)
-                        bar.update(1)
-                        bar.set_description(f"epoch {self.epoch + 1}/{tr.max_epochs}", refresh=False)
-                        bar.set_postfix(loss=f"{loss_sum / n_sum:.4g}", lr=f"{lr:.2g}", refresh=False)
-                    if self.on_step is not None:
-                        self.on_step(self.epoch, step_in_epoch)
-                    if self._out_of_time():
-                        out_of_time = True
-                        break
-                train_loss = loss_sum / max(n_sum, 1)
-                self.epoch += 1
-                row = {"epoch": self.epoch, "stage": self.stage, "time_s": self.elapsed(), "lr": lr,
-                       "train_loss": train_loss}
-                improved = False
-                if self.epoch % tr.valid_every == 0 or out_of_time or self.epoch == tr.max_epochs:
-                    ev = self.validate()
-                    row["valid_loss"] = ev.loss
-                    for group, metrics in ev.metrics.items():
-                        prefix = "" if group == "all" else f"{group}:"
-                        row.update({f"{prefix}{k}": v for k, v in metrics.items()})
-                    self.schedule.end_epoch(self.epoch - 1, ev.loss)
-                    if ev.loss is not None and ev.loss < self.best:
-                        self.best, self.bad_epochs, improved = ev.loss, 0, True
-                    else:
-                        self.bad_epochs += 1
-                    if bar is not None:
-                        f = ev.metrics.get("all", {}).get("forces_mae")
-                        bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{ev.loss:.4g}",
-                                        **({"F_mae": f"{f:.1f}meV/Å"} if f is not None else {}), refresh=True)
-                    if writer is not None:
-                        for k, v in row.items():
-                            if isinstance(v, (int, float)) and k != "epoch":
-                                writer.add_scalar(k, v, self.epoch)
-                self._write_csv(row)
-                if improved:
-                    self.save_best()
-                if improved or self.epoch % tr.checkpoint_every == 0:
-                    self.save_checkpoint()
-                if out_of_time:
-                    stopped = "max_time"
-                    break
-                if tr.early_stopping_patience is not None and self.bad_epochs >= tr.early_stopping_patience:
-                    stopped = "early_stopping"
-                    self.log(f"early stopping after epoch {self.epoch}: no better validation loss in "
-                             f"{tr.early_stopping_patience} epochs")
-                    break
+            stopped = self._epochs(bar, writer, lines)
+        except NonFiniteLossError as err:
+            stopped = "nonfinite_loss"
+            self.log(f"stopping: {err}. The step was not taken. Lower optimizer.lr (now {cfg.optimizer.lr:g}), "
+                     "set optimizer.clip_grad_norm, or check the data; the model is packaged from the last good "
+                     "checkpoint.")
         finally:
             if bar is not None:
                 bar.close()
             if writer is not None:
                 writer.close()
-        self.save_checkpoint()
-        result = self.finish(stopped)
-        return result
+        if stopped != "nonfinite_loss":
+            self.save_checkpoint()
+        return self.finish(stopped)
+
+    def _epochs(self, bar, writer, lines: bool) -> str:
+        """The epoch loop; returns why it stopped."""
+        cfg, tr = self.config, self.config.training
+        n_train = len(self.data.train)
+        steps_per_epoch = math.ceil(n_train / cfg.data.batch_size)
+        stopped = "max_epochs"
+        while self.epoch < tr.max_epochs:
+            if self._out_of_time():
+                stopped = "max_time"
+                break
+            self._maybe_switch_stage()
+            progress = self.elapsed() / tr.max_time if tr.max_time else None
+            lr = self.schedule.start_epoch(self.epoch, progress)
+            order = epoch_order(n_train, cfg.seed, self.epoch)
+            loss_sum, n_sum, step_in_epoch = 0.0, 0, 0
+            out_of_time = False
+            for graph in batches(self.data.train, cfg.data.batch_size, order, self.rank, self.world):
+                value, n = self.train_step(graph)
+                loss_sum += value * cfg.data.batch_size
+                n_sum += cfg.data.batch_size
+                step_in_epoch += 1
+                if bar is not None:
+                    if tr.max_time is not None:
+                        # ETA from the wall-time budget: the steps that fit at the current pace
+                        done = bar.n + 1
+                        fit = int(done * tr.max_time / max(self.elapsed(), 1e-9))
+                        bar.total = max(min(tr.max_epochs * steps_per_epoch, fit), done)
+                    bar.update(1)
+                    bar.set_description(f"epoch {self.epoch + 1}/{tr.max_epochs}", refresh=False)
+                    bar.set_postfix(loss=f"{loss_sum / n_sum:.4g}", lr=f"{lr:.2g}", refresh=False)
+                if self.on_step is not None:
+                    self.on_step(self.epoch, step_in_epoch)
+                if self._out_of_time():
+                    out_of_time = True
+                    break
+            train_loss = loss_sum / max(n_sum, 1)
+            self.epoch += 1
+            row = {"epoch": self.epoch, "stage": self.stage, "time_s": self.elapsed(), "lr": lr,
+                   "train_loss": train_loss}
+            improved = False
+            if self.epoch % tr.valid_every == 0 or out_of_time or self.epoch == tr.max_epochs:
+                ev = self.validate()
+                row["valid_loss"] = ev.loss
+                for group, metrics in ev.metrics.items():
+                    prefix = "" if group == "all" else f"{group}:"
+                    row.update({f"{prefix}{k}": v for k, v in metrics.items()})
+                self.schedule.end_epoch(self.epoch - 1, ev.loss)
+                if ev.loss is not None and ev.loss < self.best:
+                    self.best, self.bad_epochs, improved = ev.loss, 0, True
+                else:
+                    self.bad_epochs += 1
+                if lines:
+                    self.log(self._epoch_line(row, ev))
+                if bar is not None:
+                    f = ev.metrics.get("all", {}).get("forces_mae")
+                    bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{ev.loss:.4g}",
+                                    **({"F_mae": f"{f:.1f}meV/Å"} if f is not None else {}), refresh=True)
+                if writer is not None:
+                    for k, v in row.items():
+                        if isinstance(v, (int, float)) and k != "epoch":
+                            writer.add_scalar(k, v, self.epoch)
+            self._write_csv(row)
+            if improved:
+                self.save_best()
+            if improved or self.epoch % tr.checkpoint_every == 0:
+                self.save_checkpoint()
+            if out_of_time:
+                stopped = "max_time"
+                break
+            if tr.early_stopping_patience is not None and self.bad_epochs >= tr.early_stopping_patience:
+                stopped = "early_stopping"
+                self.log(f"early stopping after epoch {self.epoch}: no better validation loss in "
+                         f"{tr.early_stopping_patience} epochs")
+                break
+        return stopped
+
+    def _epoch_line(self, row: dict, ev) -> str:
+        """One plain line per validated epoch, for logs that are not a terminal."""
+        parts = [f"epoch {row['epoch']}/{self.config.training.max_epochs}", f"{row['time_s']:.0f} s",
+                 f"lr {row['lr']:.3g}", f"loss {row['train_loss']:.5g}"]
+        if ev.loss is not None:
+            parts.append(f"valid {ev.loss:.5g}")
+        from .metrics import quantities
+
+        qs = quantities(self.model.targets)
+        for name, value in ev.metrics.get("all", {}).items():
+            if name.endswith("_mae") and not name.endswith("_per_atom_mae"):
+                q = name.removesuffix("_mae")
+                unit, _, short = qs.get(q, ("", 1.0, q))
+                parts.append(f"{short} MAE {value:.4g} {unit}".rstrip())
+        return "  ".join(parts)
 
     def _tensorboard(self):
         if not self.config.training.tensorboard or not self.is_main:
@@ -521,10 +646,16 @@ class Trainer:
     def finish(self, stopped: str) -> TrainResult:
         """Load the best weights, report on the test set, write the package and the plots."""
         best = self.run_dir / "checkpoints" / "best.pt"
+        last = self.run_dir / "checkpoints" / "last.pt"
         if best.exists():
             self.model.load_state_dict(load_checkpoint(best)["model"])
+        elif stopped == "nonfinite_loss" and last.exists():
+            self.model.load_state_dict(load_checkpoint(last)["model"])
         elif self.ema is not None:
             self.ema.copy_to(self.model)
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise ConfigError(f"training of {self.run_dir} ended ({stopped}) with non-finite weights and no good "
+                              "checkpoint to fall back on; nothing was packaged. Lower optimizer.lr and train again.")
         self.model.eval()
         result = TrainResult(run_dir=str(self.run_dir), epochs=self.epoch, stopped=stopped, time_s=self.elapsed())
         if not self.is_main:

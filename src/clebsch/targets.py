@@ -1,0 +1,293 @@
+"""The target registry: what every quantity a model predicts and a data set holds *is*.
+
+A :class:`Target` declares, once, a quantity's name, its level (one value per
+structure, per atom or per edge), its layout (irreps, or a Cartesian tensor
+with index symmetries whose irreps follow), its unit, whether a per-structure
+value is a sum (extensive) or a mean (intensive) over atoms, and how a model
+produces it (a head on the features, or a response of another output by
+autograd). The data reader, the model's outputs and heads, the loss terms, the
+metrics, ``clebsch evaluate`` and the export all read these declarations.
+
+Built-in targets are registered below. A data set's own quantities (an NMR
+shielding tensor per atom, a HOMO-LUMO gap, Hamiltonian blocks per atom pair)
+are declared in a model config, ``model.targets``, with :func:`declare`::
+
+    model:
+      targets:
+        shielding: {level: atom, cartesian: ij, unit: ppm}
+        gap: {level: structure, irreps: 0e, reduce: mean, unit: eV}
+
+This module depends on :mod:`clebsch.o3` only, so that the data reader (below
+the models in the layering) can use it.
+
+Examples
+--------
+>>> TARGETS["polarizability"].irreps
+1x0e+1x2e
+>>> TARGETS["forces"].shape, TARGETS["forces"].level
+((3,), 'atom')
+>>> t = declare("shielding", {"level": "atom", "cartesian": "ij", "unit": "ppm"})
+>>> t.irreps, t.shape
+(1x0e+1x1e+1x2e, (3, 3))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+from .o3 import Irreps
+
+__all__ = ["Target", "TARGETS", "register_target", "declare", "resolve_targets", "LEVELS", "TargetError"]
+
+LEVELS = ("structure", "atom", "edge")
+
+
+class TargetError(ValueError):
+    """A target declaration or a target value that does not fit its declaration."""
+
+
+@functools.lru_cache(maxsize=None)
+def _cartesian(formula: str):
+    from .o3 import CartesianTensor
+
+    return CartesianTensor(formula)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One quantity: where it lives, how it transforms, its unit, how it is made.
+
+    Parameters
+    ----------
+    name : str
+    level : {"structure", "atom", "edge"}
+        One value per structure ``[B, ...]``, per atom ``[N, ...]`` or per edge
+        ``[E, ...]`` (an ordered atom pair with its cell shift).
+    irreps : str, optional
+        Layout of the value as irreps (``"1o"``: a vector). Exactly one of
+        ``irreps`` and ``cartesian`` is given.
+    cartesian : str, optional
+        An index formula (``"ij=ji"``, ``"ij"``, ``"ijkl=jikl=ijlk=klij"``): the
+        value is a Cartesian tensor ``[3, 3, ...]`` with these symmetries; the
+        model predicts its irreps and returns the Cartesian form.
+    unit : str
+        The unit of the stored value (files, outputs, metrics).
+    extensive : bool
+        Per-structure values made from per-atom contributions: summed (True)
+        or averaged (False).
+    source : {"head", "response", "energy"}
+        How a model makes it: a head on the features, a derivative of another
+        output (``of``), or the energy path itself.
+    of : str, optional
+        For responses: the output it is a derivative of.
+    head : str, optional
+        The head kind that makes it (see :data:`clebsch.models.HEADS`); by
+        default the generic head of its level.
+    metric_factor, metric_unit : float, str
+        Metrics are reported as ``factor * value`` in ``metric_unit`` (meV for eV).
+    per_atom : bool
+        Also report (and weight the loss by) the value divided by the number
+        of atoms (energies).
+    trainable : bool
+        Whether a loss term and metrics exist for it.
+    short : str
+        Column label in tables.
+    description : str
+    """
+
+    name: str
+    level: str
+    irreps: Optional[str] = None
+    cartesian: Optional[str] = None
+    unit: str = ""
+    extensive: bool = True
+    source: str = "head"
+    of: Optional[str] = None
+    head: Optional[str] = None
+    metric_factor: float = 1.0
+    metric_unit: Optional[str] = None
+    per_atom: bool = False
+    trainable: bool = True
+    short: Optional[str] = None
+    description: str = ""
+
+    def __post_init__(self):
+        if self.level not in LEVELS:
+            raise TargetError(f"target {self.name!r}: level must be one of {LEVELS}, got {self.level!r}")
+        if (self.irreps is None) == (self.cartesian is None):
+            raise TargetError(f"target {self.name!r}: give exactly one of 'irreps' and 'cartesian'")
+        if self.source not in ("head", "response", "energy"):
+            raise TargetError(f"target {self.name!r}: source must be head, response or energy, got {self.source!r}")
+        if self.source == "response" and not self.of:
+            raise TargetError(f"target {self.name!r}: a response needs 'of' (the output it is a derivative of)")
+        try:
+            if self.irreps is not None:
+                Irreps(self.irreps)
+            elif set(self.cartesian.split("=")[0]) - set("ijklmnopqrstuvwxyz"):
+                raise ValueError("indices are lowercase letters")
+        except (ValueError, TypeError) as err:
+            raise TargetError(f"target {self.name!r}: bad layout: {err}") from None
+
+    # ------------------------------------------------------------ layout
+    @property
+    def rank(self) -> int:
+        """Number of Cartesian indices (0 for an irreps target)."""
+        return 0 if self.cartesian is None else len(self.cartesian.split("=")[0])
+
+    @functools.cached_property
+    def irreps_out(self) -> Irreps:
+        """The irreps a model predicts for this target."""
+        if self.cartesian is not None:
+            return _cartesian(self.cartesian).irreps
+        return Irreps(self.irreps)
+
+    @property
+    def shape(self) -> tuple:
+        """Shape of one value: ``()`` for one scalar, ``(d,)`` for irreps, ``(3, 3, ...)`` for Cartesian."""
+        if self.cartesian is not None:
+            return (3,) * self.rank
+        dim = Irreps(self.irreps).dim
+        return () if dim == 1 else (dim,)
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether the Cartesian formula declares index symmetries."""
+        return self.cartesian is not None and "=" in self.cartesian
+
+    def to_cartesian(self, x):
+        """Irreps ``[..., d]`` to this target's stored form (Cartesian or as is)."""
+        if self.cartesian is not None:
+            return _cartesian(self.cartesian).to_cartesian(x)
+        return x.reshape(*x.shape[:-1], *self.shape) if self.shape == () else x
+
+    def from_cartesian(self, x):
+        """The stored form to irreps ``[..., d]``."""
+        if self.cartesian is not None:
+            return _cartesian(self.cartesian).from_cartesian(x)
+        return x.reshape(*x.shape[: x.dim() - len(self.shape)], -1)
+
+    def symmetry_error(self, x):
+        """Largest violation of the declared index symmetry per value (0 without symmetries)."""
+        if not self.symmetric:
+            return x.new_zeros(x.shape[: x.dim() - self.rank]) if self.rank else x.new_zeros(x.shape[:1])
+        return _cartesian(self.cartesian).symmetry_error(x)
+
+    @property
+    def label(self) -> str:
+        return self.short or self.name
+
+    @property
+    def display_unit(self) -> str:
+        return self.metric_unit if self.metric_unit is not None else self.unit
+
+    def describe(self) -> str:
+        layout = f"Cartesian {self.cartesian!r} ({self.irreps_out})" if self.cartesian else str(Irreps(self.irreps))
+        how = f"response of {self.of}" if self.source == "response" else self.source
+        kind = "" if self.level != "structure" else (" extensive" if self.extensive else " intensive")
+        return f"{self.name}: per {self.level}{kind}, {layout}, {self.unit or 'no unit'}, {how}"
+
+
+TARGETS: dict[str, Target] = {}
+"""The built-in targets, by name."""
+
+
+def register_target(target: Target) -> Target:
+    """Add a built-in target; a new name only (an existing one raises)."""
+    if target.name in TARGETS:
+        raise TargetError(f"target {target.name!r} is already registered")
+    TARGETS[target.name] = target
+    return target
+
+
+# ---------------------------------------------------------------- built-in targets
+register_target(Target("energy", "structure", irreps="0e", unit="eV", source="energy", metric_factor=1000.0,
+                       metric_unit="meV", per_atom=True, short="E", description="total energy"))
+register_target(Target("atomic_energies", "atom", irreps="0e", unit="eV", source="energy", trainable=False,
+                       description="per-atom energies (reference energy plus learned part)"))
+register_target(Target("forces", "atom", irreps="1o", unit="eV/Å", source="response", of="energy",
+                       metric_factor=1000.0, metric_unit="meV/Å", short="F", description="-dE/dr"))
+register_target(Target("stress", "structure", cartesian="ij=ji", unit="eV/Å³", source="response", of="energy",
+                       extensive=False, metric_factor=1000.0, metric_unit="meV/Å³", short="S",
+                       description="dE/d(strain)/V, ASE's sign; periodic structures only"))
+register_target(Target("virial", "structure", cartesian="ij=ji", unit="eV", source="response", of="energy",
+                       metric_factor=1000.0, metric_unit="meV", short="W", description="-dE/d(strain)"))
+register_target(Target("dipole", "structure", irreps="1o", unit="e·Å", head="dipole", metric_factor=1000.0,
+                       metric_unit="me·Å", short="mu",
+                       description="sum of atomic dipoles and charges times positions from the centre of mass"))
+register_target(Target("charges", "atom", irreps="0e", unit="e", head="dipole", metric_factor=1000.0,
+                       metric_unit="me", short="q", description="partial charges adding up to the total charge"))
+register_target(Target("polarizability", "structure", cartesian="ij=ji", unit="Å³", head="polarizability",
+                       short="alpha", description="sum of per-atom isotropic and anisotropic (2e) parts"))
+register_target(Target("born_charges", "atom", cartesian="ij", unit="e", source="response", of="dipole",
+                       short="Z*", description="Born effective charges Z*[i, a, b] = d(mu_a)/d(r_ib)"))
+
+
+# ---------------------------------------------------------------- declared targets
+_DECLARE_KEYS = {"level", "irreps", "cartesian", "unit", "reduce", "extensive", "description"}
+
+
+def declare(name: str, spec: dict) -> Target:
+    """A target from a config entry ``{level, irreps | cartesian, unit, reduce}``.
+
+    ``reduce`` (per-structure targets): ``sum`` (extensive, the default) or
+    ``mean`` (intensive). Errors name the target and the key.
+    """
+    if name in TARGETS:
+        raise TargetError(f"model.targets.{name}: {name!r} is a built-in target; declare another name")
+    if not isinstance(spec, dict):
+        raise TargetError(f"model.targets.{name}: expected a mapping with level and irreps or cartesian, got {spec!r}")
+    unknown = sorted(set(spec) - _DECLARE_KEYS)
+    if unknown:
+        raise TargetError(f"model.targets.{name}: unknown key(s) {unknown}; allowed: {sorted(_DECLARE_KEYS)}")
+    reduce = spec.get("reduce", "sum")
+    if reduce not in ("sum", "mean"):
+        raise TargetError(f"model.targets.{name}.reduce: {reduce!r} is not allowed; allowed values: sum, mean")
+    extensive = bool(spec.get("extensive", reduce == "sum"))
+    try:
+        return Target(
+            name=name,
+            level=spec.get("level", "structure"),
+            irreps=None if spec.get("irreps") is None else str(spec["irreps"]),
+            cartesian=None if spec.get("cartesian") is None else str(spec["cartesian"]),
+            unit=str(spec.get("unit", "")),
+            extensive=extensive,
+            description=str(spec.get("description", "")),
+        )
+    except TargetError as err:
+        raise TargetError(f"model.targets.{name}: {str(err).split(': ', 1)[-1]}") from None
+
+
+def resolve_targets(declarations: dict | None = None) -> dict[str, Target]:
+    """The built-in targets plus those declared in a config (``model.targets``).
+
+    >>> sorted(resolve_targets({"gap": {"irreps": "0e", "reduce": "mean"}}))[:3]
+    ['atomic_energies', 'born_charges', 'charges']
+    """
+    out = dict(TARGETS)
+    for name, spec in (declarations or {}).items():
+        out[name] = spec if isinstance(spec, Target) else declare(name, spec)
+    return out
+
+
+def as_declarations(targets: dict[str, Target]) -> dict:
+    """The plain config form of the non-built-in targets of ``targets``."""
+    out = {}
+    for name, t in targets.items():
+        if name in TARGETS:
+            continue
+        entry = {"level": t.level}
+        entry["cartesian" if t.cartesian else "irreps"] = t.cartesian or t.irreps
+        if t.unit:
+            entry["unit"] = t.unit
+        if t.level == "structure":
+            entry["reduce"] = "sum" if t.extensive else "mean"
+        out[name] = entry
+    return out
+
+
+def replace(target: Target, **changes) -> Target:
+    """A copy of ``target`` with ``changes``."""
+    return dataclasses.replace(target, **changes)
