@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from clebsch.models import REPRESENTATIONS, build_model
+from clebsch.models import REPRESENTATIONS, build_model, families
 
-FAMILIES = ("schnet", "egnn", "painn", "nequip", "segnn", "mace")
+FAMILIES = tuple(families())  # every registered family is tested
 
 # small but complete: every family at two layers and few channels, so the
 # whole contract runs in seconds
@@ -20,8 +20,17 @@ SMALL = {
 
 OUTPUTS = ["energy", "forces", "stress", "dipole", "polarizability"]
 
+# a declared target of each level, and the Born charges (a response of the dipole)
+TARGETS = {
+    "shielding": {"level": "atom", "cartesian": "ij", "unit": "ppm"},
+    "gap": {"level": "structure", "irreps": "0e", "reduce": "mean", "unit": "eV"},
+    "moment": {"level": "structure", "irreps": "1e + 2e"},
+    "block": {"level": "edge", "irreps": "0e + 1o + 1e + 2e"},
+}
+ALL_OUTPUTS = OUTPUTS + ["born_charges", "charges"] + list(TARGETS)
 
-def small_model(name, species=("H", "C", "O"), cutoff=3.0, seed=0, **extra):
+
+def small_model(name, species=("H", "C", "O"), cutoff=3.0, seed=0, outputs=OUTPUTS, **extra):
     torch.manual_seed(seed)
     config = {
         "name": name,
@@ -29,7 +38,8 @@ def small_model(name, species=("H", "C", "O"), cutoff=3.0, seed=0, **extra):
         "cutoff": cutoff,
         "atomic_energies": [-0.5 * (i + 1) for i in range(len(species))],
         "scale": 1.3,
-        "outputs": OUTPUTS,
+        "outputs": list(outputs),
+        **({"targets": {k: v for k, v in TARGETS.items() if k in outputs}} if set(TARGETS) & set(outputs) else {}),
         **SMALL.get(name, {}),
         **extra,
     }

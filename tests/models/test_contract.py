@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from clebsch.graph import AtomicGraph, batch
-from clebsch.models import build_model
-from clebsch.o3 import rand_matrix
+from clebsch.o3 import Irreps, rand_matrix
+from clebsch.testing import CONTRACT, check_potential
 
-from .conftest import FAMILIES, small_model
+from .conftest import ALL_OUTPUTS, FAMILIES, small_model
 
 NUMBERS = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])
 
@@ -74,9 +74,17 @@ def rel_err(a, b):
     return float(((a - b).abs().max() / (b.abs().max() + 1e-12)).detach())
 
 
+def test_contract(family):
+    """The public contract (clebsch.testing.check_potential) with every kind of head."""
+    model = small_model(family, outputs=ALL_OUTPUTS)
+    errors = check_potential(model)
+    assert set(errors) == set(CONTRACT)
+
+
 @pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
 def test_molecule_equivariance(family, reflect):
-    model = small_model(family)
+    """Every head, by its declaration, with the transformation written out."""
+    model = small_model(family, outputs=ALL_OUTPUTS)
     pos = molecule(1)
     out = model(graph_of(pos))
     R = random_orthogonal(2, reflect)
@@ -88,111 +96,44 @@ def test_molecule_equivariance(family, reflect):
     assert rel_err(out2["forces"], (out["forces"] @ R.T)[perm]) < 1e-9
     assert rel_err(out2["dipole"], out["dipole"] @ R.T) < 1e-9
     assert rel_err(out2["polarizability"], R @ out["polarizability"] @ R.T) < 1e-9
-    assert out["forces"].abs().max() > 1e-6, "forces are trivially zero"
+    assert rel_err(out2["born_charges"], (R @ out["born_charges"] @ R.T)[perm]) < 1e-9
+    assert rel_err(out2["shielding"], (R @ out["shielding"] @ R.T)[perm]) < 1e-9
+    assert rel_err(out2["gap"], out["gap"]) < 1e-9
+    D = Irreps("1e + 2e").D_from_matrix(R)
+    assert rel_err(out2["moment"], out["moment"] @ D.T) < 1e-9
+    for name in ("forces", "born_charges", "shielding", "moment", "polarizability"):
+        assert out[name].abs().max() > 1e-6, f"{name} is trivially zero"
+    # the pseudovector part of an atom's tensor flips relative to a vector under inversion only
+    assert out["shielding"].sub(out["shielding"].transpose(1, 2)).abs().max() > 1e-8
 
 
-def test_forces_are_minus_gradient(family):
-    model = small_model(family)
+def test_born_charges_are_dipole_derivatives(family):
+    model = small_model(family, outputs=["energy", "forces", "dipole", "born_charges"])
     pos = molecule(4)
-    forces = model(graph_of(pos))["forces"]
+    z = model(graph_of(pos))["born_charges"]
     eps = 1e-5
-    for atom, axis in [(0, 0), (2, 1), (5, 2), (8, 0)]:
+    for atom, axis in [(0, 0), (3, 2), (8, 1)]:
         plus, minus = pos.clone(), pos.clone()
         plus[atom, axis] += eps
         minus[atom, axis] -= eps
         with torch.no_grad():
-            fd = -(model(graph_of(plus), compute_forces=False)["energy"] - model(graph_of(minus), compute_forces=False)["energy"]) / (2 * eps)
-        assert abs(float(fd) - float(forces[atom, axis])) < 1e-7 * max(1.0, abs(float(fd)))
+            fd = (model(graph_of(plus))["dipole"] - model(graph_of(minus))["dipole"])[0] / (2 * eps)
+        assert torch.allclose(z[atom, :, axis], fd, atol=1e-7, rtol=1e-6)
 
 
-def test_stress_is_strain_derivative_and_rotates(family):
-    model = small_model(family)
-    pos, numbers, cell = crystal(5)
-    out = model(graph_of(pos, numbers, cell=cell))
-    stress = out["stress"][0]
-    volume = torch.linalg.det(cell).abs()
-    eps = 1e-5
-    for i, j in [(0, 0), (1, 2), (2, 2), (0, 1)]:
-        energies = []
-        for sign in (1, -1):
-            strain = torch.eye(3, dtype=torch.float64)
-            strain[i, j] += sign * eps / 2
-            strain[j, i] += sign * eps / 2
-            with torch.no_grad():
-                e = model(graph_of(pos @ strain, numbers, cell=cell @ strain))["energy"]
-            energies.append(e)
-        fd = (energies[0] - energies[1]) / (2 * eps) / volume
-        assert abs(float(fd) - float(stress[i, j].detach())) < 1e-7 * max(1.0, abs(float(fd)))
-    R = random_orthogonal(6, reflect=True)
-    out2 = model(graph_of(pos @ R.T, numbers, cell=cell @ R.T))
-    assert rel_err(out2["energy"], out["energy"]) < 1e-9
-    assert rel_err(out2["stress"][0], R @ stress @ R.T) < 1e-9
-
-
-def test_energy_continuous_across_cutoff(family):
-    model = small_model(family, cutoff=3.0)
-    base = molecule(7)[:3]
-    numbers = NUMBERS[:3]
-    base = base - base[0]
-    direction = torch.tensor([0.6, 0.0, 0.8], dtype=torch.float64)
-
-    def energy(r):
-        pos = torch.cat([base[:2], (base[0] + r * direction)[None]])
-        # keep atom 2 out of reach of atom 1 so only the 0-2 edge crosses the cutoff
-        pos[1] = base[0] - 1.2 * direction
-        return float(model(graph_of(pos, numbers), compute_forces=False)["energy"].detach())
-
-    inside, outside = energy(3.0 - 1e-6), energy(3.0 + 1e-6)
-    assert abs(inside - outside) < 1e-8
-    assert abs(energy(2.0) - outside) > 1e-6, "the edge had no effect at all"
-
-
-def test_periodic_supercell_is_extensive(family):
-    model = small_model(family)
-    pos, numbers, cell = crystal(8)
-    out = model(graph_of(pos, numbers, cell=cell))
-    reps = [np.array([i, j, 0]) for i in range(2) for j in range(2)]
-    big_pos = torch.cat([pos + torch.tensor(r, dtype=torch.float64) @ cell for r in [np.array(x, dtype=float) for x in reps]])
-    big_numbers = numbers.repeat(len(reps))
-    big_cell = cell * torch.tensor([[2.0], [2.0], [1.0]], dtype=torch.float64)
-    big = model(graph_of(big_pos, big_numbers, cell=big_cell))
-    assert rel_err(big["energy"], 4 * out["energy"]) < 1e-9
-    assert rel_err(big["forces"], out["forces"].repeat(4, 1)) < 1e-9
-    assert rel_err(big["stress"], out["stress"]) < 1e-9
-
-
-def test_isolated_atom_has_reference_energy(family):
-    model = small_model(family)
-    for z, e0 in [(1, -0.5), (8, -1.5)]:
-        g = graph_of(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([z]))
-        out = model(g)
-        assert abs(float(out["energy"].detach()) - e0) < 1e-12
-        assert float(out["forces"].abs().max()) == 0.0
-
-
-def test_batch_equals_separate_structures(family):
-    model = small_model(family)
-    graphs = [graph_of(molecule(s)) for s in (10, 11, 12)]
-    together = model(batch(graphs))
-    for k, g in enumerate(graphs):
-        alone = model(g)
-        assert rel_err(together["energy"][k], alone["energy"][0]) < 1e-12
-        assert rel_err(together["forces"][9 * k : 9 * (k + 1)], alone["forces"]) < 1e-10
-
-
-def test_config_rebuilds_the_model(family):
-    model = small_model(family)
-    # built in float64 like small_model: constant buffers (Clebsch-Gordan blocks) computed in
-    # float32 and then cast would differ from the original's by ~1e-8
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        twin = build_model(model.config).double()
-    finally:
-        torch.set_default_dtype(default)
-    twin.load_state_dict(model.state_dict())
-    g = graph_of(molecule(13))
-    assert torch.allclose(twin(g)["energy"], model(g)["energy"], rtol=0, atol=1e-12)
+def test_edge_head_follows_the_edges(family):
+    """A per-edge output is indexed like the graph's edges, in a batch too, and tells i->j from j->i."""
+    model = small_model(family, outputs=["energy", "block"])
+    graphs = [graph_of(molecule(s)) for s in (20, 21)]
+    together = model(batch(graphs))["block"]
+    alone = [model(g)["block"] for g in graphs]
+    assert together.shape == (sum(g.num_edges for g in graphs), Irreps("0e + 1o + 1e + 2e").dim)
+    assert torch.allclose(together, torch.cat(alone), atol=1e-12)
+    g = graphs[0]
+    e = 0
+    i, j = int(g.edge_index[1, e]), int(g.edge_index[0, e])
+    back = [k for k in range(g.num_edges) if int(g.edge_index[1, k]) == j and int(g.edge_index[0, k]) == i][0]
+    assert (alone[0][e] - alone[0][back]).abs().max() > 1e-8
 
 
 def test_unknown_element_is_named(family):
@@ -202,6 +143,9 @@ def test_unknown_element_is_named(family):
     numbers[4] = 26
     with pytest.raises(ValueError, match=r"atom 4 is Fe"):
         model(graph_of(pos, numbers))
+    # in a batch: the structure and the atom within it
+    with pytest.raises(ValueError, match=r"atom 4 of structure 1 in the batch is Fe"):
+        model(batch([graph_of(molecule(15)), graph_of(pos, numbers)]))
 
 
 def test_forces_under_no_grad(family):

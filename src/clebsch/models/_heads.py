@@ -289,8 +289,30 @@ class EdgeConvolution(torch.nn.Module):
         return out.index_copy(1, self._place, summed / math.sqrt(8.0))
 
 
+class _Products(torch.nn.Module):
+    """A few copies of each irrep per atom (from the features and from the edges) for feature products.
+
+    ``x_i = Linear(h_i) + sum_j R(r_ij, h_j) Y(r_ij)`` with ``channels`` copies of
+    every irrep of the features up to ``l = 2`` and of ``1o`` and ``2e``, so that
+    products like ``1o x 1o -> 1e`` exist for every family, invariant ones included.
+    """
+
+    def __init__(self, irreps_in: Irreps, cutoff: float, hidden: int, channels: int):
+        super().__init__()
+        irs = {m.ir for m in Irreps(irreps_in) if m.ir.l <= 2} | {Irrep("1o"), Irrep("2e")}
+        self.irreps = Irreps([(channels, ir) for ir in sorted(irs)])
+        self.linear = Linear(irreps_in, self.irreps)
+        self.edges = EdgeConvolution(irreps_in, self.irreps, cutoff, hidden)
+
+    def forward(self, features: torch.Tensor, ctx: HeadContext) -> torch.Tensor:
+        return self.linear(features) + self.edges(features, ctx)
+
+    def reachable(self) -> set:
+        return {ir for _, a in self.irreps for _, b in self.irreps for ir in a * b}
+
+
 class EquivariantReadout(torch.nn.Module):
-    """Per-atom ``irreps_out`` from the features: linear + feature products + edge convolution.
+    """Per-atom ``irreps_out`` from the features: linear + edge convolution + products of small copies.
 
     Parameters
     ----------
@@ -298,7 +320,7 @@ class EquivariantReadout(torch.nn.Module):
         The representation's features.
     irreps_out : Irreps
     cutoff : float
-        For the edge convolution.
+        For the edge convolutions.
     hidden : int
         Width of the scalar MLPs.
     channels : int
@@ -310,17 +332,15 @@ class EquivariantReadout(torch.nn.Module):
         self.irreps_in = Irreps(irreps_in)
         self.irreps_out = Irreps(irreps_out)
         self.linear = Linear(self.irreps_in, self.irreps_out, biases=True)
-        small = Irreps([(channels, ir) for ir in sorted({m.ir for m in self.irreps_in if m.ir.l <= 2})])
-        self.reduce = Linear(self.irreps_in, small)
-        products = {ir for _, a in small for _, b in small for ir in a * b}
-        self.product = (FullyConnectedTensorProduct(small, small, self.irreps_out)
-                        if any(m.ir in products for m in self.irreps_out) else None)
         self.edges = EdgeConvolution(self.irreps_in, self.irreps_out, cutoff, hidden)
+        self.small = _Products(self.irreps_in, cutoff, hidden, channels)
+        self.product = (FullyConnectedTensorProduct(self.small.irreps, self.small.irreps, self.irreps_out)
+                        if any(m.ir in self.small.reachable() for m in self.irreps_out) else None)
 
     def forward(self, features: torch.Tensor, ctx: HeadContext) -> torch.Tensor:
         out = self.linear(features) + self.edges(features, ctx)
         if self.product is not None:
-            x = self.reduce(features)
+            x = self.small(features, ctx)
             out = out + self.product(x, x)
         return out
 
@@ -369,10 +389,9 @@ class EdgeHead(torch.nn.Module):
         self.irreps_in = irreps_in
         self.receiver = Linear(irreps_in, out, biases=True)
         self.sender = Linear(irreps_in, out)
-        small = Irreps([(channels, ir) for ir in sorted({m.ir for m in irreps_in if m.ir.l <= 2})])
-        self.reduce = Linear(irreps_in, small)
-        products = {ir for _, a in small for _, b in small for ir in a * b}
-        self.product = FullyConnectedTensorProduct(small, small, out) if any(m.ir in products for m in out) else None
+        self.small = _Products(irreps_in, cutoff, hidden, channels)
+        self.product = (FullyConnectedTensorProduct(self.small.irreps, self.small.irreps, out)
+                        if any(m.ir in self.small.reachable() for m in out) else None)
         self.geometry = EdgeConvolution(irreps_in, out, cutoff, hidden)
         n_scalars = irreps_in.count(Irrep("0e"))
         self.geometry.weights = ScalarMLP([8 + 2 * n_scalars, max(hidden, 1), max(self.geometry.reach.num_irreps, 1)])
@@ -381,7 +400,7 @@ class EdgeHead(torch.nn.Module):
         sender, receiver = ctx.edge_index[0], ctx.edge_index[1]
         out = self.receiver(features)[receiver] + self.sender(features)[sender]
         if self.product is not None:
-            x = self.reduce(features)
+            x = self.small(features, ctx)
             out = out + self.product(x[receiver], x[sender])
         g = self.geometry
         if g.ls and sender.numel():

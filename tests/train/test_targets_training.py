@@ -1,0 +1,105 @@
+"""Loss terms and metrics for any target, per-structure weights, old configs and old packaged models."""
+
+import json
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from clebsch.graph import AtomicGraph, batch
+from clebsch.targets import resolve_targets
+from clebsch.train.config import load_config
+from clebsch.train.losses import WeightedLoss
+from clebsch.train.metrics import MetricsAccumulator, format_table
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def two_structures(weights=None):
+    g = [AtomicGraph.from_tensors(torch.tensor([[0.0, 0, 0], [1.0, 0, 0]]), [1, 1], 2.0, config_type=c)
+         for c in ("md", "relax")]
+    for k, x in enumerate(g):
+        x.targets["energy"] = torch.tensor([1.0 * k])
+        x.targets["gap"] = torch.tensor([2.0])
+        x.targets["shielding"] = torch.ones(2, 3, 3)
+        if weights is not None:
+            x.targets["weight"] = torch.tensor([weights[k]])
+    return batch(g)
+
+
+TARGETS = resolve_targets({"gap": {"irreps": "0e", "reduce": "mean", "unit": "eV"},
+                           "shielding": {"level": "atom", "cartesian": "ij", "unit": "ppm"}})
+
+
+def test_loss_has_a_term_per_declared_target_and_respects_weights():
+    g = two_structures()
+    out = {"energy": torch.tensor([0.0, 0.0]), "gap": torch.tensor([3.0, 2.0]), "shielding": torch.zeros(4, 3, 3)}
+    loss = WeightedLoss({"energy": 0.0, "gap": 2.0, "shielding": 1.0}, targets=TARGETS)
+    total, parts = loss(out, g)
+    assert parts == {"gap": pytest.approx(0.5), "shielding": pytest.approx(1.0)}
+    assert float(total) == pytest.approx(2 * 0.5 + 1.0)
+    # per-frame weights: the first structure's errors count zero
+    g = two_structures(weights=[0.0, 1.0])
+    total, parts = WeightedLoss({"gap": 1.0}, targets=TARGETS)(out, g)
+    assert parts["gap"] == pytest.approx(0.0)
+    # config_type weights multiply per-atom terms through the atom's structure
+    g = two_structures()
+    out["shielding"] = torch.cat([torch.zeros(2, 3, 3), torch.ones(2, 3, 3)])
+    _, parts = WeightedLoss({"shielding": 1.0}, targets=TARGETS, config_type_weights={"md": 3.0})(out, g)
+    assert parts["shielding"] == pytest.approx(3.0 * 18 / 36)
+    with pytest.raises(ValueError, match=r"unknown target\(s\) \['nope'\]"):
+        WeightedLoss({"nope": 1.0}, targets=TARGETS)
+
+
+def test_metrics_in_the_targets_units_per_config_type_and_nonfinite_counted():
+    g = two_structures()
+    acc = MetricsAccumulator(TARGETS)
+    out = {"energy": torch.tensor([0.5, float("nan")]), "gap": torch.tensor([2.5, 2.0]),
+           "shielding": torch.full((4, 3, 3), 1.1)}
+    acc.update(out, g)
+    m = acc.compute()
+    assert m["all"]["gap_mae"] == pytest.approx(0.25) and m["md"]["gap_mae"] == pytest.approx(0.5)
+    assert m["all"]["shielding_mae"] == pytest.approx(0.1)
+    assert m["all"]["energy_mae"] == pytest.approx(500.0) and m["all"]["energy_nonfinite"] == 1
+    table = format_table(m, targets=TARGETS)
+    assert "gap MAE eV" in table and "shielding MAE ppm" in table and "non-finite predictions" in table
+
+
+def test_old_weight_keys_are_still_read():
+    cfg = load_config(None, base={"loss": {"energy_weight": 3.0, "dipole_weight": 2.0},
+                                  "second_stage": {"enabled": True, "energy_weight": 50.0}})
+    assert cfg.loss.weights == {"energy": 3.0, "forces": 100.0, "dipole": 2.0}
+    assert cfg.second_stage.weights == {"energy": 50.0, "forces": 100.0}
+    assert cfg.stage_weights(2) == {"energy": 50.0, "forces": 100.0, "dipole": 2.0}
+
+
+def test_config_checks_target_names_and_families():
+    from clebsch.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"loss.weights: unknown target\(s\) \['gap'\]"):
+        load_config(None, overrides=["loss.weights={gap: 1}"])
+    with pytest.raises(ConfigError, match=r"data.keys: unknown target\(s\) \['gap'\]"):
+        load_config(None, overrides=["data.keys={gap: HOMO_LUMO}"])
+    cfg = load_config(None, overrides=["loss.weights={gap: 1}", "data.keys={gap: HOMO_LUMO}",
+                                       "model.targets={gap: {irreps: 0e, reduce: mean}}"])
+    assert cfg.loss.weights["gap"] == 1.0 and cfg.loss.weights["forces"] == 100.0
+    with pytest.raises(ConfigError, match="model.name: 'allegro' is not allowed; allowed values: egnn"):
+        load_config(None, overrides=["model.name=allegro"])
+    with pytest.raises(ConfigError, match=r"model.channels: 'many' is not an int"):
+        load_config(None, overrides=["model.channels=many"])
+    with pytest.raises(ConfigError, match=r"model.outputs: unknown target\(s\) \['gap'\]"):
+        load_config(None, overrides=["model.outputs=[energy, gap]"])
+
+
+def test_a_model_packaged_before_the_target_registry_loads_with_the_same_numbers():
+    import clebsch
+
+    model = clebsch.load(FIXTURES / "nequip_v1_package.pt")
+    ref = json.loads((FIXTURES / "nequip_v1_outputs.json").read_text())
+    dtype = model.atomic_energies.dtype
+    g = AtomicGraph.from_tensors(torch.tensor(ref["positions"], dtype=dtype), ref["numbers"], model.cutoff)
+    out = model(g)
+    for name in ("energy", "forces", "dipole", "polarizability", "charges"):
+        assert torch.allclose(out[name].detach().double(), torch.tensor(ref[name], dtype=torch.float64),
+                              rtol=1e-10, atol=1e-10), name
