@@ -23,9 +23,9 @@ lines of plain torch, reproduced here for use without clebsch::
     grad_r, grad_strain = torch.autograd.grad(energy, [positions, strain])
     forces, stress = -grad_r, grad_strain / abs(torch.linalg.det(cell))
 
-A model with a dipole head exports it too: the function then also takes the
-total charge and returns the per-atom charges and the dipole beside the
-energies,
+A model with heads exports them too: the function then also takes the total
+charge and returns the heads' outputs beside the energies, e.g. for a dipole
+head
 
     (positions, numbers, edge_index, shifts, cell, total_charge [1]) -> (atomic energies [N], charges [N], dipole [3])
 
@@ -47,64 +47,59 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["export", "load_exported", "ExportedPotential", "AtomicEnergies", "EnergiesAndDipole"]
+__all__ = ["export", "load_exported", "ExportedPotential", "ExportedFunction", "exported_outputs"]
 
 _META = "clebsch.json"
 _INPUTS = ["positions", "numbers", "edge_index", "shifts", "cell"]
 
 
-class AtomicEnergies(torch.nn.Module):
-    """The exported function: per-atom energies of one structure from plain tensors.
+class ExportedFunction(torch.nn.Module):
+    """The exported function of one structure: the model's own energy path and heads, without input checks.
 
-    It repeats :class:`~clebsch.models.Potential`'s energy path (representation,
-    energy head, isolated-atom reference) without its input checks, which
-    depend on tensor values and cannot be traced.
+    It calls :meth:`~clebsch.models.Potential.atomic_energies_and_features` and
+    the model's heads (so exported numbers are the model's numbers), leaving out
+    only the checks on tensor values, which cannot be traced. Returns the atomic
+    energies, then each head output named in ``outputs`` (``charges``,
+    ``dipole``, ``polarizability``, declared targets).
     """
 
-    def __init__(self, potential):
+    def __init__(self, potential, outputs: list[str], with_charge: bool):
         super().__init__()
-        self.representation = potential.representation
-        self.energy_head = potential.energy_head
-        self.register_buffer("z_to_index", potential.z_to_index.clone())
-        self.register_buffer("atomic_energies", potential.atomic_energies.detach().clone())
-        self.register_buffer("scale", potential.scale.detach().clone())
-        self.num_species = len(potential.species)
+        self.potential = potential
+        self.outputs = list(outputs)
+        self.with_charge = with_charge
 
-    def features(self, positions, numbers, edge_index, shifts, cell):
-        """Species indices, atomic energies [N] and the representation's features (isolated atoms included)."""
-        species = self.z_to_index[numbers]
+    def forward(self, positions, numbers, edge_index, shifts, cell, total_charge=None):
+        from ..models import HeadContext
+
+        p = self.potential
+        species = p.z_to_index[numbers]
         vectors = positions[edge_index[0]] - positions[edge_index[1]] + shifts @ cell
-        isolated = torch.arange(self.num_species, device=species.device)
-        features = self.representation(torch.cat([species, isolated]), edge_index, vectors)
-        out = self.energy_head(features)[:, 0]
-        n = species.shape[0]
-        learned = out[:n] - out[n:][species]
-        energies = self.atomic_energies.to(learned.dtype)[species] + self.scale.to(learned.dtype) * learned
-        return species, energies, features[:n]
+        energies, features = p.atomic_energies_and_features(species, edge_index, vectors)
+        if not self.outputs:
+            return energies
+        if total_charge is None:
+            total_charge = torch.zeros(1, dtype=positions.dtype, device=positions.device)
+        ctx = HeadContext(species=species, positions=positions, batch=torch.zeros_like(species), num_graphs=1,
+                          edge_index=edge_index, edge_vectors=vectors, total_charge=total_charge.to(positions.dtype),
+                          masses=p.masses.to(positions.dtype)[species], cutoff=p.cutoff)
+        named = {}
+        for key, head in p.heads.items():
+            named.update({key: head(features)} if key in p._legacy_irreps else head(features, ctx))
+        # one structure: per-structure values without their batch axis
+        return (energies, *[named[n][0] if p.targets[n].level == "structure" else named[n] for n in self.outputs])
 
-    def forward(self, positions, numbers, edge_index, shifts, cell):
-        return self.features(positions, numbers, edge_index, shifts, cell)[1]
 
-
-class EnergiesAndDipole(AtomicEnergies):
-    """The exported function of a model with a dipole head: energies, charges and dipole of one structure.
-
-    The dipole is :class:`~clebsch.models.Potential`'s: atomic dipoles plus
-    charges (shifted to add up to ``total_charge``) times positions from the
-    centre of mass.
-    """
-
-    def __init__(self, potential):
-        super().__init__(potential)
-        self.dipole_head = potential.dipole_head
-        self.register_buffer("masses", potential.masses.detach().clone())
-
-    def forward(self, positions, numbers, edge_index, shifts, cell, total_charge):
-        species, energies, features = self.features(positions, numbers, edge_index, shifts, cell)
-        batch = torch.zeros_like(species)
-        masses = self.masses.to(features.dtype)[species]
-        charges, dipole = self.dipole_head(features, positions, masses, batch, 1, total_charge.to(features.dtype))
-        return energies, charges, dipole[0]
+def exported_outputs(model) -> list[str]:
+    """The head outputs an export of ``model`` returns beside the energies (all but per-edge ones)."""
+    names = []
+    for name in model.outputs:
+        t = model.targets[name]
+        if t.source == "head" and t.level != "edge" and name not in names:
+            names.append(name)
+    if "dipole" in names and "charges" not in names:
+        names.insert(names.index("dipole"), "charges")
+    return names
 
 
 def _example(model, dtype, device):
@@ -149,16 +144,19 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
     Notes
     -----
     Energy, forces and stress (through :class:`ExportedPotential`) are
-    exported, and the dipole (with the per-atom charges) where the model has
-    that head; polarizability and per-atom irreps heads are not. A representation
+    exported, and every head output of the model beside them: charges and
+    dipole, polarizability, declared per-atom and per-structure targets
+    (per-edge targets and responses other than forces and stress, such as
+    Born charges, are not). A representation
     whose forward branches on tensor values cannot be exported and raises
     :class:`RuntimeError` naming the family.
     """
     from ._calculator import load_model
 
     model = load_model(model, device=device, dtype=dtype)
-    with_dipole = getattr(model, "dipole_head", None) is not None
-    module = (EnergiesAndDipole if with_dipole else AtomicEnergies)(model).eval()
+    names = exported_outputs(model)
+    with_charge = bool(names)
+    module = ExportedFunction(model, names, with_charge).eval()
     example = _example(model, getattr(torch, dtype), torch.device(device))
     n_atoms = torch.export.Dim("n_atoms", min=1)
     n_edges = torch.export.Dim("n_edges", min=0)
@@ -167,11 +165,11 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
         "cell": None,
     }
     inputs, outputs = list(_INPUTS), ["atomic_energies"]
-    if with_dipole:
+    if with_charge:
         example = (*example, torch.zeros(1, dtype=getattr(torch, dtype), device=torch.device(device)))
         dynamic["total_charge"] = None
         inputs.append("total_charge")
-        outputs += ["charges", "dipole"]
+        outputs += names
     try:
         with torch.no_grad():
             program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
@@ -184,7 +182,8 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
             f"data-dependent Python control flow to be exported"
         ) from err
     meta = {"cutoff": float(model.cutoff), "species": [int(z) for z in model.species], "dtype": dtype,
-            "inputs": inputs, "outputs": outputs, "config": getattr(model, "config", {})}
+            "inputs": inputs, "outputs": outputs, "config": getattr(model, "config", {}),
+            "levels": {n: model.targets[n].level for n in names}}
     path = os.fspath(path)
     torch.export.save(program, path, extra_files={_META: json.dumps(meta, default=str)})
     return path
@@ -209,8 +208,10 @@ class ExportedPotential(torch.nn.Module):
         self.dtype = getattr(torch, meta["dtype"])
         self.inputs = list(meta.get("inputs", _INPUTS))  # files written before dipoles were exported lack these
         self.program_outputs = list(meta.get("outputs", ["atomic_energies"]))
-        self.outputs = ("energy", "forces", "stress") + (("dipole",) if "dipole" in self.program_outputs else ())
+        self.outputs = ("energy", "forces", "stress") + tuple(
+            n for n in self.program_outputs if n not in ("atomic_energies", "charges"))
         self.config = meta.get("config", {})
+        self.levels = meta.get("levels", {"dipole": "structure", "charges": "atom"})
 
     def train(self, mode: bool = True):
         """Only records the mode: an exported program has no training behaviour to switch."""
@@ -253,9 +254,11 @@ class ExportedPotential(torch.nn.Module):
         e_atom = named["atomic_energies"]
         energy = e_atom.sum()
         out = {"energy": energy.reshape(1), "atomic_energies": e_atom}
-        if "dipole" in named:
-            out["charges"] = named["charges"].detach()
-            out["dipole"] = named["dipole"].detach().reshape(1, 3)
+        for name, value in named.items():
+            if name == "atomic_energies":
+                continue
+            value = value.detach()
+            out[name] = value[None] if self.levels.get(name) == "structure" else value
         inputs = [t for t, want in ((positions, compute_forces), (strain, compute_stress)) if want]
         if inputs:
             grads = torch.autograd.grad(energy, inputs, allow_unused=True)
