@@ -649,7 +649,11 @@ class Trainer:
         last = self.run_dir / "checkpoints" / "last.pt"
         if best.exists():
             self.model.load_state_dict(load_checkpoint(best)["model"])
-        elif stopped == "nonfinite_loss" and last.exists():
+        elif stopped == "nonfinite_loss":
+            if not last.exists():
+                raise ConfigError(
+                    f"the training loss became non-finite in the first epoch of {self.run_dir}, before any checkpoint; "
+                    f"nothing was packaged. Lower optimizer.lr (now {self.config.optimizer.lr:g}) or check the data.")
             self.model.load_state_dict(load_checkpoint(last)["model"])
         elif self.ema is not None:
             self.ema.copy_to(self.model)

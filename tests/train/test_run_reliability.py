@@ -1,0 +1,130 @@
+"""Runs that go wrong: a non-finite loss, a busy run directory, CSV columns, unseen elements, log-file progress."""
+
+import csv
+import subprocess
+import sys
+import textwrap
+
+import ase.io
+import pytest
+import torch
+
+from clebsch.train.config import ConfigError
+from clebsch.train.trainer import train
+
+from .conftest import make_frames, quiet, tiny_config
+
+
+def test_nonfinite_loss_stops_at_once_and_packages_the_last_good_checkpoint(tiny_xyz, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(tiny_xyz, run, training={"max_epochs": 30, "progress": False, "plots": False})
+    messages = []
+    blow_up = {"epoch": 2}
+
+    def on_step(epoch, step):
+        if epoch == blow_up["epoch"] and step == 1:  # the weights turn to inf: the next loss is not finite
+            with torch.no_grad():
+                for p in trainer_model[0].parameters():
+                    p.fill_(float("inf"))
+
+    from clebsch.train import trainer as trainer_module
+
+    trainer_model = []
+    original = trainer_module.Trainer.setup
+
+    def setup(self):
+        original(self)
+        trainer_model.append(self.model)
+
+    trainer_module.Trainer.setup = setup
+    try:
+        result = train(config, on_step=on_step, log=messages.append)
+    finally:
+        trainer_module.Trainer.setup = original
+    assert result["stopped"] == "nonfinite_loss"
+    assert result["epochs"] == 2, "training went on after the loss turned non-finite"
+    assert any("training loss became" in m and "Lower optimizer.lr" in m for m in messages)
+    import clebsch
+
+    model = clebsch.load(run / "model.pt")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_huge_learning_rate_ends_with_a_message_not_a_budget(tiny_xyz, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(tiny_xyz, run, optimizer={"lr": 1e12, "clip_grad_norm": None},
+                         training={"max_epochs": 50, "progress": False, "plots": False, "ema_decay": None})
+    with pytest.raises(ConfigError, match=r"loss became non-finite in the first epoch .* nothing was packaged. "
+                                          r"Lower optimizer.lr \(now 1e\+12\)"):
+        train(config, log=quiet)
+    assert not (run / "model.pt").exists()
+
+
+def test_csv_columns_are_fixed_at_the_start(tiny_xyz, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_xyz, run, training={"max_epochs": 4, "valid_every": 2, "progress": False,
+                                               "plots": False}), log=quiet)
+    with open(run / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4
+    assert "forces_mae" in rows[0] and rows[0]["forces_mae"] == "" and rows[1]["forces_mae"] != ""
+    assert "md:energy_mae" in rows[0]
+
+
+def test_restart_after_a_kill_before_the_first_checkpoint_has_one_header(tiny_xyz, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,stage,train_loss\n1,1,0.5\n")  # left by a killed first epoch
+    train(tiny_config(tiny_xyz, run, training={"max_epochs": 2, "progress": False, "plots": False}), log=quiet)
+    text = (run / "metrics.csv").read_text().splitlines()
+    assert sum(line.startswith("epoch,") for line in text) == 1 and len(text) == 3
+
+
+def test_a_run_directory_in_use_is_refused(tiny_xyz, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(tiny_xyz, run)
+    holder = textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        os.makedirs({str(run)!r}, exist_ok=True)
+        fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242")
+        print("locked", flush=True)
+        time.sleep(30)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=r"run_dir .* is in use by another training \(pid 4242\)"):
+            train(config, log=quiet)
+    finally:
+        proc.kill()
+        proc.wait()
+    train(config, log=quiet)  # free again once the other process is gone (even killed)
+
+
+def test_an_element_only_in_the_validation_file_is_an_error(tiny_xyz, tmp_path):
+    frames = make_frames(4, seed=50)
+    for a in frames:
+        a.numbers[0] = 7  # nitrogen, never in the training file
+    valid = tmp_path / "valid.xyz"
+    ase.io.write(valid, frames)
+    config = tiny_config(tiny_xyz, tmp_path / "run")
+    config["data"]["valid"] = str(valid)
+    with pytest.raises(ConfigError, match=r"validation set \(.*valid.xyz\) holds \['N'\]"):
+        train(config, log=quiet)
+
+
+def test_progress_in_a_log_file_is_one_line_per_epoch(tiny_xyz, tmp_path):
+    script = textwrap.dedent(f"""
+        from clebsch.train.trainer import train
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        train({tiny_config(tiny_xyz, tmp_path / 'run', training={'max_epochs': 3, 'progress': True,
+                                                                    'plots': False})!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    epochs = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 3 and "F MAE" in epochs[0] and "meV/Å" in epochs[0]
