@@ -26,7 +26,7 @@ def __getattr__(name):
     if name in _SUBPACKAGES:
         return importlib.import_module(f"{__name__}.{name}")
     if name == "load":
-        from .train.package import load
+        from .models.package import load
 
         return load
     raise AttributeError(f"module 'clebsch' has no attribute {name!r}")

@@ -15,6 +15,11 @@ Examples (shell)::
 Data-parallel training runs one process per device under torchrun::
 
     torchrun --nproc_per_node 2 -m clebsch train config.yaml
+
+Every command ends in one line that says what was wrong (``clebsch md: error:
+...``) and a non-zero exit status: 2 for a mistake in the input, 1 for an
+internal error, 130 when interrupted with Ctrl-C. ``--debug`` (or the
+environment variable ``CLEBSCH_DEBUG=1``) shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -27,9 +32,23 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 
+_DEBUG_HELP = "show the full traceback of an error (also: environment variable CLEBSCH_DEBUG=1)"
+
+
+class _SubParser(argparse.ArgumentParser):
+    """A sub-command's parser: each one takes ``--debug`` too (after the command name)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .calculators._cli import positive_int
+
     parser = argparse.ArgumentParser(prog="clebsch", description="E(3)-equivariant neural networks for atoms.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
 
     p = sub.add_parser("train", help="train a model from a YAML config", description="Train a model from a YAML config.")
     p.add_argument("config", nargs="?", help="YAML config (see --print-default-config)")
@@ -44,13 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Metrics (per config_type) of a packaged model on a structure file.")
     p.add_argument("model", help="packaged model file (model.pt)")
     p.add_argument("data", help="structure file with reference energies / forces")
-    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=10, help="structures per batch (default 10)")
     p.add_argument("--output", metavar="XYZ", help="write the structures with predictions (pred_energy, pred_forces)")
     p.add_argument("--plots", metavar="DIR", help="write parity plots into DIR")
     p.add_argument("--key", dest="keys", action="append", default=[], metavar="TARGET=KEY",
                    help="where a target is stored in the file, e.g. --key energy=REF_energy (repeatable)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
+    p.add_argument("--skip-nonfinite", action="store_true",
+                   help="treat NaN / infinite reference values as missing instead of an error")
 
     p = sub.add_parser("info", help="describe a packaged model", description="Describe a packaged model.")
     p.add_argument("model")
@@ -76,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "for a few minutes, evaluate on held-out frames, print the table, write plots.")
     p.add_argument("--out", default="demo-run", help="run directory (default demo-run)")
     p.add_argument("--time", default="3m", help="training wall-time budget (default 3m)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
@@ -90,14 +111,21 @@ def _train(args) -> int:
         return 0
     if args.resume:
         if args.config:
-            raise SystemExit("clebsch train: give either a config or --resume RUN_DIR, not both")
+            raise ValueError("give either a config or --resume RUN_DIR, not both")
         train(args.resume, resume=True, overrides=args.overrides)
         return 0
     if not args.config and not args.overrides:
-        raise SystemExit("clebsch train: give a config file (see --print-default-config) or --resume RUN_DIR")
+        raise ValueError("give a config file (see --print-default-config) or --resume RUN_DIR")
     config = load_config(args.config, args.overrides)
     train(config)
     return 0
+
+
+def _check_device(device) -> None:
+    """A clear error for a device this machine does not have (torch would fail deep inside with an assertion)."""
+    from .calculators._calculator import _as_device
+
+    _as_device(device)
 
 
 def _evaluate(args) -> int:
@@ -105,28 +133,50 @@ def _evaluate(args) -> int:
 
     import torch
 
+    from ._atomic import atomic_write_text, check_output_path
     from .data.dataset import AtomicDataset
     from .data.io import read_structures
-    from .train.evaluate import evaluate, write_predictions
-    from .train.package import load
+    from .models.package import load
+    from .train.evaluate import evaluate, evaluate_keys, write_predictions
 
-    model = load(args.model, device=args.device)
-    keys = {"energy": "energy", "forces": "forces", "stress": "stress", "dipole": "dipole"}
+    # every input is checked before any output is opened
+    _check_device(args.device)
+    overrides = {}
     for item in args.keys:
         if "=" not in item:
-            raise SystemExit(f"clebsch evaluate: --key expects TARGET=KEY, got {item!r}")
+            raise ValueError(f"--key expects TARGET=KEY, got {item!r}")
         name, key = item.split("=", 1)
-        keys[name] = key or None
-    keys = {k: v for k, v in keys.items() if v}
+        overrides[name] = key or None
+    inputs = {"model file": args.model, "data file": args.data}
+    outputs = {"--output": args.output, "--json": args.json}
+    for flag, path in outputs.items():
+        if path:
+            others = {o: p for o, p in outputs.items() if o != flag and p}
+            check_output_path(path, f"{flag} file", inputs=inputs, others=others)
+    if args.plots:
+        plots = Path(args.plots)
+        if plots.exists() and not plots.is_dir():
+            raise NotADirectoryError(f"--plots {str(plots)!r} is a file, not a folder")
+        existing = next((p for p in [plots, *plots.parents] if p.exists()), Path("."))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write plots into {str(plots)!r}: folder {str(existing)!r} is not writable")
+    model = load(args.model, device=args.device)
+    unknown = sorted(set(overrides) - set(model.targets) - {"weight"})
+    if unknown:
+        raise ValueError(f"--key names unknown target(s) {unknown}; this model predicts {list(model.outputs)}")
+    keys = evaluate_keys(model, overrides)  # every target the model predicts, under its own name unless mapped
     dtype = model.atomic_energies.dtype
-    graphs = AtomicDataset.from_file(args.data, model.cutoff, keys=keys, required=(), dtype=dtype).graphs
+    graphs = AtomicDataset.from_file(args.data, model.cutoff, keys=keys, required=(), dtype=dtype,
+                                     targets=model.config.get("targets"),
+                                     allow_nonfinite=args.skip_nonfinite).graphs
+    frames = read_structures(args.data) if args.output else None
     ev = evaluate(model, graphs, args.batch_size, keep=bool(args.plots), keep_outputs=bool(args.output),
                   device=torch.device(args.device))
     print(ev.table(f"{args.data}: {len(graphs)} structures, model {args.model}"))
     if args.json:
-        Path(args.json).write_text(json.dumps(ev.metrics, indent=2))
+        atomic_write_text(json.dumps(ev.metrics, indent=2), args.json)
     if args.output:
-        write_predictions(args.output, read_structures(args.data), ev.outputs)
+        write_predictions(args.output, frames, ev.outputs, targets=model.targets)
         print(f"predictions written to {args.output}")
     if args.plots:
         from .train.plots import parity_plots
@@ -137,13 +187,14 @@ def _evaluate(args) -> int:
 
 
 def _info(args) -> int:
-    from .train.package import describe
+    from .models.package import describe
 
     print(describe(args.model))
     return 0
 
 
 def _export(args) -> int:
+    from ._atomic import same_file
     from .calculators import export
 
     output = Path(args.output)
@@ -151,6 +202,9 @@ def _export(args) -> int:
         raise ValueError(f"{output}: the exported file must end in .pt2 (the packaged model is the .pt)")
     if output.parent and not output.parent.is_dir():
         raise FileNotFoundError(f"{output}: folder {output.parent} does not exist")
+    if same_file(output, args.model):
+        raise ValueError(f"{output} is the same file as the model file {args.model!r}; choose another name")
+    _check_device(args.device)
     export(args.model, output, dtype=args.dtype, device=args.device)
     print(f"exported {args.model} -> {output} ({args.dtype}, {args.device}); load it with ClebschCalculator({str(output)!r})")
     return 0
@@ -163,35 +217,82 @@ def _demo(args) -> int:
     return 0
 
 
+def _describe_os_error(err: OSError) -> str:
+    """One line for an OSError: what failed and on which file, without errno noise."""
+    text = str(err)
+    if err.filename is not None and err.strerror and text.startswith("["):
+        text = f"{err.strerror}: {os.fspath(err.filename)!r}"
+        if err.filename2 is not None:
+            text += f" -> {os.fspath(err.filename2)!r}"
+    if isinstance(err, PermissionError):
+        text += " (check the permissions of the file and its folder, or choose another path)"
+    return text
+
+
+def _is_missing_cuda(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, (AssertionError, RuntimeError)) and (
+        "not compiled with CUDA" in text or "No CUDA GPUs are available" in text or "no NVIDIA driver" in text
+    )
+
+
+def _debug_requested(args=None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("CLEBSCH_DEBUG", "").strip() not in ("", "0")
+
+
 def main(argv=None) -> int:
     """Entry point of the ``clebsch`` console script; returns the exit status.
 
-    Errors a user can fix (a bad config key, a missing or malformed file, a
-    damaged model) are printed as one line starting with ``clebsch:`` and give
-    exit status 2, without a traceback.
+    Every failure ends in one line on stderr, starting with ``clebsch COMMAND:``:
+
+    - errors a user can fix (a bad config key, a missing, malformed or
+      read-only file, a damaged model, a device this machine lacks) give
+      ``error: ...`` and exit status 2;
+    - anything else gives ``internal error: ...`` with a hint to rerun with
+      ``--debug``, and exit status 1;
+    - Ctrl-C gives ``interrupted`` and exit status 130.
+
+    ``--debug`` or ``CLEBSCH_DEBUG=1`` re-raises instead, showing the traceback.
+    Invalid arguments are reported by argparse (usage, then the error; status 2).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 1
+    from .models.package import PackageError
     from .train.config import ConfigError
-    from .train.package import PackageError
 
     from .calculators._cli import run_md, run_relax
 
     handlers = {"train": _train, "evaluate": _evaluate, "info": _info, "md": run_md, "relax": run_relax, "demo": _demo,
                 "export": _export}
+    debug = _debug_requested(args)
+    prefix = f"clebsch {args.command}"
     try:
         return handlers[args.command](args)
-    except (ConfigError, PackageError, FileNotFoundError, ValueError) as err:
-        if os.environ.get("CLEBSCH_DEBUG"):
-            raise
-        print(f"clebsch {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"clebsch {args.command}: interrupted", file=sys.stderr)
+        if debug:
+            raise
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    except (ConfigError, PackageError, ValueError, OSError) as err:
+        if debug:
+            raise
+        message = _describe_os_error(err) if isinstance(err, OSError) else str(err)
+        print(f"{prefix}: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if debug:
+            raise
+        if _is_missing_cuda(err):
+            print(f"{prefix}: error: this torch sees no CUDA device ({' '.join(str(err).split())}); use the cpu "
+                  f"device (--device cpu, or device: cpu in a training config)", file=sys.stderr)
+            return 2
+        detail = " ".join(str(err).split()) or "(no message)"
+        print(f"{prefix}: internal error: {type(err).__name__}: {detail[:500]} -- run again with --debug "
+              f"(or CLEBSCH_DEBUG=1) for the traceback, and please report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

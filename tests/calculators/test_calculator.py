@@ -137,3 +137,19 @@ def test_model_without_stress_on_a_periodic_cell(copper):
     np.testing.assert_allclose(copper.get_forces(), -copper.positions)
     with pytest.raises(PropertyNotImplementedError, match=r"the model \(Harmonic\) gave no stress for this periodic cell"):
         copper.get_stress()
+
+
+def test_calculators_never_import_train():
+    """Engines run on a packaged model without the training code (DESIGN.md: engines never import ``train``)."""
+    import ast
+    from pathlib import Path
+
+    import clebsch.calculators as package
+
+    for path in Path(package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                name = "." * node.level + (node.module or "")
+                assert "train" not in name.split("."), f"{path.name} imports {name}"
+            elif isinstance(node, ast.Import):
+                assert not any(".train" in alias.name for alias in node.names), path.name

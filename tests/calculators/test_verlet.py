@@ -53,3 +53,29 @@ def test_calculator_results_equal_a_fresh_list(model, copper, ethanol):
             if "stress" in fresh.results:
                 np.testing.assert_allclose(reuse.results["stress"], fresh.results["stress"], atol=1e-10)
         assert reuse.neighbors.builds < fresh.neighbors.builds == 6
+
+
+def test_the_verlet_list_lives_with_the_neighbour_lists():
+    from clebsch.graph.verlet import VerletList as GraphVerletList
+
+    assert VerletList is GraphVerletList
+
+
+def test_every_call_is_checked_also_when_the_list_is_reused():
+    nl = VerletList(cutoff=2.0, skin=1.0)
+    pos = np.array([[0.0, 0, 0], [1.0, 0, 0], [2.5, 0, 0]])
+    args = (np.array([1, 1, 1]), np.zeros((3, 3)), np.zeros(3, bool))
+    nl.update(pos, *args)
+    pos[2] = [1.05, 0.0, 0.0]  # 1.45 Å moved: a rebuild, which sees the overlap
+    with pytest.raises(ValueError, match="atoms 1 and 2 are 0.05 Å apart"):
+        nl.update(pos, *args)
+    pos = np.array([[0.0, 0, 0], [1.0, 0, 0], [1.4, 0, 0]])
+    nl.update(pos, *args)
+    builds = nl.builds
+    pos[1, 0], pos[2, 0] = 1.18, 1.22  # both moved less than skin / 2: the list is reused
+    with pytest.raises(ValueError, match="atoms 1 and 2 are 0.04 Å apart"):
+        nl.update(pos, *args)
+    pos[1, 0] = np.nan
+    with pytest.raises(ValueError, match="atom 1 has non-finite position"):
+        nl.update(pos, *args)
+    assert nl.builds == builds

@@ -60,3 +60,30 @@ def test_corrupted_truncated_newer_and_foreign(trained, tmp_path):
         load(newer)
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "missing.pt")
+
+
+def test_old_import_path_is_the_models_package():
+    import clebsch.models.package as models_package
+    import clebsch.train.package as train_package
+
+    for name in ("load", "save_package", "read_package", "describe", "PackageError", "FORMAT_VERSION"):
+        assert getattr(train_package, name) is getattr(models_package, name)
+    assert clebsch.load is models_package.load
+
+
+def test_packages_store_a_checksum_of_their_weights(trained):
+    run, _ = trained
+    data = read_package(run / "model.pt")
+    from clebsch.models.package import weights_checksum
+
+    assert data["weights_sha256"] == weights_checksum(data["state_dict"])
+    assert "verified" in describe(run / "model.pt")
+
+
+def test_training_checkpoints_are_named_not_called_corrupted(trained):
+    run, _ = trained
+    for name in ("last.pt", "best.pt"):
+        path = run / "checkpoints" / name
+        if path.exists():
+            with pytest.raises(PackageError, match=f"{name} is a training checkpoint.*model.pt"):
+                load(path)

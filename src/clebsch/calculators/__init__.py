@@ -1,7 +1,8 @@
 """Running a trained model: ASE calculator, molecular dynamics, relaxation, export.
 
 - :class:`ClebschCalculator` — an ASE calculator over a model (or a packaged
-  model file), with a Verlet neighbour list (:class:`VerletList`).
+  model file), with a Verlet neighbour list (:class:`VerletList`, from
+  :mod:`clebsch.graph.verlet`).
 - :func:`md`, :func:`relax` — molecular dynamics (NVE, Langevin, NPT) and
   geometry/cell relaxation, behind ``clebsch md`` and ``clebsch relax``.
 - :func:`export`, :func:`load_exported` — a ``torch.export`` archive that runs
@@ -11,7 +12,7 @@
 from ._calculator import ClebschCalculator, load_model
 from ._dynamics import md, relax
 from ._export import ExportedPotential, export, load_exported
-from ._verlet import VerletList
+from ..graph.verlet import VerletList
 
 __all__ = [
     "ClebschCalculator",

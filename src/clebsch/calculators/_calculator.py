@@ -9,7 +9,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from ..graph import AtomicGraph
-from ._verlet import VerletList
+from ..graph.verlet import VerletList
 
 __all__ = ["ClebschCalculator", "load_model"]
 
@@ -29,8 +29,18 @@ def _as_device(device) -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but this torch sees no CUDA device; use device='cpu'")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but this torch sees no CUDA device; use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type not in ("cpu", "meta"):
+        backend = getattr(torch.backends, device.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is not None and not available():
+            raise ValueError(f"device {str(device)!r} asked for, but it is not available here; use device='cpu'")
     return device
 
 
@@ -67,7 +77,7 @@ def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
             if model.dtype != _as_dtype(dtype):
                 raise ValueError(f"{path!r} was exported in {model.dtype}; ask for that dtype, not {dtype}")
             return model.eval()
-        from ..train.package import load
+        from ..models.package import load
 
         model = load(path)
     elif isinstance(model_or_path, torch.nn.Module):
@@ -75,6 +85,28 @@ def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
     else:
         raise TypeError(f"expected a model or a path to one, got {type(model_or_path).__name__}")
     return model.to(device=device, dtype=_as_dtype(dtype)).eval()
+
+
+def _check_finite(out: dict, n_atoms: int) -> None:
+    """Raise if the model returned a non-finite energy, force or stress; name the atoms."""
+    for key in ("energy", "forces", "stress", "dipole"):
+        value = out.get(key)
+        if value is None:
+            continue
+        finite = torch.isfinite(value.detach())
+        if bool(finite.all()):
+            continue
+        if key == "forces":
+            bad = torch.nonzero(~finite.all(dim=-1)).flatten().tolist()
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise ValueError(
+                f"the model gave a non-finite force on atom {bad[0]}{more} (of {n_atoms}); the structure may be far "
+                f"outside what the model was trained on"
+            )
+        raise ValueError(
+            f"the model gave a non-finite {key} ({value.detach().flatten()[:6].tolist()}) for this structure of "
+            f"{n_atoms} atoms; it may be far outside what the model was trained on"
+        )
 
 
 class ClebschCalculator(Calculator):
@@ -101,6 +133,11 @@ class ClebschCalculator(Calculator):
     ``stress`` (eV/Å³, ASE's sign and Voigt order) is given for structures
     periodic in all three directions; ``dipole`` (e·Å) when the model has that
     output. ``energies`` are the per-atom energies, which add up to ``energy``.
+
+    Every call checks its input, also when the neighbour list is reused:
+    non-finite positions or cell, and atoms closer than
+    :data:`clebsch.graph.MIN_DISTANCE`, raise a :class:`ValueError` naming the
+    atoms; so does a model that returns a non-finite energy, force or stress.
 
     Examples
     --------
@@ -164,6 +201,7 @@ class ClebschCalculator(Calculator):
                 f"{sorted(out)} -- a clebsch Potential takes the stress from the energy's strain derivative, so "
                 f"pass one (or a packaged/exported model file) for NPT or cell relaxation"
             )
+        _check_finite(out, len(atoms))
         energy = float(out["energy"].detach().sum())
         self.results = {
             "energy": energy,

@@ -6,11 +6,13 @@
 - :func:`batch` — many graphs into one; :meth:`AtomicGraph.split` back.
 - :func:`radius_graph`, :func:`knn_graph`, :func:`bond_graph` — neighbour lists
   (vesin cell lists, periodic orthorhombic and triclinic cells).
+- :class:`VerletList` — a radius list with a skin, rebuilt only when atoms moved far enough.
 """
 
 from ._validate import MIN_DISTANCE, check_cell, check_cutoff, check_positions
 from .atomic_graph import PER_ATOM_TARGETS, AtomicGraph, batch
 from .neighbors import bond_graph, knn_graph, radius_graph
+from .verlet import VerletList
 
 __all__ = [
     "AtomicGraph",
@@ -18,6 +20,7 @@ __all__ = [
     "radius_graph",
     "knn_graph",
     "bond_graph",
+    "VerletList",
     "check_cutoff",
     "check_positions",
     "check_cell",

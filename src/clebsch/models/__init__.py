@@ -26,10 +26,19 @@ from ._heads import (
 )
 from ._potential import OUTPUTS, Potential
 from ._registry import REPRESENTATIONS, Representation, build_model, families, hyperparameters, register
-from . import nequip  # noqa: F401
-from . import mace  # noqa: F401
-from . import segnn  # noqa: F401
-from . import schnet, egnn, painn  # noqa: F401  (registers the families)
+
+def _import_families() -> None:
+    """Import every public module of this package: a family module registers itself on import,
+    so a new family is one new file."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_families()
 
 __all__ = [
     "OUTPUTS",

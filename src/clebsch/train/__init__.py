@@ -17,7 +17,7 @@ def __getattr__(name):
 
         return train
     if name == "load":
-        from .package import load
+        from ..models.package import load
 
         return load
     if name == "evaluate":

@@ -1,52 +1,21 @@
 """Atomic checkpoints: write to a temporary file in the same folder, then rename.
 
 A run killed at any moment leaves either the previous checkpoint or the new
-one, never half a file.
+one, never half a file. The writers themselves (:func:`atomic_save`,
+:func:`atomic_write_text`) live in :mod:`clebsch._atomic` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .._atomic import atomic_save, atomic_write_text
+
 __all__ = ["atomic_save", "atomic_write_text", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
-
-
-def atomic_save(obj, path) -> None:
-    """``torch.save(obj, path)`` through a temporary file and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(text: str, path) -> None:
-    """Write a text file through a temporary file and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def rng_state() -> dict:

@@ -127,9 +127,6 @@ def write_predictions(path, frames, outputs, targets=None) -> None:
     ``arrays`` (``[N, ...]`` flattened per atom); per-edge ones are not written.
     The file is written to a temporary name and renamed.
     """
-    import os
-    import tempfile
-
     import ase.io
 
     from ..targets import TARGETS
@@ -156,13 +153,7 @@ def write_predictions(path, frames, outputs, targets=None) -> None:
                     atoms.arrays[f"pred_{name}"] = v.reshape(n, -1) if v.ndim > 2 else v
             offset += n
             k += 1
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".xyz", dir=path.parent)
-    os.close(fd)
-    try:
-        ase.io.write(tmp, frames, format="extxyz")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from .._atomic import atomic_open
+
+    with atomic_open(path, "w") as handle:
+        ase.io.write(handle, frames, format="extxyz")

@@ -159,10 +159,13 @@ def format_table(metrics: dict, title: str | None = None, targets: dict[str, Tar
                 v = row.get(f"{q}_{stat}")
                 cells.append("-" if v is None else f"{v:.3f}")
         rows.append(cells)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = []
     if title:
         lines.append(title)
+    if not names:
+        lines.append("no reference values to compare with (no target of the model was found in the data)")
+        return "\n".join(lines)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     lines.append("  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(headers)))
     for r in rows:
         lines.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))

@@ -22,21 +22,34 @@ def _pyplot():
     return plt
 
 
-def _parity(ax, ref, pred, label, unit):
+def _save(fig, path) -> None:
+    """Write a figure to a temporary name and rename it: a kill never leaves half a PNG."""
+    from .._atomic import atomic_open
+
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, dpi=120, format="png")
+
+
+def _parity(ax, ref, pred, label, unit, factor=1000.0, metric_unit=None):
     ref, pred = np.asarray(ref).reshape(-1), np.asarray(pred).reshape(-1)
+    keep = np.isfinite(ref) & np.isfinite(pred)
+    ref, pred = ref[keep], pred[keep]
     ax.scatter(ref, pred, s=4, alpha=0.5, linewidths=0)
-    lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    mae = 1000 * np.abs(ref - pred).mean()
-    rmse = 1000 * np.sqrt(((ref - pred) ** 2).mean())
-    ax.set_xlabel(f"reference {label} ({unit})")
-    ax.set_ylabel(f"predicted {label} ({unit})")
-    ax.set_title(f"{label}\nMAE {mae:.2f} m{unit}, RMSE {rmse:.2f} m{unit}", fontsize=10)
+    if ref.size:
+        lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    mae = factor * np.abs(ref - pred).mean() if ref.size else float("nan")
+    rmse = factor * np.sqrt(((ref - pred) ** 2).mean()) if ref.size else float("nan")
+    metric_unit = f"m{unit}" if metric_unit is None else metric_unit
+    unit_text = f" ({unit})" if unit else ""
+    ax.set_xlabel(f"reference {label}{unit_text}")
+    ax.set_ylabel(f"predicted {label}{unit_text}")
+    ax.set_title(f"{label}\nMAE {mae:.3g} {metric_unit}, RMSE {rmse:.3g} {metric_unit}".rstrip(), fontsize=10)
     ax.set_aspect("equal", adjustable="datalim")
 
 
 def parity_plots(evaluation, out_dir, prefix: str = "") -> list[Path]:
-    """Write ``{prefix}parity_energy.png`` and ``{prefix}parity_forces.png``; return the paths written."""
+    """Write ``{prefix}parity_energy.png``, ``{prefix}parity_forces.png`` and one per other target; return the paths."""
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +60,7 @@ def parity_plots(evaluation, out_dir, prefix: str = "") -> list[Path]:
         _parity(ax, e["ref"] / e["n_atoms"], e["pred"] / e["n_atoms"], "energy per atom", "eV")
         fig.tight_layout()
         path = out_dir / f"{prefix}parity_energy.png"
-        fig.savefig(path, dpi=120)
+        _save(fig, path)
         plt.close(fig)
         written.append(path)
     f = evaluation.forces
@@ -56,7 +69,20 @@ def parity_plots(evaluation, out_dir, prefix: str = "") -> list[Path]:
         _parity(ax, f["ref"], f["pred"], "force component", "eV/Å")
         fig.tight_layout()
         path = out_dir / f"{prefix}parity_forces.png"
-        fig.savefig(path, dpi=120)
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+    targets = getattr(evaluation, "targets", None) or {}
+    for name, d in getattr(evaluation, "parity", {}).items():
+        if not len(d["ref"]) or name not in targets:
+            continue
+        t = targets[name]
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        label = name if t.shape == () else f"{name} component"
+        _parity(ax, d["ref"], d["pred"], label, t.unit, t.metric_factor, t.display_unit)
+        fig.tight_layout()
+        path = out_dir / f"{prefix}parity_{name}.png"
+        _save(fig, path)
         plt.close(fig)
         written.append(path)
     return written
@@ -96,6 +122,6 @@ def learning_curves(metrics_csv, out_path) -> Path | None:
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=120)
+    _save(fig, out_path)
     plt.close(fig)
     return out_path
