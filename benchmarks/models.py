@@ -19,7 +19,11 @@ worker on a saved copy of the inputs. Point it at the interpreters with
 CLEBSCH_NEQUIP_PYTHON); a missing one is skipped. Prints milliseconds per step
 and ratios (reference time / clebsch time: > 1 means clebsch is faster).
 
-    OMP_NUM_THREADS=2 python benchmarks/models.py [--frames 16] [--box 1000] [--repeats 5] [--threads 2]
+    OMP_NUM_THREADS=2 python benchmarks/models.py [--frames 16] [--box 1000] [--repeats 5] [--threads 2] [--species 3]
+
+``--species N`` makes every model know N elements (H, C, O and then the others by
+atomic number, up to 89) while the inputs keep their three: the cost of a model
+that has been built for many elements (materials data) on the same graphs.
 
 On a machine shared with other jobs use ``--threads 1``: two threads then
 spend most of their time waiting for each other.
@@ -44,6 +48,11 @@ from _systems import water_box
 HERE = Path(__file__).resolve()
 DATA = HERE.parents[2] / "shared" / "data" / "ethanol" / "train.xyz"
 SPECIES = [1, 6, 8]
+
+
+def species_list(n: int) -> list[int]:
+    """H, C, O, then the other elements by atomic number: ``n`` of them (3 to 89)."""
+    return ([1, 6, 8] + [z for z in range(2, 90) if z not in (1, 6, 8)])[:n]
 CUTOFF = 4.0
 AVG_NEIGHBORS = 12.0
 THREADS = 2
@@ -125,17 +134,20 @@ def run_clebsch(inputs: dict, repeats: int) -> dict:
                              "avg_num_neighbors": AVG_NEIGHBORS, **hyper}).float()
         for name, d in inputs.items():
             species = model.species_index(d["numbers"])
-            n_species = len(model.species)
-            all_species = torch.cat([species, torch.arange(n_species)])
+            # one isolated atom of each element present (its energy is subtracted, as the references'
+            # atomic energies are): the elements the inputs have, not all those the model knows
+            present = torch.unique(species)
+            all_species = torch.cat([species, present])
+            isolated = torch.searchsorted(present, species)
 
-            def energy_fn(pos, d=d, species=species, all_species=all_species):
+            def energy_fn(pos, d=d, species=species, all_species=all_species, isolated=isolated):
                 sender, receiver = d["edge_index"]
                 vectors = pos[sender] - pos[receiver]
                 if d["periodic"]:
                     vectors = vectors + torch.einsum("ei,eij->ej", d["shifts"], d["cell"][d["batch"][receiver]])
                 feats = model.representation(all_species, d["edge_index"], vectors)
                 e = model.energy_head(feats)[:, 0]
-                e = e[: species.shape[0]] - e[species.shape[0]:][species]
+                e = e[: species.shape[0]] - e[species.shape[0]:][isolated]
                 return torch.zeros(d["num_graphs"]).index_add(0, d["batch"], e)
 
             results[(family, name)] = time_steps(energy_fn, d["positions"], d["energy"], d["forces"],
@@ -190,11 +202,13 @@ def worker_nequip(inputs: dict, repeats: int) -> dict:
     from nequip.model import NequIPGNNModel
     from nequip.utils.global_state import set_global_state
 
+    from ase.data import chemical_symbols
+
     set_global_state()
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     model = NequIPGNNModel(
-        seed=0, model_dtype="float32", r_max=CUTOFF, type_names=["H", "C", "O"],
+        seed=0, model_dtype="float32", r_max=CUTOFF, type_names=[chemical_symbols[z] for z in SPECIES],
         num_layers=NEQUIP["num_layers"], l_max=NEQUIP["lmax"], parity=NEQUIP["parity"],
         num_features=NEQUIP["channels"], radial_mlp_depth=NEQUIP["radial_layers"],
         radial_mlp_width=NEQUIP["radial_hidden"], num_bessels=NEQUIP["num_basis"],
@@ -219,7 +233,7 @@ def worker_nequip(inputs: dict, repeats: int) -> dict:
 def run_reference(kind: str, python: str, inputs_file: str, repeats: int, threads: int) -> dict | None:
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": str(threads)}
     cmd = [python, str(HERE), "--worker", kind, "--inputs", inputs_file, "--repeats", str(repeats),
-           "--threads", str(threads)]
+           "--threads", str(threads), "--species", str(len(SPECIES))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"[{kind}] reference failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
@@ -233,6 +247,7 @@ def main() -> None:
     parser.add_argument("--box", type=int, default=1000, help="atoms in the periodic box (0: skip)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)")
+    parser.add_argument("--species", type=int, default=3, help="elements the models know (3 to 89; the inputs have H, C, O)")
     parser.add_argument("--mace-python", default=os.environ.get("CLEBSCH_MACE_PYTHON", "/work/refvenv/bin/python"))
     parser.add_argument("--nequip-python", default=os.environ.get("CLEBSCH_NEQUIP_PYTHON", "/work/refvenv_nequip/bin/python"))
     parser.add_argument("--worker", choices=["mace", "nequip"], help=argparse.SUPPRESS)
@@ -240,10 +255,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.frames < 0 or args.box < 0 or args.frames + args.box == 0 or args.repeats < 1 or args.threads < 1:
         parser.error("--frames and --box must be >= 0 and not both 0; --repeats and --threads >= 1")
+    if not 3 <= args.species <= 89:
+        parser.error("--species must be between 3 and 89")
     torch.set_num_threads(args.threads)
 
-    global THREADS
+    global THREADS, SPECIES
     THREADS = args.threads
+    SPECIES = species_list(args.species)
     if args.worker:
         inputs = torch.load(args.inputs)
         res = (worker_mace if args.worker == "mace" else worker_nequip)(inputs, args.repeats)
@@ -253,6 +271,7 @@ def main() -> None:
     inputs = make_inputs(args.frames, args.box)
     for name, d in inputs.items():
         print(f"{name}: {d['positions'].shape[0]} atoms, {d['edge_index'].shape[1]} edges, {d['num_graphs']} structure(s)")
+    print(f"models know {len(SPECIES)} elements")
     ours = run_clebsch(inputs, args.repeats)
     refs = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,12 +22,12 @@ the models in the layering) can use it.
 
 Examples
 --------
->>> TARGETS["polarizability"].irreps
+>>> TARGETS["polarizability"].irreps_out
 1x0e+1x2e
 >>> TARGETS["forces"].shape, TARGETS["forces"].level
 ((3,), 'atom')
 >>> t = declare("shielding", {"level": "atom", "cartesian": "ij", "unit": "ppm"})
->>> t.irreps, t.shape
+>>> t.irreps_out, t.shape
 (1x0e+1x1e+1x2e, (3, 3))
 """
 

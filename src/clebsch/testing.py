@@ -307,7 +307,7 @@ def check_potential(model, checks=CONTRACT, *, tolerance: float = 1e-9, seed: in
                     order = [where[(int(inv[i]), int(inv[j]), *rest)] for i, j, *rest in keys]
                     got = got[order]
                 record("equivariance", _rel(got, expected))
-        if "forces" in out and float(out["forces"].abs().max()) < 1e-9:
+        if "forces" in out and float(out["forces"].detach().abs().max()) < 1e-9:
             failed.append("equivariance (forces are all zero)")
 
     if "forces" in checks and "forces" in model.outputs:

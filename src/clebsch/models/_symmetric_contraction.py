@@ -18,13 +18,24 @@ with learnable weights per element ``z_i``, correlation order ``nu`` and
 channel. Because every ``U_nu`` is symmetric in its ``nu`` factors, the
 polynomial is a linear map of the distinct *monomials* ``A_a1 ... A_anu``
 (``a1 <= ... <= anu``; 9 + 45 + 165 = 219 of them for ``0e + 1o + 2e`` up to
-degree 3, against 9 + 81 + 729 entries of the full tensors). At run time the
-monomials of every atom and channel are built as products of contiguous blocks
-(by index gathers while exporting, or beyond degree 3), the weights of
-every element are folded into the coupling tensors (a small matmul,
-independent of the number of atoms), and one batched matmul per channel gives
-the output of every element, of which each atom keeps its own. No shape and no
-branch depends on the values, so the module traces and exports.
+degree 3, against 9 + 81 + 729 entries of the full tensors). The monomials of
+the highest degree are never formed: with ``f = (1, A_0, ..., A_{d-1})``,
+
+    B_ikM = sum_j f_j H_ikMj,    H_ikMj = sum_t c_kMjt(z_i) A_ik,t
+
+where ``t`` runs over the monomials of degree 1 to ``correlation - 1``,
+``H[:, :, 0]`` holds the terms of those degrees and ``H[:, :, j]`` the terms of
+the highest degree whose last factor is ``A_{j-1}``. At run time the monomials
+are built degree by degree, each by two index gathers and one product (no
+slices or concatenations, whose second derivatives would fill zero tensors of
+the full size). The weights are folded into the coupling tensors per element (a
+small matmul, independent of the number of atoms), and the atoms are grouped by
+element: one batched matmul per element present, so the cost per atom does not
+grow with the number of elements the model knows. While tracing or exporting,
+where shapes must not depend on the values, and for a few atoms of a few
+elements, where grouping costs more than it saves, the polynomial of every
+element is computed for every atom (on all the monomials, a single matmul) and
+each atom keeps its own: the same numbers.
 """
 
 from __future__ import annotations
@@ -128,6 +139,12 @@ class SymmetricContraction(torch.nn.Module):
 
     Input ``A`` is ``[N, K, d_in]`` and ``species`` ``[N]``; the output is
     ``[N, K, d_out]`` laid out like ``irreps_out`` per channel.
+
+    Examples
+    --------
+    >>> sc = SymmetricContraction("0e + 1o", "0e + 1o", channels=4, correlation=3, num_species=5)
+    >>> sc(torch.randn(6, 4, 4), torch.tensor([0, 4, 4, 1, 0, 2])).shape
+    torch.Size([6, 4, 4])
     """
 
     def __init__(self, irreps_in, irreps_out, channels: int, correlation: int, num_species: int):
@@ -141,92 +158,151 @@ class SymmetricContraction(torch.nn.Module):
             raise ValueError(f"correlation must be >= 1, got {correlation}")
         dtype = torch.get_default_dtype()
         d = self.irreps_in.dim
-        d_out_total = self.irreps_out.dim
+        m_out = self.irreps_out.dim
         self.weights = torch.nn.ParameterList()
-        # monomials of degree nu: sorted index tuples a_1 <= ... <= a_nu, each the product of one of
-        # degree nu - 1 (left) and one component (right)
-        monomials = [[(a,) for a in range(d)]]
-        self._structured = correlation <= 3
-        for nu in range(2, correlation + 1):
-            if self._structured and nu == 2:  # by the last index b: x[:b+1] x[b] (see monomials())
-                nxt = [(a, b) for b in range(d) for a in range(b + 1)]
-            elif self._structured:  # by the middle index b: (degree 2 with last index b) x x[b:]
-                nxt = [(a, b, c) for b in range(d) for a in range(b + 1) for c in range(b, d)]
-            else:
-                nxt = [t + (a,) for t in monomials[-1] for a in range(t[-1], d)]
-            where = {t: i for i, t in enumerate(monomials[-1])}
-            left = [where[t[:-1]] for t in nxt]
-            right = [t[-1] for t in nxt]
-            monomials.append(nxt)
-            self.register_buffer(f"_left{nu}", torch.tensor(left, dtype=torch.long), persistent=False)
-            self.register_buffer(f"_right{nu}", torch.tensor(right, dtype=torch.long), persistent=False)
-        num_mono = sum(len(m) for m in monomials)
-        rows = []  # per order: [P_nu, X, d_out], the coupling tensor on the monomials
-        x0 = 0
+        # the monomials that are formed, degrees 1 .. correlation - 1, as sorted index tuples. Rows of the
+        # factor table f are [1, A_0, ..., A_{d-1}]; each step multiplies every monomial built so far by 1 and
+        # appends each monomial of the next degree as (one of the last degree) x (one component).
+        formed = [(a,) for a in range(d)]
+        for step in range(2, correlation):
+            where = {t: i for i, t in enumerate(formed)}
+            new = [t + (c,) for t in formed if len(t) == step - 1 for c in range(t[-1], d)]
+            left = list(range(len(formed))) + [where[t[:-1]] for t in new]
+            right = [0] * len(formed) + [t[-1] + 1 for t in new]
+            formed = formed + new
+            self.register_buffer(f"_left{step}", torch.tensor(left, dtype=torch.long), persistent=False)
+            self.register_buffer(f"_right{step}", torch.tensor(right, dtype=torch.long), persistent=False)
+        self.num_monomials = len(formed) if correlation > 1 else d
+        where = {t: i for i, t in enumerate(formed)}
+        # the monomials of the highest degree, formed only by forward_all_species: (formed) x (component)
+        top = [t + (c,) for t in formed if len(t) == correlation - 1 for c in range(t[-1], d)] if correlation > 1 else []
+        self.register_buffer("_left_top", torch.tensor([where[t[:-1]] for t in top], dtype=torch.long), persistent=False)
+        self.register_buffer("_right_top", torch.tensor([t[-1] + 1 for t in top], dtype=torch.long), persistent=False)
+        where_all = {**where, **{t: len(formed) + i for i, t in enumerate(top)}}
+        num_all = self.num_monomials + len(top)
+        # coupling tensor [P, M, J, X]: J = 1 + d factors (J = 1 for correlation 1), X = formed monomials
+        num_j = 1 + d if correlation > 1 else 1
+        rows, rows_all = [], []
         for nu in range(1, correlation + 1):
-            # one tensor per order: all outputs side by side along M, block-diagonal in p
             blocks = []
             for mul_ir in self.irreps_out:
                 if mul_ir.mul != 1:
                     raise ValueError(f"irreps_out needs one copy of each irrep per channel, got {irreps_out}")
                 blocks.append(coupling_basis(self.irreps_in, mul_ir.ir, nu))
             num_paths = sum(b.shape[0] for b in blocks)
-            u = torch.zeros(num_paths, d_out_total, *([d] * nu), dtype=torch.float64)
+            u = torch.zeros(num_paths, m_out, *([d] * nu), dtype=torch.float64)
             p0 = 0
             for b, sl in zip(blocks, self.irreps_out.slices()):
                 u[p0 : p0 + b.shape[0], sl] = b
                 p0 += b.shape[0]
             # sum over all orderings of the factors = (multiplicity of the monomial) x (the sorted entry)
-            mono = monomials[nu - 1]
+            mono = list(itertools.combinations_with_replacement(range(d), nu))
             mult = torch.tensor([math.factorial(nu) / math.prod(math.factorial(t.count(a)) for a in set(t))
                                  for t in mono], dtype=torch.float64)
-            flat = u.reshape(num_paths, d_out_total, d**nu)
             pos = torch.tensor([sum(a * d ** (nu - 1 - i) for i, a in enumerate(t)) for t in mono], dtype=torch.long)
-            m = torch.zeros(num_paths, num_mono, d_out_total, dtype=torch.float64)
-            m[:, x0 : x0 + len(mono)] = (flat[:, :, pos] * mult).transpose(1, 2)
+            coef = u.reshape(num_paths, m_out, d**nu)[:, :, pos] * mult  # [P_nu, M, monomials of degree nu]
+            m = torch.zeros(num_paths, m_out, num_j, self.num_monomials, dtype=torch.float64)
+            m_all = torch.zeros(num_paths, m_out, num_all, dtype=torch.float64)
+            m_all[:, :, [where_all[t] for t in mono]] = coef
+            rows_all.append(m_all)
+            for i, t in enumerate(mono):
+                if nu < correlation:  # formed: the j = 0 term
+                    m[:, :, 0, where[t]] = coef[:, :, i]
+                elif nu == 1:  # correlation 1: the monomials are the components
+                    m[:, :, 0, t[0]] = coef[:, :, i]
+                else:  # highest degree: f_{1 + last factor} times a formed monomial
+                    m[:, :, 1 + t[-1], where[t[:-1]]] = coef[:, :, i]
             rows.append(m)
-            x0 += len(mono)
             # weights W_nu[z, p, k], unit variance; the sum over p is normalised below
             self.weights.append(torch.nn.Parameter(torch.randn(num_species, num_paths, channels) / math.sqrt(max(num_paths, 1))))
-        self.num_monomials = num_mono
-        u = torch.cat(rows, dim=0)  # [P, X, d_out]
+        self._num_j = num_j
+        u = torch.cat(rows, dim=0)  # [P, M, J, X]
         self.register_buffer("_u", u.reshape(u.shape[0], -1).to(dtype), persistent=False)
+        u = torch.cat(rows_all, dim=0)  # [P, M, X + top]: every monomial, for forward_all_species
+        self.register_buffer("_u_all", u.reshape(u.shape[0], -1).to(dtype), persistent=False)
 
-    def monomials(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The monomials of degree 1, 2, ... ``correlation`` of the first axis of ``x`` ``[d, ...]``.
+    def monomials(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """The monomials of degree 1 to ``correlation - 1`` of ``x`` ``[K, d, N]``, with ``f = [1, x]`` ``[K, 1 + d, N]``.
 
-        Returns one tensor ``[X_nu, ...]`` per degree. The components run along the
-        first axis so that every gather copies whole rows.
+        Returns ``[K, num_monomials, N]``, degree by degree. Gathers along the middle
+        axis copy whole rows of ``N`` values.
         """
-        exporting = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-        if self._structured and not exporting:  # (slices of symbolic sizes give guards that fail to export)
-            d = x.shape[0]
-            if self.correlation == 1:
-                return [x]
-            by_last = [x.narrow(0, 0, b + 1) * x.narrow(0, b, 1) for b in range(d)]
-            out = [x, torch.cat(by_last)]
-            if self.correlation == 3:
-                out.append(torch.cat([(by_last[b].unsqueeze(1) * x.narrow(0, b, d - b).unsqueeze(0)).flatten(0, 1)
-                                      for b in range(d)]))
-            return out
-        out, prev = [x], x
-        for nu in range(2, self.correlation + 1):
-            prev = prev.index_select(0, getattr(self, f"_left{nu}")) * x.index_select(0, getattr(self, f"_right{nu}"))
-            out.append(prev)
+        out = x
+        for step in range(2, self.correlation):
+            out = out.index_select(1, getattr(self, f"_left{step}")) * f.index_select(1, getattr(self, f"_right{step}"))
         return out
 
+    def coupling(self, weights: torch.Tensor) -> torch.Tensor:
+        """The coupling tensors with the weights ``[Z', P, K]`` of ``Z'`` elements folded in: ``[Z', K, M * J, X]``."""
+        z, p, k = weights.shape
+        c = weights.transpose(1, 2).reshape(z * k, p) @ self._u.to(weights.dtype)
+        return c.view(z, k, self.irreps_out.dim * self._num_j, self.num_monomials)
+
+    def _inputs(self, a: torch.Tensor) -> tuple:
+        """``[N, K, d]`` -> (factor table ``[K, J, N]`` or ``None``, formed monomials ``[K, X, N]``)."""
+        x = a.permute(1, 2, 0)
+        if self.correlation == 1:
+            return None, x
+        f = torch.cat([torch.ones_like(x[:, :1]), x], dim=1)
+        return f, self.monomials(x, f)
+
+    def _finish(self, h: torch.Tensor, f: torch.Tensor | None) -> torch.Tensor:
+        """``H`` ``[K, M * J, n]`` and the factors ``[K, J, n]`` -> ``B`` ``[K, M, n]``."""
+        if f is None:
+            return h
+        k, _, n = h.shape
+        return (h.view(k, -1, self._num_j, n) * f.unsqueeze(1)).sum(2)
+
+    #: below this many (atoms x elements known), computing every element's polynomial is cheaper
+    #: than grouping the atoms (measured on CPU, float32, ``0e+1o+2e``, 32 channels, correlation 3)
+    grouping_threshold = 256
+
     def forward(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        exporting = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+        if exporting or a.shape[0] * self.num_species < self.grouping_threshold:
+            return self.forward_all_species(a, species)
+        return self.forward_grouped(a, species)
+
+    def forward_grouped(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """The contraction with the atoms grouped by element: one matmul per element present.
+
+        The atoms are sorted by element (a stable sort), the polynomial of each group
+        uses its own element's coupling tensor, and the results are put back in the
+        order of the atoms. The group sizes are read on the host.
+        """
         n, k, d = a.shape
-        z, m, x = self.num_species, self.irreps_out.dim, self.num_monomials
+        if n == 0:
+            return a.new_zeros(0, k, self.irreps_out.dim)
+        counts = torch.bincount(species, minlength=self.num_species)
+        present = torch.nonzero(counts).flatten()
+        sizes = counts[present].tolist()
+        w = torch.cat([w.to(a.dtype) for w in self.weights], dim=1).index_select(0, present)  # [Z', P, K]
+        if len(sizes) == 1:  # one element: nothing to sort
+            f, mono = self._inputs(a)
+            return self._finish(torch.bmm(self.coupling(w)[0], mono), f).permute(2, 0, 1)
+        order = torch.argsort(species, stable=True)
+        f, mono = self._inputs(a.index_select(0, order))
+        fs = f.split(sizes, dim=2) if f is not None else [None] * len(sizes)
+        y = torch.cat([self._finish(torch.bmm(c, x), g)
+                       for c, x, g in zip(self.coupling(w).unbind(0), mono.split(sizes, dim=2), fs)], dim=2)
+        back = torch.empty_like(order)
+        back[order] = torch.arange(n, device=order.device)
+        return y.permute(2, 0, 1).index_select(0, back)
+
+    def forward_all_species(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """The contraction as every element's polynomial of every atom, of which each atom keeps its own.
+
+        No shape depends on the values (the path taken while tracing or exporting);
+        the cost per atom grows with the number of elements.
+        """
+        n, k, d = a.shape
+        z, m = self.num_species, self.irreps_out.dim
         w = torch.cat([w.to(a.dtype) for w in self.weights], dim=1)  # [Z, P, K]
-        # the weights of every element folded into the coupling tensor: [K, Z * M, X]
-        c = (w.permute(2, 0, 1).reshape(k * z, -1) @ self._u.to(a.dtype)).view(k, z, x, m)
-        c = c.transpose(2, 3).reshape(k, z * m, x)
-        out, x0 = None, 0
-        for mono in self.monomials(a.permute(2, 1, 0).contiguous()):  # [X_nu, K, N] per degree
-            # every element's polynomial of every atom: [K, Z * M, N]
-            y = torch.bmm(c[:, :, x0 : x0 + mono.shape[0]], mono.transpose(0, 1))
-            out = y if out is None else out + y
-            x0 += mono.shape[0]
-        sel = species.view(1, 1, 1, n).expand(k, 1, m, n)
-        return out.view(k, z, m, n).gather(1, sel).view(k, m, n).permute(2, 0, 1)
+        c = w.permute(2, 0, 1).reshape(k * z, -1) @ self._u_all.to(a.dtype)
+        c = c.view(k, z * m, -1)  # [K, Z * M, every monomial]
+        f, mono = self._inputs(a)
+        if f is not None:  # the monomials of the highest degree too
+            top = mono.index_select(1, self._left_top) * f.index_select(1, self._right_top)
+            mono = torch.cat([mono, top], dim=1)
+        y = torch.bmm(c, mono).view(k, z, m, n)  # every element's polynomial of every atom
+        return y.gather(1, species.view(1, 1, 1, n).expand(k, 1, m, n)).view(k, m, n).permute(2, 0, 1)

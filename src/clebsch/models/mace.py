@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from ..nn import BesselBasis, ChannelwiseTensorProduct, FullyConnectedTensorProduct, Linear, PolynomialCutoff, ScalarMLP
+from ..nn import BesselBasis, ChannelwiseTensorProduct, Linear, PolynomialCutoff, ScalarMLP, SpeciesLinear
+from ..nn._index import ColumnMap
 from ..o3 import Irreps
 from ._registry import register
 from ._steerable import SteerableStack
@@ -38,19 +39,31 @@ from ._symmetric_contraction import SymmetricContraction
 __all__ = ["MACE"]
 
 
+def channel_major(irreps: Irreps) -> list[int]:
+    """Columns of ``mul_ir`` features, every irrep at multiplicity ``K``, in the order ``[K, sum(2l+1)]``.
+
+    ``x[:, channel_major(irreps)].view(N, K, -1)`` puts the copy ``k`` of every irrep in row ``k``.
+
+    Examples
+    --------
+    >>> channel_major(Irreps("2x0e + 2x1o"))
+    [0, 2, 3, 4, 1, 5, 6, 7]
+    """
+    starts = [sl.start for sl in irreps.slices()]
+    k = irreps[0].mul
+    return [s + c * m.ir.dim + j for c in range(k) for m, s in zip(irreps, starts) for j in range(m.ir.dim)]
+
+
 def to_channels(x: torch.Tensor, irreps: Irreps) -> torch.Tensor:
     """``[N, irreps.dim]`` with every irrep at multiplicity ``K`` -> ``[N, K, sum(2l+1)]``."""
-    blocks = [x[:, sl].reshape(x.shape[0], m.mul, m.ir.dim) for m, sl in zip(irreps, irreps.slices())]
-    return torch.cat(blocks, dim=-1)
+    return x[:, channel_major(irreps)].reshape(x.shape[0], irreps[0].mul, -1)
 
 
 def from_channels(x: torch.Tensor, irreps: Irreps) -> torch.Tensor:
     """Inverse of :func:`to_channels`."""
-    blocks, i = [], 0
-    for m in irreps:
-        blocks.append(x[:, :, i : i + m.ir.dim].reshape(x.shape[0], -1))
-        i += m.ir.dim
-    return torch.cat(blocks, dim=-1)
+    out = torch.empty(x.shape[0], irreps.dim, dtype=x.dtype, device=x.device)
+    out[:, channel_major(irreps)] = x.reshape(x.shape[0], -1)
+    return out
 
 
 class MACELayer(torch.nn.Module):
@@ -73,9 +86,13 @@ class MACELayer(torch.nn.Module):
         )
         self.linear_out = Linear(self.irreps_out, self.irreps_out)
         self.residual = (
-            FullyConnectedTensorProduct(self.irreps_in, f"{num_species}x0e", self.irreps_out) if residual else None
+            SpeciesLinear(self.irreps_in, self.irreps_out, num_species) if residual else None
         )
         self.inv_avg = 1.0 / avg_num_neighbors
+        # the layouts of the symmetric contraction, [N, K, sum(2l+1)], to and from mul_ir: permutations
+        self._to_channels = ColumnMap(self, "_to_channels_idx", channel_major(self.irreps_a), self.irreps_a.dim)
+        self._from_channels = ColumnMap(self, "_from_channels_idx", channel_major(self.irreps_out),
+                                        self.irreps_out.dim, place=True)
 
     def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope):
         sender, receiver = edge_index[0], edge_index[1]
@@ -84,11 +101,10 @@ class MACELayer(torch.nn.Module):
         weights = self.radial(edge_basis)
         a = self.conv.scatter_sum(x[sender], edge_sh * edge_envelope[:, None], weights, receiver, h.shape[0]) * self.inv_avg
         a = self.linear_a(a)
-        b = self.contraction(to_channels(a, self.irreps_a), species)
-        out = self.linear_out(from_channels(b, self.irreps_out))
+        b = self.contraction(self._to_channels(self, a).view(a.shape[0], self.irreps_a[0].mul, -1), species)
+        out = self.linear_out(self._from_channels(self, b.reshape(b.shape[0], -1)))
         if self.residual is not None:
-            onehot = torch.nn.functional.one_hot(species, self.num_species).to(h.dtype)
-            out = out + self.residual(h, onehot)
+            out = out + self.residual(h, species)
         return out
 
 

@@ -27,17 +27,19 @@ import torch
 from ..nn import (
     BesselBasis,
     ChannelwiseTensorProduct,
-    FullyConnectedTensorProduct,
-    Gate,
     Linear,
     PolynomialCutoff,
     ScalarMLP,
+    SpeciesLinear,
+    gate_irreps,  # noqa: F401  (importable from here, as before)
+    make_gate,
 )
 from ..o3 import Irreps
 from ._registry import register
 from ._steerable import SteerableStack
 
 __all__ = ["NequIP"]
+
 
 def hidden_irreps(channels: int, lmax: int, parity: bool) -> Irreps:
     """``channels`` copies of every irrep up to ``lmax``: the spherical-harmonic parity first, then the other."""
@@ -47,21 +49,6 @@ def hidden_irreps(channels: int, lmax: int, parity: bool) -> Irreps:
         if parity:
             irs.append((channels, (l, -((-1) ** l))))
     return Irreps(irs)
-
-
-def gate_irreps(irreps: Irreps) -> tuple[Irreps, Irreps, Irreps]:
-    """Split target irreps into (scalars, gates, gated) for a :class:`Gate`."""
-    scalars = Irreps([m for m in irreps if m.ir.l == 0])
-    gated = Irreps([m for m in irreps if m.ir.l > 0])
-    gates = Irreps([(gated.num_irreps, "0e")]) if gated.num_irreps else Irreps("")
-    return scalars, gates, gated
-
-
-def make_gate(irreps: Irreps) -> Gate:
-    """A gate whose output is ``irreps``: SiLU on even scalars, tanh on odd ones, sigmoid gates."""
-    scalars, gates, gated = gate_irreps(irreps)
-    acts = [torch.nn.functional.silu if m.ir.p == 1 else torch.tanh for m in scalars]
-    return Gate(scalars, acts, gates, [torch.sigmoid] * len(gates), gated)
 
 
 class InteractionBlock(torch.nn.Module):
@@ -82,7 +69,7 @@ class InteractionBlock(torch.nn.Module):
         self.linear = Linear(irreps_mid, self.gate.irreps_in)
         # element-dependent linear map: h_i ⊗ onehot(z_i)
         self.num_species = num_species
-        self.self_connection = FullyConnectedTensorProduct(self.irreps_in, f"{num_species}x0e", self.gate.irreps_in)
+        self.self_connection = SpeciesLinear(self.irreps_in, self.gate.irreps_in, num_species)
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
         self.resnet = resnet and self.irreps_out == self.irreps_in
 
@@ -92,8 +79,7 @@ class InteractionBlock(torch.nn.Module):
         # the product is linear in the harmonics: the envelope scales them ([E, 9]), not the weights ([E, numel])
         weights = self.radial(edge_basis)
         conv = self.conv.scatter_sum(x[sender], edge_sh * edge_envelope[:, None], weights, receiver, h.shape[0]) * self.norm
-        onehot = torch.nn.functional.one_hot(species, self.num_species).to(h.dtype)
-        out = self.gate(self.linear(conv) + self.self_connection(h, onehot))
+        out = self.gate(self.linear(conv) + self.self_connection(h, species))
         return h + out if self.resnet else out
 
 

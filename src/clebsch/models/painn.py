@@ -6,10 +6,9 @@ import math
 
 import torch
 
-from ..nn import PolynomialCutoff, ScalarMLP
+from ..nn import PolynomialCutoff, ScalarMLP, radial_basis_of
 from ..o3 import Irreps
 from ._registry import register
-from .schnet import radial_basis_of
 
 __all__ = ["PaiNN"]
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..nn import BesselBasis, GaussianBasis, PolynomialCutoff, ScalarMLP
+from ..nn import PolynomialCutoff, ScalarMLP, radial_basis_of  # radial_basis_of: also importable from here
 from ..o3 import Irreps
 from ._registry import register
 
@@ -16,15 +16,6 @@ __all__ = ["SchNet", "shifted_softplus"]
 def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
     """``softplus(x) - log 2``: smooth, zero at zero, SchNet's activation."""
     return torch.nn.functional.softplus(x) - math.log(2.0)
-
-
-def radial_basis_of(name: str, cutoff: float, num_basis: int) -> torch.nn.Module:
-    """The radial basis called ``name`` (``"bessel"`` or ``"gaussian"``) on ``[0, cutoff]``."""
-    if name == "bessel":
-        return BesselBasis(cutoff, num_basis)
-    if name == "gaussian":
-        return GaussianBasis(cutoff, num_basis)
-    raise ValueError(f"radial_basis must be 'bessel' or 'gaussian', got {name!r}")
 
 
 class Interaction(torch.nn.Module):

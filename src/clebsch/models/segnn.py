@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ..nn import BesselBasis, FullyConnectedTensorProduct, Gate, PolynomialCutoff
+from ..nn import BesselBasis, FullyConnectedTensorProduct, PolynomialCutoff, make_gate
 from ..o3 import Irreps, spherical_harmonics
 from ._registry import register
 
@@ -65,11 +65,7 @@ class SteerableLayer(torch.nn.Module):
         super().__init__()
         irreps_out = Irreps(irreps_out)
         if gate:
-            scalars = Irreps([m for m in irreps_out if m.ir.l == 0])
-            gated = Irreps([m for m in irreps_out if m.ir.l > 0])
-            gates = Irreps([(gated.num_irreps, "0e")]) if gated.num_irreps else Irreps("")
-            acts = [torch.nn.functional.silu if m.ir.p == 1 else torch.tanh for m in scalars]
-            self.gate = Gate(scalars, acts, gates, [torch.sigmoid] * len(gates), gated)
+            self.gate = make_gate(irreps_out)
             target = self.gate.irreps_in
         else:
             self.gate = None

@@ -1,12 +1,12 @@
 """Equivariant layers: tensor products, linear maps, gates, norms, radial bases and scalar MLPs."""
 
 from ._activation import activation_parity, normalize2mom
-from ._gate import Gate, NormActivation
-from ._linear import Linear
+from ._gate import Gate, NormActivation, gate_irreps, make_gate
+from ._linear import Linear, SpeciesLinear
 from ._mlp import ScalarMLP
 from ._norm import BatchNorm, LayerNorm
 from ._path import Path
-from ._radial import BesselBasis, CosineCutoff, GaussianBasis, PolynomialCutoff
+from ._radial import BesselBasis, CosineCutoff, GaussianBasis, PolynomialCutoff, radial_basis_of
 from ._tensor_product import (
     ChannelwiseTensorProduct,
     ElementwiseTensorProduct,
@@ -23,8 +23,11 @@ __all__ = [
     "ElementwiseTensorProduct",
     "FullTensorProduct",
     "Linear",
+    "SpeciesLinear",
     "Gate",
     "NormActivation",
+    "gate_irreps",
+    "make_gate",
     "LayerNorm",
     "BatchNorm",
     "ScalarMLP",
@@ -34,4 +37,5 @@ __all__ = [
     "GaussianBasis",
     "PolynomialCutoff",
     "CosineCutoff",
+    "radial_basis_of",
 ]

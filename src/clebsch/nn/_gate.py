@@ -10,7 +10,7 @@ from ..o3 import Irreps
 from ._activation import activation_parity, normalize2mom
 from ._tensor_product import ElementwiseTensorProduct
 
-__all__ = ["Gate", "NormActivation"]
+__all__ = ["Gate", "NormActivation", "gate_irreps", "make_gate"]
 
 
 def _scalar_acts(irreps: Irreps, acts: Sequence[Callable], what: str):
@@ -95,6 +95,41 @@ class Gate(torch.nn.Module):
             return s
         g = self._activate(g, self.irreps_gates, self.act_gates)
         return torch.cat([s, self.mul(v, g)], dim=-1)
+
+
+def gate_irreps(irreps) -> tuple[Irreps, Irreps, Irreps]:
+    """Split the irreps a gate should output into ``(scalars, gates, gated)`` for a :class:`Gate`.
+
+    The scalars (``l = 0``) pass through an activation, every ``l > 0`` irrep gets one
+    ``0e`` gate.
+
+    Examples
+    --------
+    >>> gate_irreps(Irreps("4x0e + 2x1o + 0o + 1x2e"))
+    (4x0e+1x0o, 3x0e, 2x1o+1x2e)
+    """
+    irreps = Irreps(irreps)
+    scalars = Irreps([m for m in irreps if m.ir.l == 0])
+    gated = Irreps([m for m in irreps if m.ir.l > 0])
+    gates = Irreps([(gated.num_irreps, "0e")]) if gated.num_irreps else Irreps("")
+    return scalars, gates, gated
+
+
+def make_gate(irreps) -> Gate:
+    """The :class:`Gate` whose output is ``irreps``: SiLU on even scalars, tanh on odd ones, sigmoid gates.
+
+    The gate of NequIP and SEGNN; its input is ``gate.irreps_in`` (the scalars, the
+    gates and the gated irreps, sorted).
+
+    Examples
+    --------
+    >>> g = make_gate("4x0e + 2x1o")
+    >>> g.irreps_in, g.irreps_out
+    (6x0e+2x1o, 4x0e+2x1o)
+    """
+    scalars, gates, gated = gate_irreps(irreps)
+    acts = [torch.nn.functional.silu if m.ir.p == 1 else torch.tanh for m in scalars]
+    return Gate(scalars, acts, gates, [torch.sigmoid] * len(gates), gated)
 
 
 class NormActivation(torch.nn.Module):

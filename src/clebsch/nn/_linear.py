@@ -7,7 +7,8 @@ import math
 import torch
 
 from ..o3 import Irreps
-from ._tensor_product import _Permute, resolve_weight_options
+from ._index import ColumnMap
+from ._tensor_product import resolve_weight_options
 
 __all__ = ["Linear"]
 
@@ -74,8 +75,8 @@ class Linear(torch.nn.Module):
         # one gather of the inputs of every group (then split), one scatter of the outputs; a permutation
         # (whose backward is the inverse permutation) where every column is used once
         self._in_sizes = [d * m_in for _, d, m_in, _, _ in self._groups]
-        self._in_perm = self._register_index("_in", in_src, self.irreps_in.dim, inverse=False)
-        self._out_perm = self._register_index("_out", out_src, self.irreps_out.dim, inverse=True)
+        self._in = ColumnMap(self, "_in_idx", in_src, self.irreps_in.dim)
+        self._out = ColumnMap(self, "_out_idx", out_src, self.irreps_out.dim, place=True)
         bias_pos = [s_out[o] + c for o, (m, ir) in enumerate(self.irreps_out) if biases and ir.l == 0 and ir.p == 1
                     for c in range(m)]
         self.bias_numel = len(bias_pos)
@@ -86,18 +87,6 @@ class Linear(torch.nn.Module):
         else:
             self.register_buffer("weight", torch.empty(0), persistent=False)
             self.register_buffer("bias", torch.zeros(self.bias_numel), persistent=False)
-
-    def _register_index(self, name: str, src: list, n: int, inverse: bool) -> bool:
-        """Register ``name`` (and ``name + '_inv'`` for a permutation); returns whether ``src`` permutes ``range(n)``."""
-        idx = torch.tensor(src, dtype=torch.long)
-        perm = sorted(src) == list(range(n)) and n > 0
-        if perm:
-            inv = torch.empty_like(idx)
-            inv[idx] = torch.arange(n)
-            idx, inv = (inv, idx) if inverse else (idx, inv)
-            self.register_buffer(name + "_inv", inv, persistent=False)
-        self.register_buffer(name, idx, persistent=False)
-        return perm
 
     def __repr__(self) -> str:
         return f"Linear({self.irreps_in} -> {self.irreps_out} | weight_numel={self.weight_numel}, biases={self.bias_numel})"
@@ -123,7 +112,7 @@ class Linear(torch.nn.Module):
             weight = weight.expand(batch + weight.shape[-1:]).reshape(z, -1)
         pieces = []
         if self._groups:
-            xs = _Permute.apply(x, self._in, self._in_inv) if self._in_perm else x.index_select(1, self._in)
+            xs = self._in(self, x)
             xs = xs.split(self._in_sizes, dim=1) if len(self._groups) > 1 else (xs,)
         for (k, d, m_in, m_out, alpha), xi in zip(self._groups, xs if self._groups else ()):
             # xi: [z, d * m_in]
@@ -134,12 +123,83 @@ class Linear(torch.nn.Module):
                 y = torch.bmm(xi.reshape(z, d, m_in), w)  # [z, d, m_out]
             pieces.append(y.reshape(z, -1))
         y = (torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]) if pieces else None
-        if self._out_perm:
-            out = _Permute.apply(y, self._out, self._out_inv)
-        else:
-            out = x.new_zeros(z, self.irreps_out.dim)
-            if pieces:
-                out = out.index_copy(1, self._out, y)
+        out = self._out(self, y) if pieces else x.new_zeros(z, self.irreps_out.dim)
         if self.bias_numel:
             out = out.index_add(1, self._bias_pos, bias.to(x.dtype).expand(z, -1))
         return out.reshape(batch + (self.irreps_out.dim,))
+
+
+class SpeciesLinear(torch.nn.Module):
+    r"""An equivariant linear map that depends on each atom's element (species index).
+
+    The same map, with the same weights (layout, initialisation and normalisation), as
+    ``FullyConnectedTensorProduct(irreps_in, f"{num_species}x0e", irreps_out)`` applied
+    to the features and the one-hot encoding of the elements -- NequIP's and MACE's
+    self-connection -- but computed by giving each atom its own element's weights and
+    applying them as a :class:`Linear` with per-atom weights, so that the cost does
+    not grow with the number of elements. For a few elements (``num_species <=
+    all_species_limit``) one shared :class:`Linear` gives every element's output of
+    every atom and each atom keeps its own, which is cheaper there.
+
+    Examples
+    --------
+    >>> lin = SpeciesLinear("4x0e + 2x1o", "3x0e + 1x1o", num_species=5)
+    >>> lin.weight_numel  # (4 * 3 + 2 * 1) weights per element
+    70
+    >>> lin(torch.randn(6, 10), torch.tensor([0, 4, 4, 1, 0, 2])).shape
+    torch.Size([6, 6])
+    """
+
+    def __init__(self, irreps_in, irreps_out, num_species: int) -> None:
+        super().__init__()
+        self.irreps_in, self.irreps_out = Irreps(irreps_in), Irreps(irreps_out)
+        self.num_species = int(num_species)
+        self.linear = Linear(self.irreps_in, self.irreps_out, shared_weights=False, internal_weights=False)
+        # every element's output side by side: [num_species x irreps_out], one shared Linear
+        self.all_species = Linear(self.irreps_in, Irreps(list(self.irreps_out) * self.num_species),
+                                  shared_weights=True, internal_weights=False) if self.num_species <= self.all_species_limit else None
+        # the product's weights: one [mul_in, num_species, mul_out] block per (input, output) pair of equal
+        # irreps, in the pairs' order (the order of Linear's blocks, [mul_in, mul_out] each)
+        z, index, n = self.num_species, [[] for _ in range(self.num_species)], 0
+        for i, (m_in, a) in enumerate(self.irreps_in):
+            for o, (m_out, b) in enumerate(self.irreps_out):
+                if a != b:
+                    continue
+                for s in range(z):
+                    index[s] += [n + (u * z + s) * m_out + w for u in range(m_in) for w in range(m_out)]
+                n += m_in * z * m_out
+        self.weight_numel = n
+        self.register_buffer("_by_species", torch.tensor(index, dtype=torch.long).view(z, -1), persistent=False)
+        if self.all_species is not None:  # Linear's blocks are (input, output of species s) pairs, s outermost
+            order, k = [], 0
+            pairs = [(i, o) for i, (_, a) in enumerate(self.irreps_in) for o, (_, b) in enumerate(self.irreps_out) if a == b]
+            starts = {}
+            for i, o in pairs:
+                starts[(i, o)] = k
+                k += self.irreps_in[i].mul * self.irreps_out[o].mul
+            for i, (m_in, a) in enumerate(self.irreps_in):
+                for s in range(z):
+                    for o, (m_out, b) in enumerate(self.irreps_out):
+                        if a == b:
+                            order += index[s][starts[(i, o)] : starts[(i, o)] + m_in * m_out]
+            self.register_buffer("_all_order", torch.tensor(order, dtype=torch.long), persistent=False)
+        self.weight = torch.nn.Parameter(torch.randn(n))
+        # the product normalises by sqrt(fan-in x num_species) (its one-hot input has num_species copies of 0e)
+        self.scale = 1.0 / math.sqrt(z)
+
+    #: up to this many elements, every element's output is computed for every atom
+    all_species_limit = 8
+
+    def __repr__(self) -> str:
+        return f"SpeciesLinear({self.irreps_in} -> {self.irreps_out} | {self.num_species} species, weight_numel={self.weight_numel})"
+
+    def forward(self, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """Features ``[N, irreps_in.dim]`` and species indices ``[N]`` -> ``[N, irreps_out.dim]``."""
+        if self.linear.weight_numel == 0:
+            return x.new_zeros(x.shape[:-1] + (self.irreps_out.dim,))
+        if self.all_species is not None:
+            y = self.all_species(x, self.weight.to(x.dtype)[self._all_order] * self.scale)
+            y = y.view(x.shape[0], self.num_species, self.irreps_out.dim)
+            return y.gather(1, species.view(-1, 1, 1).expand(-1, 1, self.irreps_out.dim)).squeeze(1)
+        table = self.weight.to(x.dtype)[self._by_species] * self.scale  # [num_species, Linear's weight_numel]
+        return self.linear(x, table.index_select(0, species))

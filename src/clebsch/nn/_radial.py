@@ -4,7 +4,7 @@ import math
 
 import torch
 
-__all__ = ["BesselBasis", "GaussianBasis", "PolynomialCutoff", "CosineCutoff"]
+__all__ = ["BesselBasis", "GaussianBasis", "PolynomialCutoff", "CosineCutoff", "radial_basis_of"]
 
 
 class BesselBasis(torch.nn.Module):
@@ -146,3 +146,18 @@ class CosineCutoff(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"r_max={self.r_max}"
+
+
+def radial_basis_of(name: str, cutoff: float, num_basis: int) -> torch.nn.Module:
+    """The radial basis called ``name`` (``"bessel"`` or ``"gaussian"``) on ``[0, cutoff]``.
+
+    Examples
+    --------
+    >>> radial_basis_of("gaussian", 4.0, 6)(torch.tensor([1.0])).shape
+    torch.Size([1, 6])
+    """
+    if name == "bessel":
+        return BesselBasis(cutoff, num_basis)
+    if name == "gaussian":
+        return GaussianBasis(cutoff, num_basis)
+    raise ValueError(f"radial_basis must be 'bessel' or 'gaussian', got {name!r}")

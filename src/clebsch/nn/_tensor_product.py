@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..o3 import Irreps, wigner_3j
+from ._index import ColumnMap
 from ._path import MODES, Path
 
 __all__ = [
@@ -252,14 +253,8 @@ class TensorProduct(torch.nn.Module):
             return self._build_uvw_shared(gi, g, in1, in2, out, s1, s2, so)
         # first input components used by the group: [U, I]
         used1, off1, I, used2, off2, J = _used_inputs(g, in1, in2)
-        idx1 = torch.tensor(
-            [s1[i] + u * in1[i].ir.dim + m for u in range(U) for i in used1 for m in range(in1[i].ir.dim)],
-            dtype=torch.long,
-        )
-        idx2 = torch.tensor(
-            [s2[i] + v * in2[i].ir.dim + m for v in range(V) for i in used2 for m in range(in2[i].ir.dim)],
-            dtype=torch.long,
-        )
+        idx1 = [s1[i] + u * in1[i].ir.dim + m for u in range(U) for i in used1 for m in range(in1[i].ir.dim)]
+        idx2 = [s2[i] + v * in2[i].ir.dim + m for v in range(V) for i in used2 for m in range(in2[i].ir.dim)]
         # paths ordered by output dimension -> contiguous K segments per dimension
         ordered = sorted(g.paths, key=lambda t: out[t[1].i_out].ir.dim)
         K = sum(out[p.i_out].ir.dim for _, p, _ in ordered)
@@ -309,8 +304,8 @@ class TensorProduct(torch.nn.Module):
         pre = f"_g{gi}_"
         plan["pre"] = pre
         dt = torch.get_default_dtype()
-        self._register_gather(pre + "in1", idx1, self.irreps_in1.dim)
-        self._register_gather(pre + "in2", idx2, self.irreps_in2.dim)
+        plan["in1"] = ColumnMap(self, pre + "in1", idx1, self.irreps_in1.dim)
+        plan["in2"] = ColumnMap(self, pre + "in2", idx2, self.irreps_in2.dim)
         if mode == "uuu":
             self.register_buffer(pre + "C", C.reshape(I * J, K).to(dt), persistent=False)
         else:  # [J, I*K] so that x2 is contracted first
@@ -322,15 +317,8 @@ class TensorProduct(torch.nn.Module):
         if widx is not None:
             self.register_buffer(pre + "widx", widx, persistent=False)
             plan["widx"] = pre + "widx"
-        src = torch.tensor(out_src, dtype=torch.long)
-        plan["full"] = len(out_src) == self._irreps_out.dim and len(set(out_src)) == len(out_src)
-        if plan["full"]:  # a permutation: out = y[:, inv]
-            inv = torch.empty_like(src)
-            inv[src] = torch.arange(len(src))
-            self.register_buffer(pre + "out", inv, persistent=False)
-            self.register_buffer(pre + "out_inv", src, persistent=False)
-        else:  # several paths into one output, or outputs left at zero: scatter-add
-            self.register_buffer(pre + "out", src, persistent=False)
+        # a permutation, or a scatter-add where several paths share an output or outputs stay zero
+        plan["out"] = ColumnMap(self, pre + "out", out_src, self._irreps_out.dim, place=True)
         return plan
 
     def _build_uvw_shared(self, gi, g: _Group, in1, in2, out, s1, s2, so) -> dict:
@@ -343,9 +331,8 @@ class TensorProduct(torch.nn.Module):
         """
         U, W = g.U, g.W
         used1, off1, I, used2, off2, J = _used_inputs(g, in1, in2)
-        idx1 = torch.tensor([s1[i] + u * in1[i].ir.dim + m for u in range(U) for i in used1
-                             for m in range(in1[i].ir.dim)], dtype=torch.long)
-        idx2 = torch.tensor([s2[i] + m for i in used2 for m in range(in2[i].ir.dim)], dtype=torch.long)
+        idx1 = [s1[i] + u * in1[i].ir.dim + m for u in range(U) for i in used1 for m in range(in1[i].ir.dim)]
+        idx2 = [s2[i] + m for i in used2 for m in range(in2[i].ir.dim)]
         by_out: dict = {}
         for off, p, c in g.paths:
             by_out.setdefault(p.i_out, []).append((off, p, c))
@@ -367,20 +354,12 @@ class TensorProduct(torch.nn.Module):
             out_src += [so[o] + w * d + m for w in range(W) for m in range(d)]
             k0 += d * len(ps)
         dt = torch.get_default_dtype()
-        self._register_gather(pre + "in1", idx1, self.irreps_in1.dim)
-        self._register_gather(pre + "in2", idx2, self.irreps_in2.dim)
         self.register_buffer(pre + "C", C.permute(1, 0, 2).reshape(J, I * K).to(dt), persistent=False)
         plan = dict(mode="uvw_shared", pre=pre, U=U, W=W, I=I, J=J, K=K, outs=outs)
-        src = torch.tensor(out_src, dtype=torch.long)
-        plan["identity"] = out_src == list(range(self._irreps_out.dim))
-        plan["full"] = len(out_src) == self._irreps_out.dim
-        if plan["full"]:
-            inv = torch.empty_like(src)
-            inv[src] = torch.arange(len(src))
-            self.register_buffer(pre + "out", inv, persistent=False)
-            self.register_buffer(pre + "out_inv", src, persistent=False)
-        else:  # outputs that no path of this group reaches stay zero
-            self.register_buffer(pre + "out", src, persistent=False)
+        plan["in1"] = ColumnMap(self, pre + "in1", idx1, self.irreps_in1.dim)
+        plan["in2"] = ColumnMap(self, pre + "in2", idx2, self.irreps_in2.dim)
+        # outputs that no path of this group reaches stay zero
+        plan["out"] = ColumnMap(self, pre + "out", out_src, self._irreps_out.dim, place=True)
         return plan
 
     def _build_channelwise(self, gi, g: _Group, in1, in2, out, s1, s2, so) -> dict:
@@ -414,40 +393,16 @@ class TensorProduct(torch.nn.Module):
                 steps.append((i, d1, P, d))
                 cols += [so[p.i_out] + u * d + m for _, p, _ in sub for m in range(d) for u in range(U)]
         self.register_buffer(pre + "C", torch.cat(Cs, dim=1).to(dt), persistent=False)
-        self.register_buffer(pre + "widx", torch.tensor(widx, dtype=torch.long), persistent=False)
         blocks = {}  # the pieces of one block of input 1 are consecutive
         for i, d1, P, d in steps:
             blocks.setdefault((i, d1), []).append((P, d))
         plan = dict(mode="channelwise", pre=pre, U=U, blocks=[(i, d1, ps) for (i, d1), ps in blocks.items()],
                     csizes=[d1 * sum(P * d for P, d in ps) for (i, d1), ps in blocks.items()],
                     wsizes=[P * U for _, _, P, _ in steps])
-        # the weights in the order of the pieces: as they are, a permutation (backward: the inverse one) or a gather
-        plan["weights"] = ("same" if widx == list(range(self.weight_numel))
-                           else "perm" if sorted(widx) == list(range(self.weight_numel)) else "gather")
-        if plan["weights"] == "perm":
-            inv = torch.empty(len(widx), dtype=torch.long)
-            inv[torch.tensor(widx)] = torch.arange(len(widx))
-            self.register_buffer(pre + "widx_inv", inv, persistent=False)
-        plan["identity"] = cols == list(range(self._irreps_out.dim))
-        src = torch.tensor(cols, dtype=torch.long)
-        plan["full"] = len(cols) == self._irreps_out.dim and len(set(cols)) == len(cols)
-        if plan["full"]:
-            inv = torch.empty_like(src)
-            inv[src] = torch.arange(len(src))
-            self.register_buffer(pre + "out", inv, persistent=False)
-            self.register_buffer(pre + "out_inv", src, persistent=False)
-        else:
-            self.register_buffer(pre + "out", src, persistent=False)
+        # the weights in the order of the pieces: as they are, a permutation or a gather
+        plan["w"] = ColumnMap(self, pre + "widx", widx, self.weight_numel)
+        plan["out"] = ColumnMap(self, pre + "out", cols, self._irreps_out.dim, place=True)
         return plan
-
-    def _register_gather(self, name: str, idx: torch.Tensor, n: int) -> None:
-        self.register_buffer(name, idx, persistent=False)
-        if len(idx) == n and bool((torch.sort(idx).values == torch.arange(n)).all()):
-            inv = torch.empty_like(idx)
-            inv[idx] = torch.arange(n)
-            self.register_buffer(name + "_inv", inv, persistent=False)
-        else:
-            setattr(self, name + "_inv", None)
 
     # ------------------------------------------------------------ properties
     @property
@@ -569,14 +524,7 @@ class TensorProduct(torch.nn.Module):
         """
         U = plan["U"]
         xs = x1.split(self._in1_sizes, dim=1)
-        pre = plan["pre"]
-        if plan["weights"] == "same":
-            w = weight
-        elif plan["weights"] == "perm":
-            w = _Permute.apply(weight, getattr(self, pre + "widx"), getattr(self, pre + "widx_inv"))
-        else:
-            w = weight.index_select(1, getattr(self, pre + "widx"))
-        ws = w.to(x1.dtype).split(plan["wsizes"], dim=1)
+        ws = plan["w"](self, weight).to(x1.dtype).split(plan["wsizes"], dim=1)
         Ms = (x2 @ getattr(self, plan["pre"] + "C").to(x1.dtype)).split(plan["csizes"], dim=1)
         n = 0
         for (i, d1, ps), M in zip(plan["blocks"], Ms):
@@ -594,19 +542,8 @@ class TensorProduct(torch.nn.Module):
                 yield y.reshape(z, -1)
 
     def _place(self, plan, y: torch.Tensor) -> torch.Tensor:
-        """Columns of a channel-wise plan ``[n, c]`` -> ``[n, irreps_out.dim]``."""
-        if plan["identity"]:
-            return y
-        idx = getattr(self, plan["pre"] + "out")
-        if plan["full"]:
-            return _Permute.apply(y, idx, getattr(self, plan["pre"] + "out_inv"))
-        return y.new_zeros(y.shape[0], self._irreps_out.dim).index_add(1, idx, y)
-
-    def _gather(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        idx, inv = getattr(self, name), getattr(self, name + "_inv")
-        if inv is None:
-            return x.index_select(1, idx)
-        return _Permute.apply(x, idx, inv)
+        """Columns of a plan's result ``[n, c]`` -> ``[n, irreps_out.dim]``."""
+        return plan["out"](self, y)
 
     def _run_group(self, plan, x1, x2, weight, z):
         if plan["mode"] == "uvw_shared":
@@ -614,8 +551,8 @@ class TensorProduct(torch.nn.Module):
         pre, mode = plan["pre"], plan["mode"]
         U, V, W, I, J, K = plan["U"], plan["V"], plan["W"], plan["I"], plan["J"], plan["K"]
         C = getattr(self, pre + "C").to(x1.dtype)
-        a = self._gather(x1, pre + "in1").view(z, U, I)
-        b = self._gather(x2, pre + "in2")
+        a = plan["in1"](self, x1).view(z, U, I)
+        b = plan["in2"](self, x2)
         if mode == "uuu":
             xx = (a.unsqueeze(-1) * b.view(z, U, 1, J)).reshape(z * U, I * J)
             T = (xx @ C).view(z, U, K)
@@ -645,17 +582,13 @@ class TensorProduct(torch.nn.Module):
                 y = y.view(z, U, V, K).sum(2).reshape(z, -1)
             elif mode == "uvv":
                 y = y.view(z, U, V * K).sum(1) if U > 1 else y
-        idx = getattr(self, pre + "out")
-        if plan["full"]:
-            return _Permute.apply(y, idx, getattr(self, pre + "out_inv"))
-        return y.new_zeros(z, self._irreps_out.dim).index_add(1, idx, y)
-
+        return self._place(plan, y)
 
     def _run_uvw_shared(self, plan, x1, x2, weight, z):
         pre, U, W, I, K = plan["pre"], plan["U"], plan["W"], plan["I"], plan["K"]
         C = getattr(self, pre + "C").to(x1.dtype)
-        a = self._gather(x1, pre + "in1").view(z, U, I)
-        M = (self._gather(x2, pre + "in2") @ C).view(z, I, K)
+        a = plan["in1"](self, x1).view(z, U, I)
+        M = (plan["in2"](self, x2) @ C).view(z, I, K)
         T = torch.bmm(M.transpose(1, 2), a.transpose(1, 2))  # [z, K, U]
         pieces = []
         for o in plan["outs"]:
@@ -665,20 +598,6 @@ class TensorProduct(torch.nn.Module):
             pieces.append(torch.matmul(t, w).transpose(1, 2).reshape(z, W * d))  # [z, w * d + m]
         y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
         return self._place(plan, y)
-
-
-class _Permute(torch.autograd.Function):
-    """``x[:, perm]`` whose backward is the inverse permutation (no zero fill, no scatter)."""
-
-    @staticmethod
-    def forward(ctx, x, perm, inv):
-        ctx.save_for_backward(perm, inv)
-        return x.index_select(1, perm)
-
-    @staticmethod
-    def backward(ctx, g):
-        perm, inv = ctx.saved_tensors
-        return _Permute.apply(g, inv, perm), None, None
 
 
 # ---------------------------------------------------------------- ready-made
