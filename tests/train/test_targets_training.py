@@ -103,3 +103,27 @@ def test_a_model_packaged_before_the_target_registry_loads_with_the_same_numbers
     for name in ("energy", "forces", "dipole", "polarizability", "charges"):
         assert torch.allclose(out[name].detach().double(), torch.tensor(ref[name], dtype=torch.float64),
                               rtol=1e-10, atol=1e-10), name
+
+
+def test_declared_heads_start_from_the_training_statistics():
+    """A per-atom tensor head starts at its elements' mean isotropic part and the data's spread."""
+    from clebsch.models import build_model, target_statistics
+
+    t = TARGETS["shielding"]
+    graphs = []
+    for k in range(6):
+        g = AtomicGraph.from_tensors(torch.tensor([[0.0, 0, 0], [0.96, 0, 0], [-0.3, 0.9, 0]]), [8, 1, 1], 2.0)
+        g.targets["shielding"] = torch.stack([torch.eye(3) * 300.0, torch.eye(3) * 30.0, torch.eye(3) * 30.0]) \
+            + torch.randn(3, 3, 3)
+        graphs.append(g)
+    stats = target_statistics(t, graphs, [1, 8])
+    iso = 3 ** 0.5  # the 0e component of c * I is sqrt(3) c
+    assert abs(stats["shift"][0][0] - 30 * iso) < 3 and abs(stats["shift"][1][0] - 300 * iso) < 3
+    assert 0.5 < stats["scale"] < 2.0
+    torch.manual_seed(0)
+    model = build_model({"name": "schnet", "species": ["H", "O"], "cutoff": 2.0, "outputs": ["energy", "shielding"],
+                         "targets": {"shielding": {"level": "atom", "cartesian": "ij"}},
+                         "target_stats": {"shielding": stats}})
+    pred = model(graphs[0])["shielding"].detach()
+    trace = pred.diagonal(dim1=1, dim2=2).sum(-1) / 3
+    assert abs(float(trace[0]) - 300) < 30 and abs(float(trace[1]) - 30) < 30

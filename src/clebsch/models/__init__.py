@@ -22,6 +22,7 @@ from ._heads import (
     ScalarReadout,
     StructureHead,
     build_head,
+    target_statistics,
     irrep_block,
 )
 from ._potential import OUTPUTS, Potential
@@ -57,6 +58,7 @@ __all__ = [
     "HEADS",
     "HeadContext",
     "build_head",
+    "target_statistics",
     "AtomHead",
     "StructureHead",
     "EdgeHead",

@@ -345,30 +345,70 @@ class EquivariantReadout(torch.nn.Module):
         return out
 
 
+class _Standardised(torch.nn.Module):
+    """``value = scale * prediction + shift``: a target's spread and, on its ``0e`` components, its mean.
+
+    ``stats`` (from the training data, see :func:`target_statistics`):
+    ``{"scale": float, "shift": [per species, per 0e component] or [per 0e component]}``.
+    Adding a constant to scalars and multiplying everything by one number keep
+    the head equivariant, and the network only learns a unit-size correction.
+    """
+
+    def __init__(self, target: Target, num_species: int, stats: dict | None):
+        super().__init__()
+        stats = stats or {}
+        irreps = target.irreps_out
+        slots = [sl.start + k * mul_ir.ir.dim for mul_ir, sl in zip(irreps, irreps.slices()) if mul_ir.ir == Irrep("0e")
+                 for k in range(mul_ir.mul)]
+        self.register_buffer("scale", torch.tensor(float(stats.get("scale", 1.0))))
+        self.register_buffer("slots", torch.tensor(slots, dtype=torch.long), persistent=False)
+        shift = torch.zeros(num_species, len(slots))
+        if stats.get("shift") is not None:
+            given = torch.as_tensor(stats["shift"], dtype=shift.dtype)
+            shift[:] = given.reshape(-1, len(slots)) if given.numel() else shift
+        self.register_buffer("shift", shift)
+
+    def forward(self, value: torch.Tensor, species: torch.Tensor | None = None) -> torch.Tensor:
+        value = value * self.scale.to(value.dtype)
+        if self.slots.numel() == 0 or species is None:
+            return value
+        return value.index_add(1, self.slots, self.shift.to(value.dtype)[species])
+
+
 class AtomHead(torch.nn.Module):
     """A declared per-atom target: its irreps per atom, returned in its stored form."""
 
-    def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16):
+    def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16, num_species: int = 1,
+                 stats: dict | None = None):
         super().__init__()
         self.target = target
         self.outputs = (target.name,)
         self.readout = EquivariantReadout(irreps_in, target.irreps_out, cutoff, hidden)
+        self.standard = _Standardised(target, num_species, stats)
 
     def forward(self, features: torch.Tensor, ctx: HeadContext) -> dict:
-        return {self.target.name: self.target.to_cartesian(self.readout(features, ctx))}
+        value = self.standard(self.readout(features, ctx), ctx.species)
+        return {self.target.name: self.target.to_cartesian(value)}
 
 
 class StructureHead(torch.nn.Module):
-    """A declared per-structure target: per-atom irreps summed (extensive) or averaged (intensive)."""
+    """A declared per-structure target: per-atom irreps summed (extensive) or averaged (intensive).
 
-    def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16):
+    Each atom's contribution is scaled and shifted by its element's statistics,
+    so an extensive target starts from per-element means and an intensive one
+    from the data's mean.
+    """
+
+    def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16, num_species: int = 1,
+                 stats: dict | None = None):
         super().__init__()
         self.target = target
         self.outputs = (target.name,)
         self.readout = EquivariantReadout(irreps_in, target.irreps_out, cutoff, hidden)
+        self.standard = _Standardised(target, num_species, stats)
 
     def forward(self, features: torch.Tensor, ctx: HeadContext) -> dict:
-        per_atom = self.readout(features, ctx)
+        per_atom = self.standard(self.readout(features, ctx), ctx.species)
         return {self.target.name: self.target.to_cartesian(ctx.per_structure(per_atom, mean=not self.target.extensive))}
 
 
@@ -380,10 +420,12 @@ class EdgeHead(torch.nn.Module):
     tells ``i -> j`` from ``j -> i``.
     """
 
-    def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16, channels: int = 4):
+    def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16, num_species: int = 1,
+                 stats: dict | None = None, channels: int = 4):
         super().__init__()
         self.target = target
         self.outputs = (target.name,)
+        self.standard = _Standardised(target, 1, stats)
         irreps_in = Irreps(irreps_in)
         out = target.irreps_out
         self.irreps_in = irreps_in
@@ -411,20 +453,22 @@ class EdgeHead(torch.nn.Module):
             w = g.weights(radial) * g.envelope(lengths)[:, None]
             geo = out.new_zeros(out.shape).index_copy(1, g._place, y[:, g._y] * w[:, g._w])
             out = out + geo
+        out = self.standard(out, torch.zeros_like(receiver))
         return {self.target.name: self.target.to_cartesian(out)}
 
 
 HeadFactory = Callable[..., torch.nn.Module]
 
 HEADS: dict[str, HeadFactory] = {
-    "dipole": lambda irreps, target, cutoff, hidden: DipoleHead(irreps, hidden),
-    "polarizability": lambda irreps, target, cutoff, hidden: PolarizabilityHead(irreps, hidden, cutoff),
-    "atom": lambda irreps, target, cutoff, hidden: AtomHead(irreps, target, cutoff, hidden),
-    "structure": lambda irreps, target, cutoff, hidden: StructureHead(irreps, target, cutoff, hidden),
-    "edge": lambda irreps, target, cutoff, hidden: EdgeHead(irreps, target, cutoff, hidden),
+    "dipole": lambda irreps, target, cutoff, hidden, num_species, stats: DipoleHead(irreps, hidden),
+    "polarizability": lambda irreps, target, cutoff, hidden, num_species, stats: PolarizabilityHead(irreps, hidden,
+                                                                                                    cutoff),
+    "atom": AtomHead,
+    "structure": StructureHead,
+    "edge": EdgeHead,
 }
-"""Head kind -> ``factory(irreps_in, target, cutoff, hidden)``. A target names its kind
-(``Target.head``); without one it gets the generic head of its level."""
+"""Head kind -> ``factory(irreps_in, target, cutoff, hidden, num_species, stats)``. A target names its
+kind (``Target.head``); without one it gets the generic head of its level."""
 
 
 def head_kind(target: Target) -> str:
@@ -432,9 +476,72 @@ def head_kind(target: Target) -> str:
     return target.head or target.level
 
 
-def build_head(irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16) -> torch.nn.Module:
-    """The head for ``target`` on features ``irreps_in``."""
+def build_head(irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16, num_species: int = 1,
+               stats: dict | None = None) -> torch.nn.Module:
+    """The head for ``target`` on features ``irreps_in`` (``stats``: see :func:`target_statistics`)."""
     kind = head_kind(target)
     if kind not in HEADS:
         raise ValueError(f"target {target.name!r} asks for head {kind!r}; known heads: {sorted(HEADS)}")
-    return HEADS[kind](irreps_in, target, cutoff, hidden)
+    return HEADS[kind](irreps_in, target, cutoff, hidden, num_species, stats)
+
+
+def target_statistics(target: Target, graphs, species: list[int]) -> dict:
+    """Scale and per-element shift of a declared target from training graphs (``{"scale", "shift"}``).
+
+    The shift is the mean of the target's ``0e`` components per element (per-atom
+    targets), per element from a least-squares fit of the per-structure sums
+    (extensive) or the overall mean (intensive); the scale is the RMS of what
+    is left. Missing (NaN) values are ignored.
+    """
+    irreps = target.irreps_out
+    slots = [sl.start + k * m.ir.dim for m, sl in zip(irreps, irreps.slices()) if m.ir == Irrep("0e")
+             for k in range(m.mul)]
+    rows, owners = [], []
+    index = {z: i for i, z in enumerate(species)}
+    counts = []
+    for g in graphs:
+        if target.name not in g.targets:
+            continue
+        value = target.from_cartesian(g.targets[target.name].double())
+        if target.level == "atom":
+            rows.append(value)
+            owners.append(torch.tensor([index.get(int(z), 0) for z in g.numbers]))
+        elif target.level == "structure":
+            rows.append(value)
+            counts.append(torch.bincount(torch.tensor([index.get(int(z), 0) for z in g.numbers]),
+                                         minlength=len(species)).double()[None])
+        else:
+            rows.append(value)
+    if not rows:
+        return {}
+    values = torch.cat(rows)
+    ok = torch.isfinite(values).all(dim=-1)
+    values = values[ok]
+    if values.numel() == 0:
+        return {}
+    n_species = len(species) if target.level != "edge" else 1
+    shift = torch.zeros(n_species, len(slots), dtype=torch.float64)
+    if slots:
+        if target.level == "atom":
+            who = torch.cat(owners)[ok]
+            for k in range(n_species):
+                sel = who == k
+                if sel.any():
+                    shift[k] = values[sel][:, slots].mean(dim=0)
+            values = values.clone()
+            values[:, slots] -= shift[who]
+        elif target.level == "structure" and target.extensive:
+            a = torch.cat(counts)[ok]
+            solution = torch.linalg.lstsq(a, values[:, slots]).solution
+            shift[:] = solution
+            values = values.clone()
+            values[:, slots] -= a @ solution
+        else:
+            shift[:] = values[:, slots].mean(dim=0)
+            values = values.clone()
+            values[:, slots] -= shift[0]
+    scale = float(values.pow(2).mean().sqrt()) if values.numel() else 1.0
+    if target.level == "structure" and target.extensive:  # the spread of a sum over ~N atoms
+        n_mean = float(torch.cat(counts)[ok].sum(dim=1).mean())
+        scale = scale / max(n_mean, 1.0) ** 0.5
+    return {"scale": scale if scale > 1e-12 else 1.0, "shift": shift.tolist()}

@@ -75,6 +75,10 @@ class Potential(torch.nn.Module):
         older configs; declare a target instead).
     readout_hidden : int
         Width of the heads' hidden layers.
+    target_stats : dict, optional
+        ``{target: {"scale": s, "shift": [...]}}``: the spread and per-element
+        mean a declared target's head starts from (the trainer fills it from
+        the training data, see :func:`clebsch.models.target_statistics`).
     config : dict, optional
         The plain config this model was built from (see :func:`build_model`).
     """
@@ -90,6 +94,7 @@ class Potential(torch.nn.Module):
         targets: dict | None = None,
         irreps_heads: dict | None = None,
         readout_hidden: int = 16,
+        target_stats: dict | None = None,
         config: dict | None = None,
     ):
         super().__init__()
@@ -139,7 +144,8 @@ class Potential(torch.nn.Module):
                 continue
             key = head_kind(t) if t.head else name
             if key not in self.heads:
-                self.heads[key] = build_head(self.irreps, t, self.cutoff, readout_hidden)
+                self.heads[key] = build_head(self.irreps, t, self.cutoff, readout_hidden, len(numbers),
+                                             (target_stats or {}).get(name))
             self._head_of[name] = key
         for name, irreps in (irreps_heads or {}).items():
             self.heads[name] = IrrepsHead(self.irreps, irreps)

@@ -25,7 +25,7 @@ REPRESENTATIONS: dict[str, type] = {}
 
 # keys of a model config that belong to the Potential rather than the representation
 POTENTIAL_KEYS = ("species", "cutoff", "atomic_energies", "scale", "outputs", "targets", "irreps_heads",
-                  "readout_hidden")
+                  "readout_hidden", "target_stats")
 
 
 class Representation(Protocol):
@@ -147,8 +147,9 @@ def build_model(config: dict) -> Potential:
         if key not in config:
             raise ValueError(f"model config for {name!r} is missing {key!r}")
     potential_kwargs = {k: config.pop(k) for k in POTENTIAL_KEYS if k in config}
-    if not potential_kwargs.get("targets"):
-        potential_kwargs.pop("targets", None)
+    for key in ("targets", "target_stats"):
+        if not potential_kwargs.get(key):
+            potential_kwargs.pop(key, None)
     defaults = hyperparameters(name)
     unknown = sorted(set(config) - set(defaults))
     if unknown:

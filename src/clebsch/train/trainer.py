@@ -124,6 +124,18 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
         **({"targets": dict(m.targets)} if m.targets else {}),
         **m.hyperparameters(),
     }
+    declared = m.known_targets()
+    head_stats = {}
+    for name in outputs:
+        t = declared.get(name)
+        if name in m.targets and t is not None and t.source == "head":
+            from ..models import target_statistics
+
+            found = target_statistics(t, data.train, zs)
+            if found:
+                head_stats[name] = found
+    if head_stats:
+        model_config["target_stats"] = head_stats
     family = hyperparameters(m.name)
     if "avg_num_neighbors" in family:
         ann = stats["avg_num_neighbors"] if m.avg_num_neighbors == "auto" else float(m.avg_num_neighbors)
