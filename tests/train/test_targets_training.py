@@ -88,6 +88,12 @@ def test_config_checks_target_names_and_families():
         load_config(None, overrides=["model.name=nosuchnet"])
     with pytest.raises(ConfigError, match=r"model.channels: 'many' is not an int"):
         load_config(None, overrides=["model.channels=many"])
+    with pytest.raises(ConfigError, match=r"model.lmax: 100 is outside the supported range 0..8 for model 'nequip'"):
+        load_config(None, overrides=["model.lmax=100"])
+    with pytest.raises(ValueError, match=r"model.num_layers: 0 is outside the supported range"):
+        from clebsch.models import build_model
+
+        build_model({"name": "mace", "species": ["H"], "cutoff": 3.0, "num_layers": 0})
     with pytest.raises(ConfigError, match=r"model.outputs: unknown target\(s\) \['gap'\]"):
         load_config(None, overrides=["model.outputs=[energy, gap]"])
 

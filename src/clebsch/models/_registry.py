@@ -97,6 +97,13 @@ def _lookup(name: str) -> type:
     return REPRESENTATIONS[name]
 
 
+LIMITS = {"lmax": (0, 8), "hidden_lmax": (0, 8), "num_layers": (1, 32), "channels": (1, 4096),
+          "correlation": (1, 4), "num_basis": (1, 256), "num_heads": (1, 64)}
+"""Ranges of common hyperparameters (a family may widen or narrow them with a ``limits`` class attribute):
+values outside them are mistakes or would need more memory than any machine has (the tensor products
+of NequIP-like models grow as lmax^4 or faster)."""
+
+
 def _check_types(name: str, cls: type, values: dict) -> None:
     """A hyperparameter whose value has another type than its default (or annotation) raises, naming it."""
     try:
@@ -121,6 +128,12 @@ def _check_types(name: str, cls: type, values: dict) -> None:
             article = "an" if expected.__name__[0] in "aeiou" else "a"
             raise ValueError(f"model.{key}: {value!r} is not {article} {expected.__name__} "
                              f"(model {name!r}, default {default!r})")
+    limits = {**LIMITS, **getattr(cls, "limits", {})}
+    for key, value in values.items():
+        if key in limits and key in defaults and isinstance(value, (int, float)) and not isinstance(value, bool):
+            lo, hi = limits[key]
+            if not lo <= value <= hi:
+                raise ValueError(f"model.{key}: {value} is outside the supported range {lo}..{hi} for model {name!r}")
 
 
 def build_model(config: dict) -> Potential:

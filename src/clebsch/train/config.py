@@ -141,11 +141,6 @@ class ModelSection(BaseModel):
         from ..models._registry import _check_types
 
         _check_types(self.name, REPRESENTATIONS[self.name], extra)
-        limits = getattr(REPRESENTATIONS[self.name], "limits", {})
-        for key, (lo, hi) in limits.items():
-            value = extra.get(key, allowed.get(key))
-            if isinstance(value, (int, float)) and not lo <= value <= hi:
-                raise ValueError(f"model.{key}: {value} is outside the supported range {lo}..{hi} for {self.name!r}")
         if self.outputs != "auto":
             known = self.known_targets()
             bad = [o for o in self.outputs if o not in known]
