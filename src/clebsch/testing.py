@@ -232,7 +232,10 @@ def check_potential(model, checks=CONTRACT, *, tolerance: float = 1e-9, seed: in
     - ``rebuild``: ``build_model(model.config)`` with the same weights gives the same energy;
     - ``no_grad``: forces come out, detached, under ``torch.no_grad()``.
 
-    Use a float64 model (``model.double()``) with random, non-zero weights.
+    Pass a float64 model with random, non-zero weights, or a model config
+    (``model.config``): the model is then built in float64 (so that constant
+    buffers such as Clebsch-Gordan blocks are exact to float64) and weights
+    that start at zero are drawn at random.
 
     Returns
     -------
@@ -256,6 +259,21 @@ def check_potential(model, checks=CONTRACT, *, tolerance: float = 1e-9, seed: in
     """
     from .graph import AtomicGraph, batch
 
+    if isinstance(model, dict):
+        from .models import build_model
+
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                model = build_model(model).double()
+                with torch.no_grad():
+                    for p in model.parameters():
+                        if p.abs().sum() == 0:
+                            p.normal_(0, 0.3)
+        finally:
+            torch.set_default_dtype(default)
     unknown = sorted(set(checks) - set(CONTRACT))
     if unknown:
         raise ValueError(f"unknown check(s) {unknown}; known: {list(CONTRACT)}")
