@@ -330,7 +330,7 @@ def check_potential(model, checks=CONTRACT, *, tolerance: float = 1e-9, seed: in
 
     if "forces" in checks and "forces" in model.outputs:
         pos = molecule(4)
-        forces = model(graph(pos))["forces"]
+        forces = model(graph(pos))["forces"].detach()
         eps = 1e-5
         for atom, axis in [(0, 0), (2, 1), (5, 2), (8, 0)]:
             plus, minus = pos.clone(), pos.clone()
