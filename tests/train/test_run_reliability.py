@@ -128,3 +128,40 @@ def test_progress_in_a_log_file_is_one_line_per_epoch(tiny_xyz, tmp_path):
     assert "\r" not in proc.stderr
     epochs = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 3 and "F MAE" in epochs[0] and "meV/Å" in epochs[0]
+
+
+def test_kill9_during_training_keeps_every_file_readable_and_resumes(tiny_xyz, tmp_path):
+    """kill -9 at any moment: the CSV, config and checkpoints stay readable, and --resume finishes the run."""
+    import signal
+    import time
+
+    import yaml
+
+    run = tmp_path / "run"
+    config = tiny_config(tiny_xyz, run, training={"max_epochs": 400, "progress": False, "plots": False,
+                                                    "checkpoint_every": 1})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen([sys.executable, "-m", "clebsch", "train", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait for a few checkpoints, then kill mid-epoch
+            text = (run / "metrics.csv").read_text() if (run / "metrics.csv").exists() else ""
+            if len(text.splitlines()) >= 4:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) >= 2 and all(r["epoch"] for r in rows)
+    from clebsch.train.checkpoint import load_checkpoint
+
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["epoch"] >= 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["max_epochs"] == 400
+    result = train(run, resume=True, overrides=["training.max_epochs=" + str(last["epoch"] + 1)], log=quiet)
+    assert result["epochs"] == last["epoch"] + 1 and (run / "model.pt").exists()
+    epochs = [int(r["epoch"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+    assert epochs == list(range(1, last["epoch"] + 2)), "duplicate or missing epochs after the resume"
