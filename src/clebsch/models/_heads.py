@@ -391,21 +391,13 @@ class AtomHead(torch.nn.Module):
         return {self.target.name: self.target.to_cartesian(value)}
 
 
-class StructureHead(torch.nn.Module):
+class StructureHead(AtomHead):
     """A declared per-structure target: per-atom irreps summed (extensive) or averaged (intensive).
 
     Each atom's contribution is scaled and shifted by its element's statistics,
     so an extensive target starts from per-element means and an intensive one
     from the data's mean.
     """
-
-    def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16, num_species: int = 1,
-                 stats: dict | None = None):
-        super().__init__()
-        self.target = target
-        self.outputs = (target.name,)
-        self.readout = EquivariantReadout(irreps_in, target.irreps_out, cutoff, hidden)
-        self.standard = _Standardised(target, num_species, stats)
 
     def forward(self, features: torch.Tensor, ctx: HeadContext) -> dict:
         per_atom = self.standard(self.readout(features, ctx), ctx.species)
