@@ -16,6 +16,7 @@ SMALL = {
     "nequip": {"num_layers": 2, "channels": 4, "lmax": 2},
     "segnn": {"num_layers": 2, "channels": 4, "lmax": 2},
     "mace": {"num_layers": 2, "channels": 4, "lmax": 2},
+    "tensornet": {"num_layers": 2, "channels": 8},
 }
 
 OUTPUTS = ["energy", "forces", "stress", "dipole", "polarizability"]

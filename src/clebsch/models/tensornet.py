@@ -1,0 +1,285 @@
+r"""TensorNet: Cartesian rank-2 tensor features (Simeon and De Fabritiis, NeurIPS 2023, arXiv:2306.06482).
+
+Every atom carries ``channels`` 3x3 matrices ``X_i``. A matrix splits into
+three parts that rotations never mix (``X -> R X R^T``)::
+
+    X = I + A + S,   I = tr(X)/3 Id,   A = (X - X^T)/2,   S = (X + X^T)/2 - I
+
+a scalar ``I`` (1 number), a skew matrix ``A`` (3 numbers, a vector) and a
+symmetric traceless ``S`` (5 numbers). Linear maps that act on each part
+separately and mix only channels are equivariant; so are matrix products.
+
+*Embedding.* Each edge gives three tensors of its direction ``r̂``: ``Id``,
+the skew matrix of ``r̂`` and the traceless outer product ``r̂ r̂^T - Id/3``
+(each scaled to unit norm).
+They are weighted per channel by linear functions of a radial basis of
+``r_ij`` (``f_I^0, f_A^0, f_S^0``), by a linear embedding of the pair of
+elements ``Z_ij = W (Z_i || Z_j)`` and by the cosine cutoff ``φ(r_ij)``, and
+summed over the neighbours::
+
+    X_i = sum_j φ(r_ij) Z_ij (f_I^0 Id + f_A^0 A(r̂_ij) + f_S^0 S(r̂_ij))
+
+A scalar network of the (layer-normalised) per-channel norms ``|X_i|^2``
+gives three factors that scale the channel mixings of the parts:
+``X_i <- g_I W^I I_i + g_A W^A A_i + g_S W^S S_i``.
+
+*Interaction* (``num_layers`` times). The features are normalised,
+``X_i <- X_i / sqrt(1 + |X_i|^2)`` (the paper's ``X/(|X|+1)``, with a
+denominator smooth at zero), mixed part by part,
+``Y_i = W^I I_i + W^A A_i + W^S S_i``, and the neighbours' parts are summed
+with radial weights ``f = φ(r) MLP(basis(r))`` (three per channel)::
+
+    M_i = sum_j f_I(r_ij) I(Y_j) + f_A(r_ij) A(Y_j) + f_S(r_ij) S(Y_j)
+
+The product ``P_i = Y_i M_i + M_i Y_i`` couples the atom with its
+environment; it is normalised like ``X``, mixed part by part into ``ΔX_i``,
+and ``X_i <- X_i + ΔX_i + ΔX_i^2``.
+
+*Parity.* The skew tensor of an edge is built from a polar vector, so under a
+reflection ``A`` changes sign relative to ``R A R^T`` while ``I`` and ``S``
+do not. The symmetrised product ``YM + MY`` (rather than ``YM``) and the
+square keep this bookkeeping exact — a skew part only ever arises from one
+skew factor and a symmetric one —, which makes the network O(3)-equivariant:
+``I`` is ``0e``, ``A`` is a polar vector ``1o`` and ``S`` is ``2e``.
+
+*Outputs.* ``channels x 0e``: a scalar network of the layer-normalised
+per-channel squared norms of ``I``, ``A`` and ``S`` (as the paper's energy
+readout); ``channels x 1o``: the skew parts, in the three components of
+``CartesianTensor("ij=-ji")`` (which reads the skew part of a true rank-2
+tensor as ``1e``; here it is polar, see *Parity*); ``channels x 2e``: the
+symmetric traceless parts, in the ``2e`` components of
+``CartesianTensor("ij=ji")``. An atom without neighbours has ``X = 0``, so its
+features are the same for every element (the isolated-atom reference).
+
+Internally a matrix is held by its nine coordinates in an orthonormal basis
+adapted to the split (1 + 3 + 5, see :func:`tensor_basis`): a part-wise map
+is one batched product, norms are sums of squares, and ``YM + MY`` is one
+dense product with the basis's structure constants
+(:func:`symmetric_product_constants`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..nn import CosineCutoff, ScalarMLP, radial_basis_of
+from ..o3 import CartesianTensor, Irreps
+from ._registry import register
+
+__all__ = ["TensorNet", "decompose", "tensor_basis", "symmetric_product_constants", "PARTS"]
+
+PARTS = (0, 1, 1, 1, 2, 2, 2, 2, 2)
+"""The part (0: scalar ``I``, 1: skew ``A``, 2: symmetric traceless ``S``) of each of the nine coordinates."""
+
+
+def _spread(dtype=torch.float64) -> torch.Tensor:
+    """``[3, 9]``: ``w @ spread`` repeats a weight per part onto the coordinates of that part."""
+    return torch.nn.functional.one_hot(torch.tensor(PARTS), 3).T.to(dtype).contiguous()
+
+
+def symmetric_product_constants(basis: torch.Tensor) -> torch.Tensor:
+    """``T [9 * 9, 9]`` with ``T[(a, b), k] = <B_k, B_a B_b + B_b B_a>``.
+
+    For matrices with coordinates ``y`` and ``m``, the coordinates of ``YM + MY``
+    are ``(y ⊗ m) @ T``, one dense product instead of many 3x3 ones.
+    """
+    ab = torch.einsum("aij,bjl->abil", basis, basis)
+    return torch.einsum("abil,kil->abk", ab + ab.transpose(0, 1), basis).reshape(81, 9)
+
+
+def decompose(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split matrices ``[..., 3, 3]`` into their scalar, skew and symmetric traceless parts.
+
+    Examples
+    --------
+    >>> x = torch.randn(4, 3, 3)
+    >>> i, a, s = decompose(x)
+    >>> torch.allclose(i + a + s, x)
+    True
+    """
+    eye = torch.eye(3, dtype=x.dtype, device=x.device)
+    i = x.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None] * eye
+    a = 0.5 * (x - x.transpose(-1, -2))
+    s = 0.5 * (x + x.transpose(-1, -2)) - i
+    return i, a, s
+
+
+def tensor_basis(dtype=torch.float64) -> torch.Tensor:
+    """An orthonormal basis ``B [9, 3, 3]`` of 3x3 matrices: ``Id/√3``, three skew, five symmetric traceless.
+
+    The skew rows are the components of ``CartesianTensor("ij=-ji")`` and the
+    symmetric traceless rows the ``2e`` components of ``CartesianTensor("ij=ji")``,
+    so the coordinates ``c_k = <B_k, X>`` of a matrix rotate by the Wigner
+    matrices of ``0e``, ``1e`` and ``2e`` when the matrix goes to ``R X R^T``.
+
+    Examples
+    --------
+    >>> B = tensor_basis()
+    >>> torch.allclose(torch.einsum("kij,lij->kl", B, B), torch.eye(9, dtype=B.dtype))
+    True
+    """
+    sym = CartesianTensor("ij=ji").change_of_basis
+    skew = CartesianTensor("ij=-ji").change_of_basis
+    return torch.cat([sym[:1], skew, sym[1:]]).to(dtype)
+
+
+class PartLinear(torch.nn.Module):
+    """Channel mixing of each part on its own: ``W^I I + W^A A + W^S S``, ``[N, C, 9] -> [N, C', 9]``."""
+
+    def __init__(self, channels_in: int, channels_out: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(3, channels_in, channels_out))
+        self.register_buffer("parts", torch.tensor(PARTS), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight[self.parts] / math.sqrt(self.weight.shape[1])  # [9, C, C']
+        return torch.einsum("nck,kcd->ndk", x, w)
+
+
+class TensorAlgebra(torch.nn.Module):
+    """Fixed tables for matrices held by coordinates ``[..., 9]``: part norms, part weights, products."""
+
+    def __init__(self):
+        super().__init__()
+        dtype = torch.get_default_dtype()
+        basis = tensor_basis()
+        self.register_buffer("basis", basis.to(dtype), persistent=False)
+        self.register_buffer("spread", _spread(dtype), persistent=False)
+        self.register_buffer("constants", symmetric_product_constants(basis).to(dtype), persistent=False)
+
+    def part_norms(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared norms of ``I``, ``A`` and ``S``: ``[..., 9] -> [..., 3]``."""
+        return (x * x) @ self.spread.T
+
+    def weigh(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``w_I I + w_A A + w_S S`` for weights ``[..., 3]``."""
+        return x * (w @ self.spread)
+
+    def symmetric_product(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Coordinates of ``YM + MY``."""
+        outer = (y[..., :, None] * m[..., None, :]).flatten(-2)
+        return outer @ self.constants
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    """``X / sqrt(1 + |X|^2)`` per channel."""
+    return x * torch.rsqrt(1.0 + (x * x).sum(-1, keepdim=True))
+
+
+class Embedding(torch.nn.Module):
+    """The first features: edge tensors weighted by distance and element pair, summed, then rescaled."""
+
+    def __init__(self, num_species: int, channels: int, num_basis: int):
+        super().__init__()
+        self.channels = channels
+        self.atoms = torch.nn.Embedding(num_species, channels)
+        self.pair = ScalarMLP([2 * channels, channels], bias=True)
+        self.radial = ScalarMLP([num_basis, 3 * channels], bias=True)
+        self.norm = torch.nn.LayerNorm(channels)
+        self.scaling = ScalarMLP([channels, 2 * channels, 3 * channels], bias=True)
+        self.linear = PartLinear(channels, channels)
+
+    def forward(self, algebra, species, sender, receiver, edge_tensors, basis, envelope):
+        z = self.atoms(species).to(basis.dtype)
+        z_ij = self.pair(torch.cat([z[receiver], z[sender]], dim=-1))  # [E, C]
+        f = self.radial(basis).view(-1, self.channels, 3)  # f_I^0, f_A^0, f_S^0 per channel
+        weights = (envelope[:, None] * z_ij)[:, :, None] * f  # [E, C, 3]
+        x_ij = algebra.weigh(edge_tensors[:, None, :], weights)  # [E, C, 9]
+        x = x_ij.new_zeros(species.shape[0], self.channels, 9).index_add_(0, receiver, x_ij)
+        g = self.scaling(self.norm((x * x).sum(-1))).view(-1, self.channels, 3)
+        return algebra.weigh(self.linear(x), g)
+
+
+class Interaction(torch.nn.Module):
+    """One TensorNet interaction layer (see the module docstring)."""
+
+    def __init__(self, channels: int, num_basis: int):
+        super().__init__()
+        self.channels = channels
+        self.radial = ScalarMLP([num_basis, channels, 2 * channels, 3 * channels], bias=True)
+        self.mix_in = PartLinear(channels, channels)
+        self.mix_out = PartLinear(channels, channels)
+
+    def forward(self, algebra, x, sender, receiver, basis, envelope):
+        x = _normalise(x)
+        y = self.mix_in(x)
+        f = (self.radial(basis) * envelope[:, None]).view(-1, self.channels, 3)
+        m = torch.zeros_like(y).index_add_(0, receiver, algebra.weigh(y[sender], f))
+        dx = self.mix_out(_normalise(algebra.symmetric_product(y, m)))
+        return x + dx + 0.5 * algebra.symmetric_product(dx, dx)
+
+
+@register("tensornet")
+class TensorNet(torch.nn.Module):
+    r"""The TensorNet representation (see the module docstring for the layers).
+
+    Parameters
+    ----------
+    num_species : int
+        Number of elements.
+    cutoff : float
+        Radial cutoff, Å (the cosine cutoff ``φ`` vanishes there).
+    num_layers : int
+        Interaction layers (paper: 2).
+    channels : int
+        Matrices per atom, the hidden channels (paper: 128).
+    num_basis : int
+        Radial basis functions (paper: 32).
+    radial_basis : str
+        ``"gaussian"`` or ``"bessel"``; the paper uses exponential-normal functions.
+
+    Examples
+    --------
+    >>> net = TensorNet(2, 4.0, num_layers=1, channels=4)
+    >>> net.irreps_out
+    4x0e+4x1o+4x2e
+    >>> species = torch.tensor([0, 1, 1])
+    >>> edge_index = torch.tensor([[0, 1, 0, 2], [1, 0, 2, 0]])
+    >>> vectors = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.2, 0], [0, -1.2, 0]])
+    >>> net(species, edge_index, vectors).shape
+    torch.Size([3, 36])
+    """
+
+    def __init__(
+        self,
+        num_species: int,
+        cutoff: float,
+        *,
+        num_layers: int = 2,
+        channels: int = 32,
+        num_basis: int = 16,
+        radial_basis: str = "gaussian",
+    ):
+        super().__init__()
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        self.channels = channels
+        self.irreps_out = Irreps(f"{channels}x0e + {channels}x1o + {channels}x2e")
+        self.algebra = TensorAlgebra()
+        self.basis = radial_basis_of(radial_basis, cutoff, num_basis)
+        self.envelope = CosineCutoff(cutoff)
+        self.embedding = Embedding(num_species, channels, num_basis)
+        self.layers = torch.nn.ModuleList(Interaction(channels, num_basis) for _ in range(num_layers))
+        self.norm = torch.nn.LayerNorm(3 * channels)
+        self.readout = ScalarMLP([3 * channels, channels, channels], bias=True)
+
+    def edge_tensors(self, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Coordinates ``[E, 9]`` of the unit-norm ``Id``, skew and traceless outer-product tensors of ``r̂``."""
+        unit = edge_vectors / torch.linalg.norm(edge_vectors, dim=-1, keepdim=True)
+        outer = unit[:, :, None] * unit[:, None, :]
+        sym = torch.einsum("eij,kij->ek", outer, self.algebra.basis[4:].to(unit.dtype)) * math.sqrt(1.5)
+        return torch.cat([torch.ones_like(unit[:, :1]), unit, sym], dim=-1)
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+        sender, receiver = edge_index[0], edge_index[1]
+        r = torch.linalg.norm(edge_vectors, dim=-1)
+        basis, envelope = self.basis(r), self.envelope(r)
+        x = self.embedding(self.algebra, species, sender, receiver, self.edge_tensors(edge_vectors), basis, envelope)
+        for layer in self.layers:
+            x = layer(self.algebra, x, sender, receiver, basis, envelope)
+        n = x.shape[0]
+        norms = self.algebra.part_norms(x).transpose(1, 2).reshape(n, -1)  # [N, 3C]: |I|^2, |A|^2, |S|^2
+        scalars = self.readout(self.norm(norms))
+        return torch.cat([scalars, x[:, :, 1:4].reshape(n, -1), x[:, :, 4:].reshape(n, -1)], dim=-1)
