@@ -1,0 +1,98 @@
+"""Every model family on rMD17 ethanol, same data, same wall-time budget, same CPU threads.
+
+The lectures' comparison table on our data and budget: each registered family
+(or those given with ``--families``) is trained with its default
+hyperparameters on ``train.xyz`` (950 train / 50 validation, seeded split)
+for ``--budget`` of wall time, then tested on ``test_MD.xyz``. Printed per
+family: energy and force MAE, weights, epochs reached and milliseconds per
+training step (batch of 5; wall time over steps, validation included).
+
+    OMP_NUM_THREADS=2 python benchmarks/families.py --budget 30m --out runs/bench-families
+
+Families run one after the other (a budget of 30 minutes and nine families is
+four and a half hours). Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import torch
+
+from clebsch.models import families
+from clebsch.train.config import load_config, parse_duration
+from clebsch.train.trainer import train
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ethanol"
+
+
+def config_for(family: str, data: Path, test: Path, out: Path, budget: float, overrides) -> object:
+    base = {
+        "run_dir": str(out / family),
+        "seed": 0,
+        "model": {"name": family, "cutoff": 5.0},
+        "data": {"train": str(data / "train.xyz"), "valid_fraction": 0.05, "test": str(test),
+                 "isolated_atoms": str(data / "isolated_atoms.xyz"), "keys": {"energy": "energy", "forces": "forces"},
+                 "batch_size": 5, "valid_batch_size": 50},
+        "loss": {"weights": {"energy": 1.0, "forces": 100.0}},
+        "second_stage": {"enabled": True, "start_fraction": 0.8, "weights": {"energy": 1000.0, "forces": 100.0},
+                         "lr": 0.001},
+        "training": {"max_epochs": 100000, "max_time": budget, "ema_decay": 0.99, "plots": False},
+    }
+    return load_config(None, overrides, base=base)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", default="30m", help="training wall time per family (seconds or '30m')")
+    parser.add_argument("--families", default=",".join(families()), help="comma-separated families")
+    parser.add_argument("--data", default=str(DATA), help="folder with train.xyz, test_MD.xyz, isolated_atoms.xyz")
+    parser.add_argument("--out", default="runs/bench-families")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-test", type=int, default=None, help="test on the first N frames of test_MD.xyz")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="applied to every family")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data, out = Path(args.data), Path(args.out)
+    budget = parse_duration(args.budget)
+    names = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = sorted(set(names) - set(families()))
+    if unknown:
+        parser.error(f"unknown families {unknown}; registered: {families()}")
+    test = data / "test_MD.xyz"
+    if args.max_test:
+        import ase.io
+
+        test = out / "test-subset.xyz"
+        out.mkdir(parents=True, exist_ok=True)
+        ase.io.write(test, ase.io.read(data / "test_MD.xyz", f":{args.max_test}"))
+    rows = []
+    for family in names:
+        config = config_for(family, data, test, out, budget, args.overrides)
+        result = train(config)
+        import clebsch
+
+        model = clebsch.load(Path(result["model_path"]))
+        with open(Path(result["run_dir"]) / "metrics.csv") as fh:
+            epochs = list(csv.DictReader(fh))
+        steps = result["epochs"] * -(-950 // 5)
+        metrics = result["test_metrics"]["all"]
+        rows.append({"family": family, "energy_mae": metrics["energy_mae"], "forces_mae": metrics["forces_mae"],
+                     "weights": sum(p.numel() for p in model.parameters()), "epochs": result["epochs"],
+                     "ms_per_step": 1000 * float(epochs[-1]["time_s"]) / max(steps, 1)})
+        (out / "families.json").write_text(json.dumps({"budget_s": budget, "threads": args.threads, "rows": rows},
+                                                      indent=2))
+    print()
+    span = f"{budget / 60:.0f} min" if budget >= 60 else f"{budget:.0f} s"
+    print(f"rMD17 ethanol, {span} per family on {args.threads} CPU threads, test on {test.name}")
+    print(f"{'family':<24}{'E MAE meV':>10}{'F MAE meV/Å':>13}{'weights':>10}{'epochs':>8}{'ms/step':>9}")
+    for r in rows:
+        print(f"{r['family']:<24}{r['energy_mae']:>10.2f}{r['forces_mae']:>13.2f}{r['weights']:>10}"
+              f"{r['epochs']:>8}{r['ms_per_step']:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
