@@ -183,6 +183,13 @@ def _evaluate(args) -> int:
 
         for path in parity_plots(ev, args.plots):
             print(f"wrote {path}")
+    from .train.metrics import nonfinite_counts
+
+    bad = nonfinite_counts(ev.metrics)
+    if bad:
+        print(f"clebsch evaluate: the model predicted NaN or infinite values ({', '.join(f'{k}: {v}' for k, v in bad.items())}"
+              f"); its metrics cover the finite predictions only", file=sys.stderr)
+        return 1
     return 0
 
 

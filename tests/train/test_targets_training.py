@@ -1,6 +1,8 @@
 """Loss terms and metrics for any target, per-structure weights, old configs and old packaged models."""
 
 import json
+
+import numpy as np
 import types
 from pathlib import Path
 
@@ -133,3 +135,30 @@ def test_declared_heads_start_from_the_training_statistics():
     pred = model(graphs[0])["shielding"].detach()
     trace = pred.diagonal(dim1=1, dim2=2).sum(-1) / 3
     assert abs(float(trace[0]) - 300) < 30 and abs(float(trace[1]) - 30) < 30
+
+
+def test_evaluate_reports_nonfinite_predictions_and_fails(tmp_path, monkeypatch, capsys):
+    """A model that predicts NaN is not scored on the rest in silence: the count is printed and the exit code is 1."""
+    import ase.io
+    from ase.build import molecule
+
+    from clebsch.cli import main
+    from clebsch.models import build_model
+    from clebsch.models.package import save_package
+
+    torch.manual_seed(0)
+    model = build_model({"name": "schnet", "species": ["H", "C", "O"], "cutoff": 3.0, "num_layers": 1, "channels": 4})
+    with torch.no_grad():
+        model.atomic_energies[0] = float("nan")  # every structure with hydrogen gets a NaN energy
+    save_package(model, tmp_path / "m.pt")
+    frames = []
+    for seed in range(3):
+        a = molecule("CH3OH")
+        a.rattle(0.05, seed=seed)
+        a.info["energy"] = -10.0
+        a.arrays["forces"] = np.zeros((6, 3))
+        frames.append(a)
+    ase.io.write(tmp_path / "d.xyz", frames)
+    code = main(["evaluate", str(tmp_path / "m.pt"), str(tmp_path / "d.xyz")])
+    out = capsys.readouterr()
+    assert code == 1 and "energy: 3" in out.err and "non-finite predictions" in out.out
