@@ -16,8 +16,11 @@ The reference packages pin other e3nn versions (mace-torch: e3nn 0.4.4), so
 each runs in its own virtual environment: this script calls itself there as a
 worker on a saved copy of the inputs. Point it at the interpreters with
 ``--mace-python`` / ``--nequip-python`` (or CLEBSCH_MACE_PYTHON /
-CLEBSCH_NEQUIP_PYTHON); a missing one is skipped. Prints milliseconds per step
-and ratios (reference time / clebsch time: > 1 means clebsch is faster).
+CLEBSCH_NEQUIP_PYTHON); a missing one is skipped. Prints milliseconds per step,
+the arithmetic rate of the step's matrix products against the machine's
+measured fp32 matrix-multiply peak (how far from the hardware limit a step
+is, not only from a peer), and ratios (reference time / clebsch time: > 1
+means clebsch is faster).
 
     OMP_NUM_THREADS=2 python benchmarks/models.py [--frames 16] [--box 1000] [--repeats 5] [--threads 2] [--species 3]
 
@@ -93,7 +96,26 @@ def time_steps(energy_fn, positions, energy_ref, forces_ref, params, repeats):
         energy = energy_fn(pos)
         torch.autograd.grad(energy.sum(), pos)[0]
 
-    return {"train": best_time(train, repeats), "infer": best_time(infer, repeats)}
+    return {"train": best_time(train, repeats), "infer": best_time(infer, repeats),
+            "train_flop": count_flops(train), "infer_flop": count_flops(infer)}
+
+
+def count_flops(fn) -> float:
+    """Floating-point operations of the matrix products in one call (torch's FlopCounterMode: mm, bmm, einsum
+    contractions; elementwise work is not counted, so the rate below is a lower bound)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's fp32 matrix-multiply rate (FLOP/s) at ``threads``: the best of ``repeats`` n x n products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = best_time(lambda: a @ b, repeats)
+    return 2 * n**3 / best
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -283,13 +305,17 @@ def main() -> None:
             else:
                 print(f"[{kind}] no reference interpreter at {python!r}; skipped", file=sys.stderr)
 
-    print(f"\n{'model':>7} {'input':>8} {'step':>6} {'clebsch ms':>11} {'reference ms':>13} {'ref/clebsch':>12}")
+    peak = matmul_peak(args.threads)
+    print(f"\nfp32 matrix-multiply peak measured here ({args.threads} thread(s), 2048 x 2048): {peak / 1e9:.1f} GFLOP/s")
+    print(f"\n{'model':>7} {'input':>8} {'step':>6} {'clebsch ms':>11} {'GFLOP/s':>8} {'of peak':>8} "
+          f"{'reference ms':>13} {'ref/clebsch':>12}")
     for (family, name), times in ours.items():
         for step in ("train", "infer"):
             t = times[step] * 1e3
+            rate = times[f"{step}_flop"] / times[step]
             ref = refs.get((family, name), {}).get(step)
             r = f"{ref * 1e3:13.1f} {ref / times[step]:12.2f}" if ref else f"{'-':>13} {'-':>12}"
-            print(f"{family:>7} {name:>8} {step:>6} {t:11.1f} {r}")
+            print(f"{family:>7} {name:>8} {step:>6} {t:11.1f} {rate / 1e9:8.2f} {100 * rate / peak:7.1f}% {r}")
 
 
 if __name__ == "__main__":
