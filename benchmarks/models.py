@@ -14,9 +14,14 @@ MLP 3 x 64), and every model sees the same graph (the same edges and shifts).
 
 The reference packages pin other e3nn versions (mace-torch: e3nn 0.4.4), so
 each runs in its own virtual environment: this script calls itself there as a
-worker on a saved copy of the inputs. Point it at the interpreters with
-``--mace-python`` / ``--nequip-python`` (or CLEBSCH_MACE_PYTHON /
-CLEBSCH_NEQUIP_PYTHON); a missing one is skipped. Prints milliseconds per step,
+worker on a saved copy of the inputs. By default they are looked for in
+``~/.cache/clebsch-bench/{mace,nequip}`` (``$CLEBSCH_BENCH_DIR``), made with::
+
+    python -m venv ~/.cache/clebsch-bench/mace && ~/.cache/clebsch-bench/mace/bin/pip install torch==2.13.0 mace-torch
+    python -m venv ~/.cache/clebsch-bench/nequip && ~/.cache/clebsch-bench/nequip/bin/pip install torch==2.13.0 nequip==0.19.1
+
+or point at other interpreters with ``--mace-python`` / ``--nequip-python``
+(CLEBSCH_MACE_PYTHON / CLEBSCH_NEQUIP_PYTHON); a missing one is skipped. Prints milliseconds per step,
 the arithmetic rate of the step's matrix products against the machine's
 measured fp32 matrix-multiply peak (how far from the hardware limit a step
 is, not only from a peer), and ratios (reference time / clebsch time: > 1
@@ -270,8 +275,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)")
     parser.add_argument("--species", type=int, default=3, help="elements the models know (3 to 89; the inputs have H, C, O)")
-    parser.add_argument("--mace-python", default=os.environ.get("CLEBSCH_MACE_PYTHON", "/work/refvenv/bin/python"))
-    parser.add_argument("--nequip-python", default=os.environ.get("CLEBSCH_NEQUIP_PYTHON", "/work/refvenv_nequip/bin/python"))
+    bench = Path(os.environ.get("CLEBSCH_BENCH_DIR", Path.home() / ".cache" / "clebsch-bench"))
+    parser.add_argument("--mace-python", default=os.environ.get("CLEBSCH_MACE_PYTHON", str(bench / "mace/bin/python")))
+    parser.add_argument("--nequip-python", default=os.environ.get("CLEBSCH_NEQUIP_PYTHON",
+                                                                  str(bench / "nequip/bin/python")))
     parser.add_argument("--worker", choices=["mace", "nequip"], help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
