@@ -17,6 +17,7 @@ SMALL = {
     "segnn": {"num_layers": 2, "channels": 4, "lmax": 2},
     "mace": {"num_layers": 2, "channels": 4, "lmax": 2},
     "tensornet": {"num_layers": 2, "channels": 8},
+    "allegro": {"num_layers": 2, "num_tensor_features": 4, "lmax": 2, "latent_dim": 16},
 }
 
 OUTPUTS = ["energy", "forces", "stress", "dipole", "polarizability"]
