@@ -18,6 +18,8 @@ SMALL = {
     "mace": {"num_layers": 2, "channels": 4, "lmax": 2},
     "tensornet": {"num_layers": 2, "channels": 8},
     "allegro": {"num_layers": 2, "num_tensor_features": 4, "lmax": 2, "latent_dim": 16},
+    "equivariant_transformer": {"num_layers": 2, "channels": 8, "num_heads": 2, "num_basis": 8},
+    "visnet": {"num_layers": 2, "channels": 8, "num_heads": 2, "num_basis": 8},
 }
 
 OUTPUTS = ["energy", "forces", "stress", "dipole", "polarizability"]
