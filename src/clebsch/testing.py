@@ -389,7 +389,7 @@ def check_potential(model, checks=CONTRACT, *, tolerance: float = 1e-9, seed: in
             e0 = float(model.atomic_energies[k])
             record("isolated", abs(float(out["energy"].detach()) - e0) / max(1.0, abs(e0)))
             if "forces" in out:
-                record("isolated", float(out["forces"].abs().max()))
+                record("isolated", float(out["forces"].detach().abs().max()))
 
     if "batch" in checks:
         graphs = [graph(molecule(s)) for s in (10, 11, 12)]

@@ -145,11 +145,12 @@ def test_kill9_during_training_keeps_every_file_readable_and_resumes(tiny_xyz, t
     proc = subprocess.Popen([sys.executable, "-m", "clebsch", "train", str(path)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # wait for a few checkpoints, then kill mid-epoch
             text = (run / "metrics.csv").read_text() if (run / "metrics.csv").exists() else ""
-            if len(text.splitlines()) >= 4:
+            if len(text.splitlines()) >= 4 and (run / "checkpoints" / "last.pt").exists():
                 break
+            assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -159,7 +160,7 @@ def test_kill9_during_training_keeps_every_file_readable_and_resumes(tiny_xyz, t
     from clebsch.train.checkpoint import load_checkpoint
 
     last = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert last["epoch"] >= 2
+    assert last["epoch"] >= 1
     assert yaml.safe_load((run / "config.yaml").read_text())["training"]["max_epochs"] == 400
     result = train(run, resume=True, overrides=["training.max_epochs=" + str(last["epoch"] + 1)], log=quiet)
     assert result["epochs"] == last["epoch"] + 1 and (run / "model.pt").exists()
