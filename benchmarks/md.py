@@ -10,6 +10,14 @@ timed after a warm-up, so the figure includes the neighbour list (Verlet, skin
 random, so the runs restart from the same positions and velocities every 50
 steps (outside the timed part) before atoms collide.
 
+Each model runs eager and compiled (``ClebschCalculator(compile=True)``: energy,
+forces and stress captured as one graph and compiled by TorchInductor); the
+compile time is printed on its own line (cold: empty Inductor cache; warm: a
+second process reads the compiled graph from the on-disk cache), with the
+number of graphs compiled, and the steps/s of several runs as their range.
+``--breakdown`` prints where a step's time goes on the molecule (ASE,
+neighbour list, graph building, model forward and backward, results).
+
 The reference is ``mace-torch``'s ``MACECalculator`` on a ``mace.modules.MACE``
 of the same hyperparameters, run in its own virtual environment (default
 ``/work/refvenv``; mace-torch needs e3nn 0.4) by re-running this file there
@@ -18,12 +26,14 @@ MACE rows.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/md.py [--quick] [--refvenv /work/refvenv]
+    OMP_NUM_THREADS=1 python benchmarks/md.py [--quick] [--refvenv /work/refvenv] [--repeats 3]
+        [--variants eager compiled] [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -78,10 +88,9 @@ def time_md(atoms, calc, steps: int, warmup: int) -> float:
     return steps / elapsed
 
 
-def ours(family: str, dtype: str, atoms, steps: int, warmup: int) -> float:
+def build(family: str):
     import torch
 
-    from clebsch.calculators import ClebschCalculator
     from clebsch.models import build_model
 
     torch.manual_seed(0)
@@ -89,8 +98,113 @@ def ours(family: str, dtype: str, atoms, steps: int, warmup: int) -> float:
               "outputs": ["energy", "forces", "stress"]}
     if family == "mace":
         config.update(hidden_lmax=1, correlation=3)
-    model = build_model(config)
-    return time_md(atoms, ClebschCalculator(model, dtype=dtype), steps, warmup)
+    return build_model(config)
+
+
+def graphs_compiled() -> int:
+    import torch
+
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def calculator(family: str, dtype: str, atoms, compiled: bool):
+    """The calculator, after its first call; with ``compiled``, also the seconds that call took."""
+    from clebsch.calculators import ClebschCalculator
+
+    calc = ClebschCalculator(build(family), dtype=dtype, compile=compiled)
+    probe = atoms.copy()
+    probe.calc = calc
+    start = time.perf_counter()
+    probe.get_forces()
+    return calc, time.perf_counter() - start
+
+
+def ours(family: str, dtype: str, atoms, steps: int, warmup: int, repeats: int = 1, compiled: bool = False):
+    """Steps/s of ``repeats`` runs, and (compiled) a line on the compilation."""
+    before = graphs_compiled()
+    calc, first = calculator(family, dtype, atoms, compiled)
+    note = None
+    if compiled:
+        if calc.compiled.failed:
+            note = f"not compiled: {calc.compiled.failed}"
+        else:
+            note = f"first call {first:.1f} s (trace {calc.compiled.trace_seconds:.1f} s)"
+    rates = [time_md(atoms, calc, steps, warmup) for _ in range(repeats)]
+    if compiled and note and not calc.compiled.failed:
+        note += f", {graphs_compiled() - before} graph(s) compiled in all"
+    return rates, note
+
+
+def breakdown(family: str, dtype: str, atoms, steps: int, compiled: bool) -> dict:
+    """Milliseconds per MD step spent in each part, on ``atoms``."""
+    import torch
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    calc, _ = calculator(family, dtype, atoms, compiled)
+    spent = dict.fromkeys(["neighbour list", "graph building", "model", "results and checks"], 0.0)
+    update, graph_of, model = calc.neighbors.update, calc.graph, calc.model
+    compiled_fn = calc.compiled
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+        return wrapper
+
+    calc.neighbors.update = timed("neighbour list", update)
+    calc.graph = timed("graph building", graph_of)
+    if compiled:
+        calc.compiled = timed("model", compiled_fn)
+    else:
+        calc.model = timed("model", model)
+    calculate = calc.calculate
+    calc.calculate = timed("calculate", calculate)
+    spent["calculate"] = 0.0
+
+    run = atoms.copy()
+    run.calc = calc
+    dyn = VelocityVerlet(run, timestep=0.5 * units.fs)
+    dyn.run(5)
+    for key in spent:
+        spent[key] = 0.0
+    start = time.perf_counter()
+    dyn.run(steps)
+    total = time.perf_counter() - start
+    ms = {k: 1e3 * v / steps for k, v in spent.items()}
+    out = {"total": 1e3 * total / steps, "ASE (integrator, calculator bookkeeping)": 1e3 * total / steps - ms["calculate"]}
+    out["neighbour list"] = ms["neighbour list"]
+    out["graph building"] = ms["graph building"] - ms["neighbour list"]
+    if compiled:
+        out["model: forward + backward, one compiled graph"] = ms["model"]
+    else:
+        # split the model's time by timing the forward alone (with the autograd graph recorded) on one graph
+        graph = graph_of(run)
+        periodic = bool(run.pbc.all())
+
+        def forward_only():  # the energy, with the autograd graph a backward would need recorded
+            positions = graph.positions.detach().requires_grad_(True)
+            return model(dataclasses.replace(graph, positions=positions), compute_forces=False, compute_stress=False)
+
+        with torch.enable_grad():
+            full = _per_call(lambda: model(graph, compute_forces=True, compute_stress=periodic))
+            fwd = _per_call(forward_only)
+        out["model: forward"] = ms["model"] * fwd / full
+        out["model: backward (forces)"] = ms["model"] * (1 - fwd / full)
+    out["results and checks"] = ms["calculate"] - ms["graph building"] - ms["model"]
+    return out
+
+
+def _per_call(fn, n: int = 200) -> float:
+    for _ in range(10):
+        fn()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
 
 
 def reference_worker(dtype: str, steps_list, warmup_list) -> dict:
@@ -130,12 +244,21 @@ def reference(refvenv: str, dtype: str, steps_list, warmup_list):
     return json.loads(proc.stdout.strip().splitlines()[-1]), None
 
 
+def _range(rates) -> str:
+    lo, hi = min(rates), max(rates)
+    return f"{lo:.1f}" if len(rates) == 1 else f"{lo:.1f}-{hi:.1f}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps")
     parser.add_argument("--refvenv", default="/work/refvenv", help="venv with mace-torch ('' to skip)")
     parser.add_argument("--families", nargs="+", default=["nequip", "mace"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--variants", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    parser.add_argument("--systems", nargs="+", type=int, default=[0, 1], help="0: the molecule, 1: the Cu box")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row; steps/s are given as their range")
+    parser.add_argument("--breakdown", action="store_true", help="where a step goes on the molecule, then stop")
     parser.add_argument("--reference-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--steps", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
@@ -148,22 +271,39 @@ def main(argv=None):
 
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); steps timed: {steps}, warm-up {warmup}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); steps timed: {steps}, warm-up {warmup}, "
+          f"{args.repeats} run(s) per row")
+    if args.breakdown:
+        name, atoms = systems()[0]
+        for family in args.families:
+            for dtype in args.dtypes:
+                for variant in args.variants:
+                    parts = breakdown(family, dtype, atoms, steps[0], variant == "compiled")
+                    total = parts.pop("total")
+                    print(f"{name}, {family} {dtype} {variant}: {total:.2f} ms/step ({1e3 / total:.0f} steps/s)")
+                    for part, ms in parts.items():
+                        print(f"    {part:<48} {ms:7.3f} ms  {100 * ms / total:5.1f} %")
+        return
     refs = {}
     if args.refvenv:
         for dtype in args.dtypes:
             refs[dtype], why = reference(args.refvenv, dtype, steps, warmup)
             if why:
                 print(f"MACE reference ({dtype}): {why}")
-    print(f"{'system':<28} {'model':<8} {'dtype':<8} {'steps/s':>9} {'MACE ref':>9} {'ratio':>6}")
-    for (name, atoms), n, w in zip(systems(), steps, warmup):
+    print(f"{'system':<28} {'model':<8} {'dtype':<8} {'variant':<9} {'steps/s':>13} {'MACE ref':>9} {'ratio':>6}")
+    for index in args.systems:
+        (name, atoms), n, w = systems()[index], steps[index], warmup[index]
         for family in args.families:
             for dtype in args.dtypes:
-                rate = ours(family, dtype, atoms, n, w)
-                ref = (refs.get(dtype) or {}).get(name) if family == "mace" else None
-                ref_s = f"{ref:9.2f}" if ref else f"{'-':>9}"
-                ratio = f"{rate / ref:6.2f}" if ref else f"{'-':>6}"
-                print(f"{name:<28} {family:<8} {dtype:<8} {rate:9.2f} {ref_s} {ratio}", flush=True)
+                for variant in args.variants:
+                    rates, note = ours(family, dtype, atoms, n, w, args.repeats, variant == "compiled")
+                    ref = (refs.get(dtype) or {}).get(name) if family == "mace" else None
+                    ref_s = f"{ref:9.2f}" if ref else f"{'-':>9}"
+                    ratio = f"{np.median(rates) / ref:6.2f}" if ref else f"{'-':>6}"
+                    print(f"{name:<28} {family:<8} {dtype:<8} {variant:<9} {_range(rates):>13} {ref_s} {ratio}",
+                          flush=True)
+                    if note:
+                        print(f"{'':<28} {'':<8} {'':<8} ({note})", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 - :class:`ClebschCalculator` — an ASE calculator over a model (or a packaged
   model file), with a Verlet neighbour list (:class:`VerletList`, from
-  :mod:`clebsch.graph.verlet`).
+  :mod:`clebsch.graph.verlet`); ``compile=True`` runs energy, forces and
+  stress as one captured, compiled graph (:class:`CompiledPotential`).
 - :func:`md`, :func:`relax` — molecular dynamics (NVE, Langevin, NPT) and
   geometry/cell relaxation, behind ``clebsch md`` and ``clebsch relax``.
 - :func:`export`, :func:`load_exported` — a ``torch.export`` archive that runs
@@ -10,12 +11,14 @@
 """
 
 from ._calculator import ClebschCalculator, load_model
+from ._compiled import CompiledPotential
 from ._dynamics import md, relax
 from ._export import ExportedPotential, export, load_exported
 from ..graph.verlet import VerletList
 
 __all__ = [
     "ClebschCalculator",
+    "CompiledPotential",
     "ExportedPotential",
     "VerletList",
     "export",

@@ -10,6 +10,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from ..graph import AtomicGraph
 from ..graph.verlet import VerletList
+from ._compiled import CompiledPotential
 
 __all__ = ["ClebschCalculator", "load_model"]
 
@@ -125,6 +126,15 @@ class ClebschCalculator(Calculator):
         Verlet skin in Å: edges are searched within ``cutoff + skin`` and the
         list is reused until an atom may have crossed the skin (see
         :class:`VerletList`); 0 builds a fresh list at every call.
+    compile : bool
+        Evaluate energy, forces and stress as one captured graph compiled by
+        TorchInductor (see :class:`~clebsch.calculators.CompiledPotential`):
+        several times faster on small structures, after a compilation of
+        tens of seconds on the first call (less when Inductor's on-disk cache
+        already holds the graph). One graph serves any number of atoms and
+        edges, so rebuilding the neighbour list does not recompile. Where
+        compiling is not possible, the calculator warns once and evaluates
+        the model eagerly.
     **kwargs
         Passed to :class:`ase.calculators.calculator.Calculator`.
 
@@ -152,9 +162,11 @@ class ClebschCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "dipole"]
 
-    def __init__(self, model, device: str = "cpu", dtype: str = "float64", skin: float = 0.5, **kwargs):
+    def __init__(self, model, device: str = "cpu", dtype: str = "float64", skin: float = 0.5, compile: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.model = load_model(model, device, dtype)
+        self.compiled = CompiledPotential(self.model) if compile else None
         self.device = _as_device(device)
         self.dtype = _as_dtype(dtype)
         self.cutoff = float(self.model.cutoff)
@@ -194,7 +206,9 @@ class ClebschCalculator(Calculator):
                 f"stress needs a structure periodic in all three directions, but pbc is {atoms.pbc.tolist()}"
             )
         graph = self.graph(atoms)
-        out = self.model(graph, compute_forces=True, compute_stress=periodic)
+        out = self.compiled(graph, compute_stress=periodic) if self.compiled is not None else None
+        if out is None:
+            out = self.model(graph, compute_forces=True, compute_stress=periodic)
         if periodic and "stress" not in out and "stress" in properties:
             raise PropertyNotImplementedError(
                 f"the model ({type(self.model).__name__}) gave no stress for this periodic cell; it returned only "
