@@ -20,13 +20,13 @@ neighbour list, graph building, model forward and backward, results).
 
 The reference is ``mace-torch``'s ``MACECalculator`` on a ``mace.modules.MACE``
 of the same hyperparameters, run in its own virtual environment (default
-``/work/refvenv``; mace-torch needs e3nn 0.4) by re-running this file there
+``~/.cache/clebsch-bench/mace``, or ``$CLEBSCH_MACE_VENV``; mace-torch needs e3nn 0.4) by re-running this file there
 with ``--reference-worker``. Ratios are steps/s of ours over MACE's, for the
 MACE rows.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/md.py [--quick] [--refvenv /work/refvenv] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/md.py [--quick] [--refvenv ~/.cache/clebsch-bench/mace] [--repeats 3]
         [--variants eager compiled] [--breakdown]
 """
 
@@ -252,7 +252,9 @@ def _range(rates) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps")
-    parser.add_argument("--refvenv", default="/work/refvenv", help="venv with mace-torch ('' to skip)")
+    default_venv = os.environ.get("CLEBSCH_MACE_VENV",
+                                  os.path.join(os.path.expanduser("~"), ".cache", "clebsch-bench", "mace"))
+    parser.add_argument("--refvenv", default=default_venv, help="venv with mace-torch ('' to skip)")
     parser.add_argument("--families", nargs="+", default=["nequip", "mace"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--variants", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
