@@ -34,6 +34,12 @@ and ``clebsch.json`` lists the inputs and outputs (``"inputs"``,
 the energies as ``program(...)[0]``. A file without those keys (written
 before dipoles were exported) holds the five-input, energies-only function.
 
+Physics terms of the model (``physics``) are inside the exported energies:
+ZBL for every structure, and the Coulomb energy of the dipole head's charges
+for open structures (the Ewald sum of a periodic cell picks its number of
+reciprocal vectors from the cell, which a traced graph cannot; such an export
+refuses periodic structures, and ``clebsch.json`` says so under ``"open_only"``).
+
 Edges follow :func:`clebsch.graph.radius_graph`: row 0 the sender ``j``, row 1
 the receiver ``i``, vector ``r_j - r_i + shifts @ cell``, every pair within the
 cutoff in both directions.
@@ -75,11 +81,15 @@ class ExportedFunction(torch.nn.Module):
         p = self.potential
         species = p.z_to_index[numbers]
         vectors = positions[edge_index[0]] - positions[edge_index[1]] + shifts @ cell
-        energies, features = p.atomic_energies_and_features(species, edge_index, vectors)
-        if not self.outputs:
-            return energies
         if total_charge is None:
             total_charge = torch.zeros(1, dtype=positions.dtype, device=positions.device)
+        physics = {}
+        if _has_coulomb(p):  # open structures only (see the module's notes)
+            physics = {"positions": positions, "batch": torch.zeros_like(species), "num_graphs": 1,
+                       "total_charge": total_charge.to(positions.dtype), "cell": cell[None], "periodic": [False]}
+        energies, features = p.atomic_energies_and_features(species, edge_index, vectors, **physics)
+        if not self.outputs:
+            return energies
         ctx = HeadContext(species=species, positions=positions, batch=torch.zeros_like(species), num_graphs=1,
                           edge_index=edge_index, edge_vectors=vectors, total_charge=total_charge.to(positions.dtype),
                           masses=p.masses.to(positions.dtype)[species], cutoff=p.cutoff)
@@ -88,6 +98,11 @@ class ExportedFunction(torch.nn.Module):
             named.update({key: head(features)} if key in p._legacy_irreps else head(features, ctx))
         # one structure: per-structure values without their batch axis
         return (energies, *[named[n][0] if p.targets[n].level == "structure" else named[n] for n in self.outputs])
+
+
+def _has_coulomb(model) -> bool:
+    physics = getattr(model, "physics", None)
+    return physics is not None and physics.coulomb is not None
 
 
 def exported_outputs(model) -> list[str]:
@@ -183,7 +198,7 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
         ) from err
     meta = {"cutoff": float(model.cutoff), "species": [int(z) for z in model.species], "dtype": dtype,
             "inputs": inputs, "outputs": outputs, "config": getattr(model, "config", {}),
-            "levels": {n: model.targets[n].level for n in names}}
+            "levels": {n: model.targets[n].level for n in names}, "open_only": _has_coulomb(model)}
     path = os.fspath(path)
     torch.export.save(program, path, extra_files={_META: json.dumps(meta, default=str)})
     return path
@@ -212,6 +227,7 @@ class ExportedPotential(torch.nn.Module):
             n for n in self.program_outputs if n not in ("atomic_energies", "charges"))
         self.config = meta.get("config", {})
         self.levels = meta.get("levels", {"dipole": "structure", "charges": "atom"})
+        self.open_only = bool(meta.get("open_only", False))
 
     def train(self, mode: bool = True):
         """Only records the mode: an exported program has no training behaviour to switch."""
@@ -234,6 +250,9 @@ class ExportedPotential(torch.nn.Module):
         if graph.cell.shape[0] != 1:
             raise ValueError("an exported model evaluates one structure at a time")
         self._check(graph.numbers)
+        if self.open_only and bool(graph.pbc.any()):
+            raise ValueError("this exported model has a coulomb physics term, exported for open structures only; "
+                             "evaluate periodic structures with the packaged model (.pt) instead")
         compute_forces = True if compute_forces is None else compute_forces
         if compute_stress is None:
             compute_stress = bool(graph.pbc.all())

@@ -12,6 +12,10 @@ neighbours, so an isolated atom gets exactly its reference energy ``E0`` and
 the energy is continuous when a neighbour leaves the cutoff. The isolated
 features come from the same forward pass: one extra node per element, with no
 edges, is appended to the graph.
+
+Physics terms (``physics``: ZBL repulsion, electrostatics of the dipole head's
+charges, see :mod:`clebsch.models._physics`) are added to the per-atom energies
+in the same energy path, so forces, stress, Hessians and the export include them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ase.data import atomic_masses, chemical_symbols
 from ..o3 import Irreps
 from ..targets import TARGETS, Target, resolve_targets
 from ._heads import HeadContext, IrrepsHead, ScalarReadout, build_head, head_kind
+from ._physics import PhysicsTerms, check_physics
 
 OUTPUTS = tuple(TARGETS)
 """The built-in outputs (see :data:`clebsch.targets.TARGETS`); a config may declare more."""
@@ -79,6 +84,11 @@ class Potential(torch.nn.Module):
         ``{target: {"scale": s, "shift": [...]}}``: the spread and per-element
         mean a declared target's head starts from (the trainer fills it from
         the training data, see :func:`clebsch.models.target_statistics`).
+    physics : dict, optional
+        Physics terms added to the energy, ``{"zbl": {"r_inner": 0.4, "r_outer": 0.9},
+        "coulomb": {"sigma": 1.0, "accuracy": 1e-8}}`` (see
+        :func:`clebsch.models._physics.check_physics`); ``coulomb`` uses the dipole
+        head's charges and turns on the ``charges`` output.
     config : dict, optional
         The plain config this model was built from (see :func:`build_model`).
     """
@@ -95,6 +105,7 @@ class Potential(torch.nn.Module):
         irreps_heads: dict | None = None,
         readout_hidden: int = 16,
         target_stats: dict | None = None,
+        physics: dict | None = None,
         config: dict | None = None,
     ):
         super().__init__()
@@ -115,6 +126,9 @@ class Potential(torch.nn.Module):
         outputs = list(dict.fromkeys(outputs))
         if "energy" not in outputs:
             outputs.insert(0, "energy")
+        physics = check_physics(physics, self.cutoff)
+        if "coulomb" in physics and "charges" not in outputs:
+            outputs.append("charges")  # the Coulomb energy needs the dipole head's charges
         self.outputs = tuple(outputs)
         self.config = dict(config or {})
 
@@ -127,6 +141,7 @@ class Potential(torch.nn.Module):
         self.register_buffer("atomic_energies", e0.clone())
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("masses", torch.as_tensor(atomic_masses[numbers], dtype=torch.get_default_dtype()))
+        self.physics = PhysicsTerms(physics, numbers, self.cutoff) if physics else None
 
         self.energy_head = ScalarReadout(self.irreps, 1, readout_hidden)
         # one head per head kind the outputs need (the dipole head makes charges and dipole);
@@ -180,12 +195,22 @@ class Potential(torch.nn.Module):
             )
         return index
 
-    def atomic_energies_and_features(self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor):
+    def atomic_energies_and_features(self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
+                                     *, positions: torch.Tensor | None = None, batch: torch.Tensor | None = None,
+                                     num_graphs: int = 1, total_charge: torch.Tensor | None = None,
+                                     cell: torch.Tensor | None = None, periodic: Sequence[bool] | None = None):
         """The energy path: per-atom energies [N] and the features [N, irreps.dim].
 
-        ``E_i = E0[z_i] + scale * (f(h_i) - f(h_i^isolated))``: one extra node per
-        element, with no edges, gives the isolated-atom features in the same pass.
+        ``E_i = E0[z_i] + w_i * scale * (f(h_i) - f(h_i^isolated)) + physics_i``: one extra node
+        per element, with no edges, gives the isolated-atom features in the same pass; the
+        physics terms (if any) add half of each pair's energy to each of its atoms, and ``w_i``
+        is 1 unless ZBL blends the learned energy out at short range
+        (:meth:`clebsch.models._physics.ZBL.learned_weight`).
         Used by :meth:`forward` and by the export, so both compute the same numbers.
+
+        The keyword arguments are needed by the Coulomb term only: ``positions`` [N, 3],
+        ``batch`` [N] (default: one structure), ``num_graphs``, ``total_charge`` [B],
+        ``cell`` [B, 3, 3] and ``periodic`` (a bool per structure).
         """
         n = species.shape[0]
         n_species = len(self.species)
@@ -193,8 +218,50 @@ class Potential(torch.nn.Module):
         features = self.representation(all_species, edge_index, vectors)
         atomic_out = self.energy_head(features)[:, 0]
         learned = atomic_out[:n] - atomic_out[n:][species]
+        zbl = self.physics.zbl if self.physics is not None else None
+        if zbl is not None and zbl.blend:  # below the ZBL's inner radius the learned energy fades out
+            learned = learned * zbl.learned_weight(species, edge_index, vectors)
         e_atom = self.atomic_energies.to(learned.dtype)[species] + self.scale.to(learned.dtype) * learned
-        return e_atom, features[:n]
+        features = features[:n]
+        if self.physics is not None:
+            e_atom = e_atom + self._physics_energies(species, edge_index, vectors, features, positions, batch,
+                                                     num_graphs, total_charge, cell, periodic)
+        return e_atom, features
+
+    def _physics_energies(self, species, edge_index, vectors, features, positions, batch, num_graphs, total_charge,
+                          cell, periodic) -> torch.Tensor:
+        e = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
+        if self.physics.zbl is not None:
+            e = e + self.physics.zbl(species, edge_index, vectors)
+        if self.physics.coulomb is not None:
+            if positions is None:
+                raise ValueError("the coulomb physics term needs positions (and batch, total_charge, cell, periodic "
+                                 "for batches and periodic structures) in atomic_energies_and_features")
+            if batch is None:
+                batch = torch.zeros_like(species)
+            if total_charge is None:
+                total_charge = torch.zeros(num_graphs, dtype=vectors.dtype, device=vectors.device)
+            if cell is None:
+                cell = torch.zeros(num_graphs, 3, 3, dtype=vectors.dtype, device=vectors.device)
+            if periodic is None:
+                periodic = [False] * num_graphs
+            ctx = HeadContext(species=species, positions=positions, batch=batch, num_graphs=num_graphs,
+                              edge_index=edge_index, edge_vectors=vectors, total_charge=total_charge.to(vectors.dtype),
+                              masses=self.masses.to(vectors.dtype)[species], cutoff=self.cutoff)
+            charges = self.heads[self._head_of["charges"]](features, ctx)["charges"]
+            e = e + self.physics.coulomb(charges, positions, batch, num_graphs, cell, periodic, edge_index, vectors)
+        return e
+
+    @staticmethod
+    def periodic_structures(graph) -> list[bool]:
+        """Whether each structure of ``graph`` is periodic; the Coulomb term takes all or no directions periodic."""
+        pbc = graph.pbc
+        mixed = pbc.any(dim=1) & ~pbc.all(dim=1)
+        if mixed.any():
+            b = int(mixed.nonzero()[0])
+            raise ValueError(f"structure {b} is periodic in some directions only (pbc={pbc[b].tolist()}); the "
+                             "coulomb physics term supports fully periodic or open structures")
+        return pbc.all(dim=1).tolist()
 
     def head_context(self, graph, species, positions, vectors) -> HeadContext:
         return HeadContext(
@@ -251,7 +318,8 @@ class Potential(torch.nn.Module):
 
         vectors = graph.edge_vectors(positions=positions, cell=cell)
         species = self.species_index(graph.numbers, graph.batch)
-        e_atom, features = self.atomic_energies_and_features(species, graph.edge_index, vectors)
+        e_atom, features = self.atomic_energies_and_features(species, graph.edge_index, vectors,
+                                                             **self._physics_inputs(graph, positions, cell))
         energy = torch.zeros(num_graphs, dtype=e_atom.dtype, device=e_atom.device).index_add_(0, graph.batch, e_atom)
         out = {"energy": energy, "atomic_energies": e_atom}
 
@@ -283,6 +351,65 @@ class Potential(torch.nn.Module):
             out["born_charges"] = self._born_charges(out["dipole"], grad_inputs[0], create_graph)
         return out
 
+    def _physics_inputs(self, graph, positions, cell) -> dict:
+        """The keyword arguments of the energy path that the Coulomb term needs (none without it)."""
+        if self.physics is None or self.physics.coulomb is None:
+            return {}
+        return {"positions": positions, "batch": graph.batch, "num_graphs": graph.num_graphs,
+                "total_charge": graph.total_charge, "cell": cell, "periodic": self.periodic_structures(graph)}
+
+    # ------------------------------------------------------------------ Hessian
+    def hessian(self, graph, chunk: int = 96) -> torch.Tensor:
+        """The exact Hessian ``d^2 E / dr_ia dr_jb`` [3N, 3N] by autograd (eV/Å^2).
+
+        Rows come from backward passes through the forces, ``chunk`` rows at a
+        time (``is_grads_batched``; one row at a time where an operation of the
+        model has no batching rule, e.g. a custom autograd function). For a batch of structures the matrix is block
+        diagonal. Cell and positions are held fixed (no strain derivatives).
+
+        Examples
+        --------
+        >>> from clebsch.graph import AtomicGraph
+        >>> from clebsch.models import build_model
+        >>> model = build_model({"name": "schnet", "species": ["H"], "cutoff": 3.0, "num_layers": 1, "channels": 4})
+        >>> graph = AtomicGraph.from_tensors(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.8]]), torch.tensor([1, 1]), 3.0)
+        >>> model.hessian(graph).shape
+        torch.Size([6, 6])
+        """
+        with torch.enable_grad():
+            positions = graph.positions.detach().requires_grad_(True)
+            vectors = graph.edge_vectors(positions=positions)
+            species = self.species_index(graph.numbers, graph.batch)
+            e_atom, _ = self.atomic_energies_and_features(species, graph.edge_index, vectors,
+                                                          **self._physics_inputs(graph, positions, graph.cell))
+            gradient = torch.autograd.grad(e_atom.sum(), positions, create_graph=True)[0].reshape(-1)
+            size = gradient.numel()
+            eye = torch.eye(size, dtype=gradient.dtype, device=gradient.device)
+            # whether every operation has a batching rule is learnt once per model, on two rows
+            batched = getattr(self, "_hessian_batched", None) is not False
+            starts = [0] + list(range(min(2, size), size, max(1, chunk))) if batched else list(range(size))
+            rows = []
+            for start, stop in zip(starts, starts[1:] + [size]):
+                seeds = eye[start:stop]
+                block = None
+                if batched:
+                    try:
+                        block = torch.autograd.grad(gradient, positions, grad_outputs=seeds, is_grads_batched=True,
+                                                    retain_graph=True, allow_unused=True)[0]
+                        if block is None:
+                            block = torch.zeros(seeds.shape[0], *positions.shape, dtype=gradient.dtype,
+                                                device=gradient.device)
+                        self._hessian_batched = True
+                    except RuntimeError:  # an operation without a batching rule: one row at a time from now on
+                        batched = self._hessian_batched = False
+                if block is None:
+                    block = torch.stack([
+                        _or_zeros(torch.autograd.grad(gradient, positions, grad_outputs=seed, retain_graph=True,
+                                                      allow_unused=True)[0], positions)
+                        for seed in seeds])
+                rows.append(block.reshape(seeds.shape[0], size))
+        return torch.cat(rows).detach()
+
     @staticmethod
     def _born_charges(dipole: torch.Tensor, positions: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """``Z*[i, a, b] = d(mu_a) / d(r_ib)`` for the structure atom ``i`` belongs to (3 backward passes)."""
@@ -292,6 +419,10 @@ class Potential(torch.nn.Module):
                                     allow_unused=True)[0]
             rows.append(g if g is not None else torch.zeros_like(positions))
         return torch.stack(rows, dim=1)
+
+
+def _or_zeros(g, like):
+    return torch.zeros_like(like) if g is None else g
 
 
 def _rename_legacy_keys(state_dict, prefix, *args, **kwargs):

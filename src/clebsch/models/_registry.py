@@ -25,7 +25,7 @@ REPRESENTATIONS: dict[str, type] = {}
 
 # keys of a model config that belong to the Potential rather than the representation
 POTENTIAL_KEYS = ("species", "cutoff", "atomic_energies", "scale", "outputs", "targets", "irreps_heads",
-                  "readout_hidden", "target_stats")
+                  "readout_hidden", "target_stats", "physics")
 
 
 class Representation(Protocol):
@@ -141,7 +141,7 @@ def build_model(config: dict) -> Potential:
 
     The dict holds ``name`` (a model family), the keys of :class:`Potential`
     (``species``, ``cutoff``, ``atomic_energies``, ``scale``, ``outputs``,
-    ``targets``, ``readout_hidden``) and the family's hyperparameters.
+    ``targets``, ``readout_hidden``, ``physics``) and the family's hyperparameters.
     Missing hyperparameters take their defaults, and the returned model's
     ``config`` holds every value, so ``build_model(model.config)`` rebuilds it.
 
@@ -160,9 +160,15 @@ def build_model(config: dict) -> Potential:
         if key not in config:
             raise ValueError(f"model config for {name!r} is missing {key!r}")
     potential_kwargs = {k: config.pop(k) for k in POTENTIAL_KEYS if k in config}
-    for key in ("targets", "target_stats"):
+    for key in ("targets", "target_stats", "physics"):
         if not potential_kwargs.get(key):
             potential_kwargs.pop(key, None)
+    if "physics" in potential_kwargs:  # validated and with its defaults, so the config says what runs
+        from ._physics import check_physics
+
+        potential_kwargs["physics"] = check_physics(potential_kwargs["physics"], float(potential_kwargs["cutoff"]))
+        if not potential_kwargs["physics"]:
+            potential_kwargs.pop("physics")
     defaults = hyperparameters(name)
     unknown = sorted(set(config) - set(defaults))
     if unknown:

@@ -107,6 +107,12 @@ class ModelSection(BaseModel):
                     "gap: {level: structure, irreps: 0e, reduce: mean, unit: eV}}",
     )
     readout_hidden: int = Field(16, ge=0, description="width of the output heads' hidden layers")
+    physics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="physics terms added to the energy: {zbl: {r_inner: 0.4, r_outer: 0.9}} (radii in Å; {} for "
+                    "radii from covalent radii), {coulomb: {sigma: 1.0, accuracy: 1.0e-8}} (electrostatics of the "
+                    "dipole head's charges, Gaussian width sigma in Å; Ewald sum for periodic cells)",
+    )
 
     @field_validator("name")
     @classmethod
@@ -124,6 +130,20 @@ class ModelSection(BaseModel):
         for name, spec in value.items():
             declare(name, spec)
         return value
+
+    @field_validator("physics", mode="before")
+    @classmethod
+    def _check_physics(cls, value):
+        from ..models._physics import check_physics
+
+        return check_physics(value)
+
+    @model_validator(mode="after")
+    def _check_physics_radii(self):
+        from ..models._physics import check_physics
+
+        check_physics(self.physics, self.cutoff)
+        return self
 
     @model_validator(mode="after")
     def _check_hyperparameters(self):

@@ -58,7 +58,7 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
     ``species`` from the elements present, ``atomic_energies`` from the
     isolated-atoms file or a least-squares fit, ``scale`` from the force RMS,
     ``avg_num_neighbors`` (for families that take it) from the mean neighbour
-    count, ``outputs`` from the loss weights.
+    count, ``outputs`` from the loss weights; ``physics`` is passed on as it is.
     """
     from ..models import hyperparameters
 
@@ -122,6 +122,7 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
         "outputs": outputs,
         "readout_hidden": int(m.readout_hidden),
         **({"targets": dict(m.targets)} if m.targets else {}),
+        **({"physics": dict(m.physics)} if m.physics else {}),
         **m.hyperparameters(),
     }
     declared = m.known_targets()
