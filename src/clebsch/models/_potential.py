@@ -165,7 +165,6 @@ class Potential(torch.nn.Module):
         for name, irreps in (irreps_heads or {}).items():
             self.heads[name] = IrrepsHead(self.irreps, irreps)
         self._legacy_irreps = tuple((irreps_heads or {}).keys())
-        self.responses = tuple(n for n in self.outputs if self.targets[n].source == "response")
         self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     # ------------------------------------------------------------------ helpers
