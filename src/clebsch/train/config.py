@@ -19,7 +19,6 @@ clebsch.train.config.ConfigError: loss.kind: 'l1' is not allowed; allowed values
 from __future__ import annotations
 
 import re
-import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 

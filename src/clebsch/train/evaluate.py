@@ -6,7 +6,6 @@ Used for validation during training, the final test report, and ``clebsch evalua
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
