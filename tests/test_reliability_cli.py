@@ -16,7 +16,7 @@ from ase.build import molecule
 
 import clebsch.cli as cli
 from clebsch.cli import main
-from clebsch.models import build_model
+from clebsch.testing import float64_model
 from clebsch.models.package import save_package
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
@@ -27,16 +27,9 @@ AS_ROOT = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            model = build_model({"name": "schnet", "species": ["H", "C", "O"], "cutoff": 3.0, "channels": 8,
-                                 "num_layers": 1})
-        finally:
-            torch.set_default_dtype(previous)
-    save_package(model.double().eval(), root / "model.pt")
+    model = float64_model({"name": "schnet", "species": ["H", "C", "O"], "cutoff": 3.0, "channels": 8,
+                           "num_layers": 1})
+    save_package(model, root / "model.pt")
     water = molecule("H2O")
     water.info["energy"] = -1.0
     ase.io.write(root / "water.xyz", water)

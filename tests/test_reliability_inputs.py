@@ -22,21 +22,13 @@ from ase.build import bulk, molecule
 from clebsch.calculators import ClebschCalculator, VerletList, md, relax
 from clebsch.cli import main
 from clebsch.data.io import read_structure, read_structures
-from clebsch.models import build_model
+from clebsch.testing import float64_model
 from clebsch.models.package import PackageError, describe, load, read_package, save_package, weights_checksum
 
 
 def tiny_model(seed=0, **extra):
     config = {"name": "schnet", "species": ["H", "C", "O"], "cutoff": 3.0, "channels": 8, "num_layers": 1, **extra}
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            model = build_model(config)
-        finally:
-            torch.set_default_dtype(previous)
-    return model.double().eval()
+    return float64_model(config, seed)
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,12 @@ import time
 import ase.io
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from clebsch.cli import main
-from clebsch.models import build_model
+from clebsch.testing import float64_model
 from clebsch.models.package import save_package
 
 OLD = b"the earlier output, which must survive\n"
@@ -26,15 +25,7 @@ OLD = b"the earlier output, which must survive\n"
 
 def tiny_model(seed=0, **extra):
     config = {"name": "schnet", "species": ["H", "C", "O"], "cutoff": 3.0, "channels": 8, "num_layers": 1, **extra}
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            model = build_model(config)
-        finally:
-            torch.set_default_dtype(previous)
-    return model.double().eval()
+    return float64_model(config, seed)
 
 
 def sparse_atoms(n=8, spacing=3.5):

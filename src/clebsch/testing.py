@@ -18,7 +18,7 @@ import torch
 
 from .o3 import Irreps, rand_matrix
 
-__all__ = ["equivariance_error", "assert_equivariant", "finite_difference_forces", "check_potential", "CONTRACT", "POSITIONS"]
+__all__ = ["equivariance_error", "assert_equivariant", "finite_difference_forces", "check_potential", "float64_model", "CONTRACT", "POSITIONS"]
 
 #: Marker for an input or output that is a set of Cartesian positions (rotated and translated).
 POSITIONS = "positions"
@@ -213,6 +213,36 @@ def _edge_keys(graph):
             for j, i, sh in zip(graph.edge_index[0], graph.edge_index[1], graph.shifts)]
 
 
+def float64_model(config: dict, seed: int = 0, randomize_zeros: bool = False):
+    """``build_model(config)`` in float64, in eval mode, with seeded weights (the global RNG is left as it was).
+
+    Built with float64 as the default dtype, so constant buffers (Clebsch-Gordan
+    blocks, couplings) are exact to float64 rather than float32 values cast up.
+    ``randomize_zeros`` draws weights that start at zero (readouts), so that no
+    part of the model is trivially zero in a check.
+
+    >>> model = float64_model({"name": "schnet", "species": ["H"], "cutoff": 3.0, "num_layers": 1, "channels": 4})
+    >>> model.atomic_energies.dtype, model.training
+    (torch.float64, False)
+    """
+    from .models import build_model
+
+    previous = torch.get_default_dtype()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        torch.set_default_dtype(torch.float64)
+        try:
+            model = build_model(config).double()
+        finally:
+            torch.set_default_dtype(previous)
+        if randomize_zeros:
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.abs().sum() == 0:
+                        p.normal_(0, 0.3)
+    return model.eval()
+
+
 def check_potential(model, checks=CONTRACT, *, tolerance: float = 1e-9, seed: int = 0) -> dict:
     """Run the model contract on a :class:`~clebsch.models.Potential` (ours or a user's); return the errors.
 
@@ -260,20 +290,7 @@ def check_potential(model, checks=CONTRACT, *, tolerance: float = 1e-9, seed: in
     from .graph import AtomicGraph, batch
 
     if isinstance(model, dict):
-        from .models import build_model
-
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                model = build_model(model).double()
-                with torch.no_grad():
-                    for p in model.parameters():
-                        if p.abs().sum() == 0:
-                            p.normal_(0, 0.3)
-        finally:
-            torch.set_default_dtype(default)
+        model = float64_model(model, seed, randomize_zeros=True)
     unknown = sorted(set(checks) - set(CONTRACT))
     if unknown:
         raise ValueError(f"unknown check(s) {unknown}; known: {list(CONTRACT)}")
@@ -405,14 +422,7 @@ def check_potential(model, checks=CONTRACT, *, tolerance: float = 1e-9, seed: in
                 record("batch", _rel(together[name][rows], value))
 
     if "rebuild" in checks:
-        from .models import build_model
-
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            twin = build_model(model.config).to(next(model.parameters()).dtype)
-        finally:
-            torch.set_default_dtype(default)
+        twin = float64_model(model.config).to(next(model.parameters()).dtype)
         twin.load_state_dict(model.state_dict())
         twin.train(model.training)
         g = graph(molecule(13))

@@ -7,6 +7,7 @@ import torch
 from ase.build import bulk, molecule
 
 from clebsch.models import build_model
+from clebsch.testing import float64_model
 
 SPECIES = ["H", "C", "O", "Cu"]
 TRAIN_EPOCHS = 10  # of the ethanol fit below: about 15 s on one core
@@ -25,15 +26,7 @@ def small_model(name="schnet", cutoff=3.0, seed=0, **extra):
         "channels": 8,
         **extra,
     }
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            model = build_model(config)
-        finally:
-            torch.set_default_dtype(previous)
-    return model.double().eval()
+    return float64_model(config, seed)
 
 
 @pytest.fixture(scope="session")

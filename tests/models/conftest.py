@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from clebsch.models import REPRESENTATIONS, build_model, families
+from clebsch.models import REPRESENTATIONS, families
+from clebsch.testing import float64_model
 
 FAMILIES = tuple(families())  # every registered family is tested
 
@@ -47,18 +48,8 @@ def small_model(name, species=("H", "C", "O"), cutoff=3.0, seed=0, outputs=OUTPU
         **SMALL.get(name, {}),
         **extra,
     }
-    with torch.random.fork_rng():
-        torch.set_default_dtype(torch.float64)
-        try:
-            model = build_model(config)
-        finally:
-            torch.set_default_dtype(torch.float32)
-    model = model.double()
     # random non-zero readouts, so no part of the network is trivially zero
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.3)
+    model = float64_model(config, seed, randomize_zeros=True)
     return model.eval()
 
 
