@@ -56,6 +56,13 @@ def _cartesian(formula: str):
     return CartesianTensor(formula)
 
 
+@functools.lru_cache(maxsize=None)
+def _block_reduction(formula: str, irreps: str):
+    from .o3 import ReducedTensorProducts
+
+    return ReducedTensorProducts(formula, i=irreps, j=irreps)
+
+
 @dataclass(frozen=True)
 class Target:
     """One quantity: where it lives, how it transforms, its unit, how it is made.
@@ -73,6 +80,16 @@ class Target:
         An index formula (``"ij=ji"``, ``"ij"``, ``"ijkl=jikl=ijlk=klij"``): the
         value is a Cartesian tensor ``[3, 3, ...]`` with these symmetries; the
         model predicts its irreps and returns the Cartesian form.
+    basis : clebsch.basis.GaussianBasis, optional
+        The value lives in an atom-centred basis: per atom, the coefficients of
+        the atom's basis functions (an electron density), laid out by the
+        basis's union irreps (every element's functions in one layout, the
+        functions an element lacks are missing values); or, with ``matrix``,
+        the blocks of a matrix in that basis (a Hamiltonian): per atom the
+        symmetric on-site block, per edge the block between the two atoms,
+        ``[U, U]`` with rows and columns laid out by the union irreps.
+    matrix : bool
+        See ``basis``.
     unit : str
         The unit of the stored value (files, outputs, metrics).
     extensive : bool
@@ -102,6 +119,8 @@ class Target:
     level: str
     irreps: Optional[str] = None
     cartesian: Optional[str] = None
+    basis: Optional[object] = None
+    matrix: bool = False
     unit: str = ""
     extensive: bool = True
     source: str = "head"
@@ -117,8 +136,14 @@ class Target:
     def __post_init__(self):
         if self.level not in LEVELS:
             raise TargetError(f"target {self.name!r}: level must be one of {LEVELS}, got {self.level!r}")
-        if (self.irreps is None) == (self.cartesian is None):
-            raise TargetError(f"target {self.name!r}: give exactly one of 'irreps' and 'cartesian'")
+        if sum(x is not None for x in (self.irreps, self.cartesian, self.basis)) != 1:
+            raise TargetError(f"target {self.name!r}: give exactly one of 'irreps', 'cartesian' and 'basis'")
+        if self.basis is not None and (self.level == "structure" or (self.level == "edge" and not self.matrix)):
+            raise TargetError(f"target {self.name!r}: a basis target is per atom (coefficients, or with matrix: "
+                              f"true on-site blocks) or per edge with matrix: true (pair blocks), not per "
+                              f"{self.level}")
+        if self.matrix and self.basis is None:
+            raise TargetError(f"target {self.name!r}: matrix: true needs a basis")
         if self.source not in ("head", "response", "energy"):
             raise TargetError(f"target {self.name!r}: source must be head, response or energy, got {self.source!r}")
         if self.source == "response" and not self.of:
@@ -126,7 +151,7 @@ class Target:
         try:
             if self.irreps is not None:
                 Irreps(self.irreps)
-            elif set(self.cartesian.split("=")[0]) - set("ijklmnopqrstuvwxyz"):
+            elif self.cartesian is not None and set(self.cartesian.split("=")[0]) - set("ijklmnopqrstuvwxyz"):
                 raise ValueError("indices are lowercase letters")
         except (ValueError, TypeError) as err:
             raise TargetError(f"target {self.name!r}: bad layout: {err}") from None
@@ -134,45 +159,66 @@ class Target:
     # ------------------------------------------------------------ layout
     @property
     def rank(self) -> int:
-        """Number of Cartesian indices (0 for an irreps target)."""
+        """Number of tensor indices (0 for an irreps target, 2 for a basis matrix)."""
+        if self.matrix:
+            return 2
         return 0 if self.cartesian is None else len(self.cartesian.split("=")[0])
+
+    @property
+    def _blocks(self):
+        """The reduction of a basis matrix's blocks (symmetric on-site, general between two atoms)."""
+        return _block_reduction("ij=ji" if self.level == "atom" else "ij", str(self.basis.union_irreps))
 
     @functools.cached_property
     def irreps_out(self) -> Irreps:
         """The irreps a model predicts for this target."""
         if self.cartesian is not None:
             return _cartesian(self.cartesian).irreps
+        if self.basis is not None:
+            return self._blocks.irreps_out if self.matrix else self.basis.union_irreps
         return Irreps(self.irreps)
 
     @property
     def shape(self) -> tuple:
-        """Shape of one value: ``()`` for one scalar, ``(d,)`` for irreps, ``(3, 3, ...)`` for Cartesian."""
+        """Shape of one value: ``()`` for one scalar, ``(d,)`` for irreps, ``(3, 3, ...)`` for Cartesian,
+        ``(U,)`` or ``(U, U)`` for a basis target."""
         if self.cartesian is not None:
             return (3,) * self.rank
+        if self.basis is not None:
+            u = self.basis.union_irreps.dim
+            return (u, u) if self.matrix else (u,)
         dim = Irreps(self.irreps).dim
         return () if dim == 1 else (dim,)
 
     @property
     def symmetric(self) -> bool:
-        """Whether the Cartesian formula declares index symmetries."""
+        """Whether the value has index symmetries (a Cartesian formula with them, an on-site block)."""
+        if self.basis is not None:
+            return self.matrix and self.level == "atom"
         return self.cartesian is not None and "=" in self.cartesian
 
     def to_cartesian(self, x):
-        """Irreps ``[..., d]`` to this target's stored form (Cartesian or as is)."""
+        """Irreps ``[..., d]`` to this target's stored form (Cartesian, a basis block, or as is)."""
         if self.cartesian is not None:
             return _cartesian(self.cartesian).to_cartesian(x)
+        if self.matrix:
+            return self._blocks.to_tensor(x)
         return x.reshape(*x.shape[:-1], *self.shape) if self.shape == () else x
 
     def from_cartesian(self, x):
         """The stored form to irreps ``[..., d]``."""
         if self.cartesian is not None:
             return _cartesian(self.cartesian).from_cartesian(x)
+        if self.matrix:
+            return self._blocks.from_tensor(x)
         return x.reshape(*x.shape[: x.dim() - len(self.shape)], -1)
 
     def symmetry_error(self, x):
         """Largest violation of the declared index symmetry per value (0 without symmetries)."""
         if not self.symmetric:
             return x.new_zeros(x.shape[: x.dim() - self.rank]) if self.rank else x.new_zeros(x.shape[:1])
+        if self.matrix:
+            return self._blocks.symmetry_error(x)
         return _cartesian(self.cartesian).symmetry_error(x)
 
     @property
@@ -184,7 +230,11 @@ class Target:
         return self.metric_unit if self.metric_unit is not None else self.unit
 
     def describe(self) -> str:
-        layout = f"Cartesian {self.cartesian!r} ({self.irreps_out})" if self.cartesian else str(Irreps(self.irreps))
+        if self.basis is not None:
+            what = "blocks of a matrix" if self.matrix else "coefficients"
+            layout = f"{what} in basis {self.basis.name!r} ({self.basis.union_irreps} per atom)"
+        else:
+            layout = f"Cartesian {self.cartesian!r} ({self.irreps_out})" if self.cartesian else str(Irreps(self.irreps))
         how = f"response of {self.of}" if self.source == "response" else self.source
         kind = "" if self.level != "structure" else (" extensive" if self.extensive else " intensive")
         return f"{self.name}: per {self.level}{kind}, {layout}, {self.unit or 'no unit'}, {how}"
@@ -226,14 +276,45 @@ register_target(Target("born_charges", "atom", cartesian="ij", unit="e", source=
 
 
 # ---------------------------------------------------------------- declared targets
-_DECLARE_KEYS = {"level", "irreps", "cartesian", "unit", "reduce", "extensive", "description"}
+_DECLARE_KEYS = {"level", "irreps", "cartesian", "basis", "matrix", "unit", "reduce", "extensive", "description"}
+
+# metrics of declared targets in these units are shown scaled
+_METRIC_UNITS = {"Ha": (1e6, "µHa"), "Hartree": (1e6, "µHa")}
 
 
-def declare(name: str, spec: dict) -> Target:
-    """A target from a config entry ``{level, irreps | cartesian, unit, reduce}``.
+def _basis_of(name: str, spec, base_dir=None):
+    """A :class:`~clebsch.basis.GaussianBasis` from ``{file, key}``, ``{name, elements}`` or a basis."""
+    from .basis import GaussianBasis
+
+    if isinstance(spec, GaussianBasis):
+        return spec
+    if isinstance(spec, str):
+        spec = {"file": spec}
+    if not isinstance(spec, dict):
+        raise TargetError(f"model.targets.{name}.basis: expected {{file: ..., key: ...}} or {{name: ..., "
+                          f"elements: ...}}, got {spec!r}")
+    try:
+        if "file" in spec:
+            from pathlib import Path
+
+            path = Path(spec["file"])
+            if base_dir is not None and not path.is_absolute():
+                path = Path(base_dir) / path
+            return GaussianBasis.from_file(path, spec.get("key"))
+        if "elements" in spec:
+            return GaussianBasis(spec["elements"], name=spec.get("name", name))
+    except (ValueError, FileNotFoundError) as err:
+        raise TargetError(f"model.targets.{name}.basis: {err}") from None
+    raise TargetError(f"model.targets.{name}.basis: give 'file' (and 'key') or 'elements', got keys {sorted(spec)}")
+
+
+def declare(name: str, spec: dict, base_dir=None) -> Target:
+    """A target from a config entry ``{level, irreps | cartesian | basis, matrix, unit, reduce}``.
 
     ``reduce`` (per-structure targets): ``sum`` (extensive, the default) or
-    ``mean`` (intensive). Errors name the target and the key.
+    ``mean`` (intensive). ``basis``: ``{file: basis.json, key: aux}`` (a path
+    relative to ``base_dir``) or ``{name, elements}`` inline. Errors name the
+    target and the key.
     """
     if name in TARGETS:
         raise TargetError(f"model.targets.{name}: {name!r} is a built-in target; declare another name")
@@ -246,14 +327,23 @@ def declare(name: str, spec: dict) -> Target:
     if reduce not in ("sum", "mean"):
         raise TargetError(f"model.targets.{name}.reduce: {reduce!r} is not allowed; allowed values: sum, mean")
     extensive = bool(spec.get("extensive", reduce == "sum"))
+    basis = None if spec.get("basis") is None else _basis_of(name, spec["basis"], base_dir)
+    if not isinstance(spec.get("matrix", False), bool):
+        raise TargetError(f"model.targets.{name}.matrix: expected true or false, got {spec['matrix']!r}")
+    unit = str(spec.get("unit", ""))
+    factor, metric_unit = _METRIC_UNITS.get(unit, (1.0, None))
     try:
         return Target(
             name=name,
             level=spec.get("level", "structure"),
             irreps=None if spec.get("irreps") is None else str(spec["irreps"]),
             cartesian=None if spec.get("cartesian") is None else str(spec["cartesian"]),
-            unit=str(spec.get("unit", "")),
+            basis=basis,
+            matrix=bool(spec.get("matrix", False)),
+            unit=unit,
             extensive=extensive,
+            metric_factor=factor,
+            metric_unit=metric_unit,
             description=str(spec.get("description", "")),
         )
     except TargetError as err:
@@ -279,7 +369,12 @@ def as_declarations(targets: dict[str, Target]) -> dict:
         if name in TARGETS:
             continue
         entry = {"level": t.level}
-        entry["cartesian" if t.cartesian else "irreps"] = t.cartesian or t.irreps
+        if t.basis is not None:
+            entry["basis"] = t.basis.to_dict()
+            if t.matrix:
+                entry["matrix"] = True
+        else:
+            entry["cartesian" if t.cartesian else "irreps"] = t.cartesian or t.irreps
         if t.unit:
             entry["unit"] = t.unit
         if t.level == "structure":

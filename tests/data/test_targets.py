@@ -38,7 +38,7 @@ def test_registry_declares_layout_and_unit():
         declare("energy", {"irreps": "0e"})
     with pytest.raises(TargetError, match=r"model.targets.x: unknown key\(s\) \['shape'\]"):
         declare("x", {"irreps": "0e", "shape": 3})
-    with pytest.raises(TargetError, match="exactly one of 'irreps' and 'cartesian'"):
+    with pytest.raises(TargetError, match="exactly one of 'irreps', 'cartesian' and 'basis'"):
         declare("x", {"irreps": "0e", "cartesian": "ij"})
     with pytest.raises(TargetError, match="level must be one of"):
         declare("x", {"level": "bond", "irreps": "0e"})

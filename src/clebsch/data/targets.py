@@ -15,6 +15,13 @@ pairs ``[P, 5]`` (receiver ``i``, sender ``j``, cell shift of ``j``) under
 ``key + "_pairs"``; :func:`join_edge_targets` places them on the edges of the
 neighbour list, whatever its order.
 
+Targets in an atom-centred basis (see :class:`~clebsch.targets.Target`) are
+read in the basis's native order and converted once: per-atom coefficients
+from a per-atom array (each row the atom's own functions, zero padded), and
+the blocks of a matrix from the whole matrix ``[n_ao, n_ao]`` (flattened or
+not) in ``info``; the functions an element lacks become missing values (NaN),
+which losses and metrics skip.
+
 Names without a declaration are read as they are: per atom from ``arrays``,
 per structure otherwise.
 """
@@ -199,6 +206,15 @@ def read_targets(atoms, keys: dict[str, str] | None = None, required=(), where: 
         if name == "weight":
             target = None
         try:
+            if target is not None and target.basis is not None:
+                value = _basis_value(target, value, atoms)
+                if target.level == "edge":
+                    edges[name] = value
+                    continue
+                _check_value(name, key, None, value, True, where or "", allow_nonfinite=True)
+                values[name] = value
+                per_atom.append(name)
+                continue
             if target is not None and target.level == "edge":
                 pairs, _ = lookup(atoms, key + PAIRS_SUFFIX)
                 if pairs is None:
@@ -215,6 +231,71 @@ def read_targets(atoms, keys: dict[str, str] | None = None, required=(), where: 
         if atomwise:
             per_atom.append(name)
     return values, tuple(per_atom), edges
+
+
+class MatrixBlocks:
+    """A structure's matrix in clebsch order, cut into per-edge blocks once the edges are known."""
+
+    def __init__(self, target: Target, matrix: torch.Tensor, numbers):
+        self.target, self.matrix, self.numbers = target, matrix, [int(z) for z in numbers]
+
+    def blocks(self, receiver, sender) -> np.ndarray:
+        """``[E, U, U]``: the block of rows of atom ``receiver[e]`` and columns of atom ``sender[e]``."""
+        basis = self.target.basis
+        u = basis.union_irreps.dim
+        offsets = basis.ao_offsets(self.numbers)
+        out = np.full((len(receiver), u, u), np.nan)
+        m = self.matrix.numpy()
+        for e, (i, j) in enumerate(zip(receiver, sender)):
+            si, sj = basis.slots(self.numbers[i]), basis.slots(self.numbers[j])
+            out[e][np.ix_(si, sj)] = m[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]]
+        return out
+
+
+def _basis_value(target: Target, value, atoms):
+    """A basis target's value in clebsch order: ``[N, U]`` or ``[N, U, U]`` (NaN where an element has no
+    function), or the :class:`MatrixBlocks` of a per-edge target."""
+    basis = target.basis
+    numbers = atoms.numbers.tolist()
+    v = np.asarray(value)
+    if v.dtype.kind not in "biuf":
+        raise ValueError(f"{target.name} must be numbers, got {v.dtype}")
+    v = v.astype(np.float64)
+    u = basis.union_irreps.dim
+    if not target.matrix:
+        if v.ndim != 2 or v.shape[0] != len(numbers):
+            raise ValueError(f"{target.name} must have one row of basis coefficients per atom ({len(numbers)} rows), "
+                             f"got shape {_shape_text(v.shape)}")
+        out = basis.native_to_union(numbers, v).numpy()
+        for i, z in enumerate(numbers):
+            missing = np.ones(u, dtype=bool)
+            missing[basis.slots(z)] = False
+            out[i, missing] = np.nan
+        return out
+    for i, z in enumerate(numbers):
+        try:
+            basis.size(z)
+        except ValueError as err:
+            raise ValueError(f"atom {i}: {err}") from None
+    n_ao = int(basis.ao_offsets(numbers)[-1])
+    if v.size != n_ao * n_ao:
+        raise ValueError(f"{target.name} must be a {n_ao} x {n_ao} matrix (the {n_ao} functions of basis "
+                         f"{basis.name!r} on these {len(numbers)} atoms), got {v.size} numbers"
+                         + (f" (a {int(round(v.size ** 0.5))} x {int(round(v.size ** 0.5))} matrix: another basis?)"
+                            if round(v.size ** 0.5) ** 2 == v.size else ""))
+    if not np.isfinite(v).all():
+        raise ValueError(f"{target.name} has non-finite entries")
+    v = v.reshape(n_ao, n_ao)
+    asym = np.abs(v - v.T).max() / max(np.abs(v).max(), 1e-12)
+    if asym > SYMMETRY_RTOL:
+        raise ValueError(f"{target.name} is not symmetric (relative asymmetry {asym:.2g}); a Hamiltonian or "
+                         "overlap matrix in a real basis must be")
+    blocks = MatrixBlocks(target, basis.matrix_to_clebsch(numbers, v), numbers)
+    if target.level == "edge":
+        if bool(np.any(atoms.pbc)):
+            raise ValueError(f"{target.name}: blocks of a matrix are supported for non-periodic structures only")
+        return blocks
+    return blocks.blocks(range(len(numbers)), range(len(numbers)))
 
 
 def _edge_values(target: Target, value, pairs, n_atoms: int):
@@ -246,7 +327,11 @@ def join_edge_targets(edge_index: torch.Tensor, shifts: torch.Tensor, edges: dic
     sender = edge_index[0].cpu().numpy()
     s = np.rint(shifts.detach().cpu().numpy()).astype(np.int64)
     table = {(int(i), int(j), *map(int, sh)): e for e, (i, j, sh) in enumerate(zip(receiver, sender, s))}
-    for name, (pairs, values) in edges.items():
+    for name, entry in edges.items():
+        if isinstance(entry, MatrixBlocks):
+            out[name] = entry.blocks(receiver, sender)
+            continue
+        pairs, values = entry
         joined = np.full((len(receiver), *values.shape[1:]), np.nan)
         for k, row in enumerate(pairs):
             e = table.get(tuple(int(x) for x in row))

@@ -445,8 +445,37 @@ class EdgeHead(torch.nn.Module):
             w = g.weights(radial) * g.envelope(lengths)[:, None]
             geo = out.new_zeros(out.shape).index_copy(1, g._place, y[:, g._y] * w[:, g._w])
             out = out + geo
-        out = self.standard(out, torch.zeros_like(receiver))
-        return {self.target.name: self.target.to_cartesian(out)}
+        out = self.target.to_cartesian(self.standard(out, torch.zeros_like(receiver)))
+        if self.target.matrix:  # the block of j -> i is the transpose of that of i -> j
+            out = 0.5 * (out + out[reverse_edges(ctx.edge_index, ctx.edge_vectors)].transpose(-1, -2))
+        return {self.target.name: out}
+
+
+def reverse_edges(edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+    """For each edge ``j -> i``, the index of the edge ``i -> j`` with the opposite vector (itself if none).
+
+    Edges are matched by their atom pair and, among periodic images of one pair, by the vector.
+    """
+    sender, receiver = edge_index[0], edge_index[1]
+    e = sender.shape[0]
+    if e == 0:
+        return sender
+    n = int(torch.maximum(sender.max(), receiver.max())) + 1
+    key = receiver * n + sender
+    rev_key = sender * n + receiver
+    order = torch.argsort(key, stable=True)
+    sorted_key = key[order]
+    first = torch.searchsorted(sorted_key, rev_key)
+    count = torch.searchsorted(sorted_key, rev_key, right=True) - first
+    index = torch.arange(e, device=sender.device)
+    out = torch.where(count > 0, order[first.clamp(max=e - 1)], index)
+    many = count > 1
+    if bool(many.any()):  # periodic images: match the opposite vector among the candidates
+        v = edge_vectors.detach()
+        for k in many.nonzero()[:, 0].tolist():
+            candidates = order[first[k]:first[k] + count[k]]
+            out[k] = candidates[torch.argmin((v[candidates] + v[k]).norm(dim=-1))]
+    return out
 
 
 HeadFactory = Callable[..., torch.nn.Module]
@@ -507,7 +536,9 @@ def target_statistics(target: Target, graphs, species: list[int]) -> dict:
     if not rows:
         return {}
     values = torch.cat(rows)
-    ok = torch.isfinite(values).all(dim=-1)
+    # rows with a missing value are left out, except for basis targets, whose missing
+    # entries (functions an element lacks) are skipped one by one
+    ok = torch.isfinite(values).any(dim=-1) if target.basis is not None else torch.isfinite(values).all(dim=-1)
     values = values[ok]
     if values.numel() == 0:
         return {}
@@ -519,7 +550,7 @@ def target_statistics(target: Target, graphs, species: list[int]) -> dict:
             for k in range(n_species):
                 sel = who == k
                 if sel.any():
-                    shift[k] = values[sel][:, slots].mean(dim=0)
+                    shift[k] = values[sel][:, slots].nanmean(dim=0).nan_to_num()
             values = values.clone()
             values[:, slots] -= shift[who]
         elif target.level == "structure" and target.extensive:
@@ -532,7 +563,8 @@ def target_statistics(target: Target, graphs, species: list[int]) -> dict:
             shift[:] = values[:, slots].mean(dim=0)
             values = values.clone()
             values[:, slots] -= shift[0]
-    scale = float(values.pow(2).mean().sqrt()) if values.numel() else 1.0
+    finite = values[torch.isfinite(values)]
+    scale = float(finite.pow(2).mean().sqrt()) if finite.numel() else 1.0
     if target.level == "structure" and target.extensive:  # the spread of a sum over ~N atoms
         n_mean = float(torch.cat(counts)[ok].sum(dim=1).mean())
         scale = scale / max(n_mean, 1.0) ** 0.5
