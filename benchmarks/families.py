@@ -48,7 +48,7 @@ def config_for(family: str, data: Path, test: Path, out: Path, budget: float, ov
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="30m", help="training wall time per family (seconds or '30m')")
-    parser.add_argument("--families", default=",".join(families()), help="comma-separated families")
+    parser.add_argument("--families", default=",".join(families(kind="geometric")), help="comma-separated families")
     parser.add_argument("--data", default=str(DATA), help="folder with train.xyz, test_MD.xyz, isolated_atoms.xyz")
     parser.add_argument("--out", default="runs/bench-families")
     parser.add_argument("--threads", type=int, default=2)

@@ -26,7 +26,7 @@ from ._heads import (
     irrep_block,
 )
 from ._potential import OUTPUTS, Potential
-from ._registry import REPRESENTATIONS, Representation, build_model, families, hyperparameters, register
+from ._registry import REPRESENTATIONS, Representation, build_model, families, hyperparameters, is_topological, register
 
 def _import_families() -> None:
     """Import every public module of this package: a family module registers itself on import,
@@ -50,6 +50,7 @@ __all__ = [
     "resolve_targets",
     "Potential",
     "Representation",
+    "is_topological",
     "REPRESENTATIONS",
     "build_model",
     "families",

@@ -16,6 +16,15 @@ edges, is appended to the graph.
 Physics terms (``physics``: ZBL repulsion, electrostatics of the dipole head's
 charges, see :mod:`clebsch.models._physics`) are added to the per-atom energies
 in the same energy path, so forces, stress, Hessians and the export include them.
+
+A *topological* representation (class attribute ``topological = True``, e.g.
+:mod:`clebsch.models.topological`) sees which atoms are bonded, never where they
+are: it gets the covalent bonds among the graph's edges (pairs closer than
+``bond_scale * (r_i + r_j)``, ASE's covalent radii, as :func:`clebsch.graph.bond_graph`;
+found on detached lengths, so no gradient flows through them) and the structure of
+each atom, ``forward(species, bond_index, batch)``; each isolated-atom node is a
+structure of its own. Its energy does not change when atoms move, so it has no
+forces, stress, virial or Born charges (asking for them raises).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import contextlib
 from typing import Sequence
 
 import torch
-from ase.data import atomic_masses, chemical_symbols
+from ase.data import atomic_masses, chemical_symbols, covalent_radii
 
 from ..o3 import Irreps
 from ..targets import TARGETS, Target, resolve_targets
@@ -37,6 +46,31 @@ OUTPUTS = tuple(TARGETS)
 # state-dict keys of models written before heads were held in one ModuleDict
 _LEGACY_PREFIXES = {"dipole_head.": "heads.dipole.", "polarizability_head.": "heads.polarizability.",
                     "irreps_heads.": "heads."}
+
+
+def position_responses(outputs: Sequence[str], targets: dict | None = None) -> list[str]:
+    """The outputs that are derivatives by positions or strain (forces, stress, virial, Born charges).
+
+    >>> position_responses(["energy", "forces", "dipole", "born_charges"])
+    ['forces', 'born_charges']
+    """
+    known = resolve_targets(targets)
+    return [o for o in outputs if o in known and known[o].source == "response"]
+
+
+def check_topological_outputs(model: str, outputs: Sequence[str], targets: dict | None = None,
+                              key: str = "model.outputs", fix: str | None = None) -> None:
+    """Raise when a topological model is asked for a derivative by positions, naming the model and the key.
+
+    >>> check_topological_outputs("gcn", ["energy", "forces"])
+    Traceback (most recent call last):
+    ...
+    ValueError: model.outputs: model 'gcn' is topological (it sees which atoms are bonded, never their coordinates), so it has no forces; remove them from model.outputs
+    """
+    bad = position_responses(outputs, targets)
+    if bad:
+        raise ValueError(f"{key}: model {model!r} is topological (it sees which atoms are bonded, never their "
+                         f"coordinates), so it has no {', '.join(bad)}; {fix or f'remove them from {key}'}")
 
 
 def _atomic_number(symbol_or_z) -> int:
@@ -67,11 +101,12 @@ class Potential(torch.nn.Module):
         Reference energy per element (same order as ``species``), eV.
     scale : float
         Multiplies the learned part of the per-atom energy (a force RMS, eV/Å).
-    outputs : sequence of str
+    outputs : sequence of str, optional
         Targets to predict: built-in ones (:data:`clebsch.targets.TARGETS`:
         ``energy, forces, stress, virial, dipole, charges, polarizability,
         born_charges, ...``) and those declared in ``targets``. Responses
         (forces, stress, Born charges) are derivatives of their source output.
+        Default: energy and forces (energy alone for a topological representation).
     targets : dict, optional
         Declarations of further targets, ``{"gap": {"level": "structure",
         "irreps": "0e", "reduce": "mean"}}`` (see :func:`clebsch.targets.declare`).
@@ -100,7 +135,7 @@ class Potential(torch.nn.Module):
         cutoff: float,
         atomic_energies: Sequence[float] | None = None,
         scale: float = 1.0,
-        outputs: Sequence[str] = ("energy", "forces"),
+        outputs: Sequence[str] | None = None,
         targets: dict | None = None,
         irreps_heads: dict | None = None,
         readout_hidden: int = 16,
@@ -112,6 +147,9 @@ class Potential(torch.nn.Module):
         if not cutoff > 0:
             raise ValueError(f"cutoff must be positive, got {cutoff}")
         self.targets: dict[str, Target] = resolve_targets(targets)
+        self.topological = bool(getattr(representation, "topological", False))
+        if outputs is None:
+            outputs = ("energy",) if self.topological else ("energy", "forces")
         unknown = [o for o in outputs if o not in self.targets]
         if unknown:
             raise ValueError(f"unknown output(s) {unknown}; allowed: {sorted(self.targets)} "
@@ -131,6 +169,8 @@ class Potential(torch.nn.Module):
             outputs.append("charges")  # the Coulomb energy needs the dipole head's charges
         self.outputs = tuple(outputs)
         self.config = dict(config or {})
+        if self.topological:
+            self._init_bonds(representation, numbers, targets)
 
         index = torch.full((119,), -1, dtype=torch.long)
         index[numbers] = torch.arange(len(numbers))
@@ -166,6 +206,25 @@ class Potential(torch.nn.Module):
             self.heads[name] = IrrepsHead(self.irreps, irreps)
         self._legacy_irreps = tuple((irreps_heads or {}).keys())
         self._register_load_state_dict_pre_hook(_rename_legacy_keys)
+
+    def _init_bonds(self, representation, numbers: list[int], targets: dict | None) -> None:
+        """A topological model: no position derivatives, and bond radii ``bond_scale * r_cov`` per species."""
+        name = self.config.get("name", type(representation).__name__)
+        check_topological_outputs(name, self.outputs, targets)
+        bond_scale = float(getattr(representation, "bond_scale", 1.2))
+        radii = torch.as_tensor(covalent_radii[numbers], dtype=torch.get_default_dtype()) * bond_scale
+        longest = 2.0 * float(radii.max())
+        if self.cutoff < longest:
+            raise ValueError(f"model.cutoff: {self.cutoff} Å is shorter than the longest possible bond among the species "
+                             f"({longest:.2f} Å, bond_scale {bond_scale} times twice the largest covalent radius); "
+                             f"model {name!r} finds its bonds among the edges within the cutoff, so raise the cutoff")
+        self.register_buffer("bond_radii", radii, persistent=False)
+
+    def _check_geometric(self, what: str) -> None:
+        if self.topological:
+            name = self.config.get("name", type(self.representation).__name__)
+            raise ValueError(f"model {name!r} is topological (it sees which atoms are bonded, never their "
+                             f"coordinates): it has no {what}")
 
     # ------------------------------------------------------------------ helpers
     def species_index(self, numbers: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
@@ -207,14 +266,18 @@ class Potential(torch.nn.Module):
         (:meth:`clebsch.models._physics.ZBL.learned_weight`).
         Used by :meth:`forward` and by the export, so both compute the same numbers.
 
-        The keyword arguments are needed by the Coulomb term only: ``positions`` [N, 3],
+        The keyword arguments are needed by the Coulomb term: ``positions`` [N, 3],
         ``batch`` [N] (default: one structure), ``num_graphs``, ``total_charge`` [B],
-        ``cell`` [B, 3, 3] and ``periodic`` (a bool per structure).
+        ``cell`` [B, 3, 3] and ``periodic`` (a bool per structure); a topological
+        representation needs ``batch`` and ``num_graphs``.
         """
         n = species.shape[0]
         n_species = len(self.species)
         all_species = torch.cat([species, torch.arange(n_species, device=species.device)])
-        features = self.representation(all_species, edge_index, vectors)
+        if self.topological:
+            features = self._topological_features(all_species, n, edge_index, vectors, batch, num_graphs)
+        else:
+            features = self.representation(all_species, edge_index, vectors)
         atomic_out = self.energy_head(features)[:, 0]
         learned = atomic_out[:n] - atomic_out[n:][species]
         zbl = self.physics.zbl if self.physics is not None else None
@@ -226,6 +289,17 @@ class Potential(torch.nn.Module):
             e_atom = e_atom + self._physics_energies(species, edge_index, vectors, features, positions, batch,
                                                      num_graphs, total_charge, cell, periodic)
         return e_atom, features
+
+    def _topological_features(self, all_species, n: int, edge_index, vectors, batch, num_graphs: int):
+        """A topological representation on the bonds among the edges; each isolated-atom node is its own structure."""
+        species = all_species[:n]
+        reach = self.bond_radii.to(vectors.dtype)
+        reach = reach[species[edge_index[0]]] + reach[species[edge_index[1]]]
+        bonds = edge_index[:, torch.linalg.norm(vectors.detach(), dim=-1) < reach]
+        if batch is None:
+            batch = torch.zeros_like(species)
+        lone = num_graphs + torch.arange(all_species.shape[0] - n, device=species.device)
+        return self.representation(all_species, bonds, torch.cat([batch, lone]))
 
     def _physics_energies(self, species, edge_index, vectors, features, positions, batch, num_graphs, total_charge,
                           cell, periodic) -> torch.Tensor:
@@ -291,6 +365,8 @@ class Potential(torch.nn.Module):
             compute_stress = ("stress" in self.outputs or "virial" in self.outputs) and bool(graph.pbc.any())
         create_graph = self.training if training is None else training
         born = "born_charges" in self.outputs
+        if compute_forces or compute_stress:
+            self._check_geometric("forces or stress (compute_forces / compute_stress)")
 
         outer_grad = torch.is_grad_enabled()
         with torch.enable_grad() if (compute_forces or compute_stress or born) else contextlib.nullcontext():
@@ -351,9 +427,9 @@ class Potential(torch.nn.Module):
         return out
 
     def _physics_inputs(self, graph, positions, cell) -> dict:
-        """The keyword arguments of the energy path that the Coulomb term needs (none without it)."""
+        """The keyword arguments of the energy path that the Coulomb term or a topological representation needs."""
         if self.physics is None or self.physics.coulomb is None:
-            return {}
+            return {"batch": graph.batch, "num_graphs": graph.num_graphs} if self.topological else {}
         return {"positions": positions, "batch": graph.batch, "num_graphs": graph.num_graphs,
                 "total_charge": graph.total_charge, "cell": cell, "periodic": self.periodic_structures(graph)}
 
@@ -375,6 +451,7 @@ class Potential(torch.nn.Module):
         >>> model.hessian(graph).shape
         torch.Size([6, 6])
         """
+        self._check_geometric("Hessian")
         with torch.enable_grad():
             positions = graph.positions.detach().requires_grad_(True)
             vectors = graph.edge_vectors(positions=positions)

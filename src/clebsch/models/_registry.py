@@ -18,8 +18,8 @@ import torch
 
 from ._potential import Potential
 
-__all__ = ["REPRESENTATIONS", "Representation", "register", "families", "hyperparameters", "build_model",
-           "POTENTIAL_KEYS"]
+__all__ = ["REPRESENTATIONS", "Representation", "register", "families", "is_topological", "hyperparameters",
+           "build_model", "POTENTIAL_KEYS"]
 
 REPRESENTATIONS: dict[str, type] = {}
 
@@ -45,6 +45,10 @@ class Representation(Protocol):
     species only (the isolated-atom reference relies on it).
 
     ``irreps_out``: an :class:`~clebsch.o3.Irreps` attribute, with at least one ``0e``.
+
+    A *topological* family (class attribute ``topological = True``) sees bonds, not
+    coordinates: ``forward(species [N], bond_index [2, E], batch [N]) -> [N, irreps_out.dim]``,
+    with the covalent bonds and the structure of each atom (see :class:`~clebsch.models.Potential`).
     """
 
     irreps_out: object
@@ -65,13 +69,27 @@ def register(name: str) -> Callable[[type], type]:
     return wrap
 
 
-def families() -> list[str]:
-    """The registered model families, sorted.
+def families(kind: str | None = None) -> list[str]:
+    """The registered model families, sorted; ``kind`` ``"geometric"`` or ``"topological"`` keeps those only.
 
-    >>> "nequip" in families()
-    True
+    Geometric families see edge vectors (forces, stress, the geometric contract); topological
+    ones see which atoms are bonded (see :func:`is_topological`).
+
+    >>> "nequip" in families(), "nequip" in families(kind="topological")
+    (True, False)
     """
-    return sorted(REPRESENTATIONS)
+    if kind not in (None, "geometric", "topological"):
+        raise ValueError(f"kind must be None, 'geometric' or 'topological', got {kind!r}")
+    return sorted(n for n in REPRESENTATIONS if kind is None or is_topological(n) == (kind == "topological"))
+
+
+def is_topological(name: str) -> bool:
+    """Whether a family sees only the bond graph (class attribute ``topological``), never coordinates.
+
+    >>> is_topological("schnet")
+    False
+    """
+    return bool(getattr(_lookup(name), "topological", False))
 
 
 def hyperparameters(name: str) -> dict:

@@ -126,9 +126,12 @@ class ModelSection(BaseModel):
     def _check_targets(cls, value):
         from ..targets import declare
 
+        out = {}
         for name, spec in value.items():
-            declare(name, spec)
-        return value
+            target = declare(name, spec)
+            # a basis given by file is kept inline, so that a packaged model holds it
+            out[name] = {**spec, "basis": target.basis.to_dict()} if target.basis is not None else spec
+        return out
 
     @field_validator("physics", mode="before")
     @classmethod
@@ -166,7 +169,17 @@ class ModelSection(BaseModel):
             if bad:
                 raise ValueError(f"model.outputs: unknown target(s) {bad}; allowed: {', '.join(sorted(known))} "
                                  "(declare others under model.targets)")
+        self._check_topological_outputs()
         return self
+
+    def _check_topological_outputs(self) -> None:
+        """A topological family (it sees bonds, not coordinates) has no forces, stress or Born charges."""
+        from ..models._potential import check_topological_outputs
+        from ..models._registry import is_topological
+
+        if not is_topological(self.name) or self.outputs == "auto":  # auto: no forces for a topological model
+            return
+        check_topological_outputs(self.name, self.outputs, self.targets)
 
     def known_targets(self) -> dict:
         """The built-in targets and those declared in ``targets``, by name."""
@@ -374,6 +387,23 @@ class TrainConfig(_Section):
                 raise ValueError(f"{where}: unknown target(s) {bad}; allowed: {', '.join(sorted(known))}")
         return self
 
+    @model_validator(mode="after")
+    def _check_topological_weights(self):
+        from ..models._potential import check_topological_outputs
+        from ..models._registry import is_topological
+
+        if self.model.name not in _families() or not is_topological(self.model.name):
+            return self
+        stages = [("loss.weights", self.loss.weights)]
+        if self.second_stage.enabled:
+            stages.append(("second_stage.weights", self.second_stage.weights))
+        for where, weights in stages:
+            for name, weight in weights.items():
+                if weight > 0:
+                    check_topological_outputs(self.model.name, [name], self.model.targets, key=f"{where}.{name}",
+                                              fix=f"set {where}.{name}: 0")
+        return self
+
     def stage_weights(self, stage: int) -> dict[str, float]:
         """The loss weights of a stage (the second stage's override the first's)."""
         weights = dict(self.loss.weights)
@@ -540,7 +570,14 @@ def default_config_yaml(family: str = "nequip") -> str:
     """
     if family not in _families():
         raise ConfigError(f"unknown model family {family!r}; allowed values: {', '.join(_families())}")
-    config = TrainConfig(model=ModelSection(name=family))
+    from ..models._registry import is_topological
+
+    if is_topological(family):  # no forces: energy only, and no force loss term
+        config = TrainConfig(model=ModelSection(name=family, outputs=["energy"]),
+                             loss=LossSection(weights={"energy": 1.0, "forces": 0.0}),
+                             second_stage=SecondStageSection(weights={"energy": 1000.0, "forces": 0.0}))
+    else:
+        config = TrainConfig(model=ModelSection(name=family))
     lines = [
         "# clebsch training configuration; every key below is optional and shows its default.",
         "# Override any key from the command line: clebsch train config.yaml --set model.num_layers=3",

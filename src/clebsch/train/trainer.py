@@ -107,7 +107,9 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
         e0 = [float(e) for e in m.atomic_energies]
     scale = stats["force_rms"] if m.scale == "auto" else float(m.scale)
     if m.outputs == "auto":
-        outputs = ["energy", "forces"]
+        from ..models._registry import is_topological
+
+        outputs = ["energy"] if is_topological(m.name) else ["energy", "forces"]
         for name in trained_targets(config):
             if name not in outputs:
                 outputs.append(name)
