@@ -1,4 +1,4 @@
-"""Model speed: clebsch NequIP and MACE against the nequip and mace-torch packages.
+"""Model speed: clebsch NequIP, MACE and DimeNet++ against the nequip, mace-torch and PyTorch Geometric packages.
 
 Two inputs, float32, ``torch.set_num_threads(2)`` (``--threads``):
 
@@ -10,7 +10,14 @@ Two steps per model and input: *train* (energy + forces by autograd with
 forces). Hyperparameters are matched (NequIP: 3 layers, 32 channels, l_max 2,
 both parities, 8 Bessels, radial MLP 2 x 64; MACE: 2 layers, 32 channels,
 l_max 2 for the harmonics and the features, correlation 3, 8 Bessels, radial
-MLP 3 x 64), and every model sees the same graph (the same edges and shifts).
+MLP 3 x 64; DimeNet++: 3 blocks, 64 hidden, 32 triplet, 8 basis and 128 output
+channels, 7 x 6 spherical basis, envelope exponent 5), and every model sees the
+same graph (the same edges and shifts).
+
+PyTorch Geometric's ``DimeNetPlusPlus`` runs in this process: its blocks are
+driven on our edges (its own ``forward`` builds a radius graph without cell
+shifts), with the triplets of :func:`clebsch.models.dimenet.triplets` (PyG's
+own need torch-sparse), so both time the same triplets and the same network.
 
 The reference packages pin other e3nn versions (mace-torch: e3nn 0.4.4), so
 each runs in its own virtual environment: this script calls itself there as a
@@ -28,6 +35,7 @@ is, not only from a peer), and ratios (reference time / clebsch time: > 1
 means clebsch is faster).
 
     OMP_NUM_THREADS=2 python benchmarks/models.py [--frames 16] [--box 1000] [--repeats 5] [--threads 2] [--species 3]
+        [--models nequip,mace,dimenet]
 
 ``--species N`` makes every model know N elements (H, C, O and then the others by
 atomic number, up to 89) while the inputs keep their three: the cost of a model
@@ -69,6 +77,9 @@ NEQUIP = {"num_layers": 3, "channels": 32, "lmax": 2, "parity": True, "num_basis
           "radial_hidden": 64, "radial_layers": 2, "polynomial_p": 6}
 MACE = {"num_layers": 2, "channels": 32, "lmax": 2, "correlation": 3, "num_basis": 8,
         "radial_hidden": 64, "radial_layers": 3, "polynomial_p": 6}
+DIMENET = {"num_layers": 3, "hidden_channels": 64, "int_emb_size": 32, "basis_emb_size": 8, "out_emb_channels": 128,
+           "num_spherical": 7, "num_radial": 6, "envelope_exponent": 5, "num_before_skip": 1, "num_after_skip": 2,
+           "num_output_layers": 3}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -153,15 +164,17 @@ def make_inputs(frames: int, box: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- clebsch
-def run_clebsch(inputs: dict, repeats: int) -> dict:
+def run_clebsch(inputs: dict, repeats: int, models=("nequip", "mace", "dimenet")) -> dict:
     from clebsch.graph import AtomicGraph
     from clebsch.models import build_model
 
     results = {}
-    for family, hyper in (("nequip", NEQUIP), ("mace", MACE)):
+    for family, hyper in (("nequip", {**NEQUIP, "avg_num_neighbors": AVG_NEIGHBORS}),
+                          ("mace", {**MACE, "avg_num_neighbors": AVG_NEIGHBORS}), ("dimenet", DIMENET)):
+        if family not in models:
+            continue
         torch.manual_seed(0)
-        model = build_model({"name": family, "species": SPECIES, "cutoff": CUTOFF,
-                             "avg_num_neighbors": AVG_NEIGHBORS, **hyper}).float()
+        model = build_model({"name": family, "species": SPECIES, "cutoff": CUTOFF, **hyper}).float()
         for name, d in inputs.items():
             species = model.species_index(d["numbers"])
             # one isolated atom of each element present (its energy is subtracted, as the references'
@@ -182,6 +195,50 @@ def run_clebsch(inputs: dict, repeats: int) -> dict:
 
             results[(family, name)] = time_steps(energy_fn, d["positions"], d["energy"], d["forces"],
                                                  list(model.parameters()), repeats)
+    return results
+
+
+# ----------------------------------------------------------------------------- reference in this process
+def reference_dimenet(inputs: dict, repeats: int) -> dict:
+    """PyTorch Geometric's DimeNet++ at the same hyperparameters, on the same edges: ``{("dimenet", input): times}``."""
+    from torch_geometric.nn.models import DimeNetPlusPlus
+
+    from clebsch.models.dimenet import triplets
+
+    h = DIMENET
+    torch.manual_seed(0)
+    model = DimeNetPlusPlus(
+        hidden_channels=h["hidden_channels"], out_channels=1, num_blocks=h["num_layers"],
+        int_emb_size=h["int_emb_size"], basis_emb_size=h["basis_emb_size"], out_emb_channels=h["out_emb_channels"],
+        num_spherical=h["num_spherical"], num_radial=h["num_radial"], cutoff=CUTOFF,
+        envelope_exponent=h["envelope_exponent"], num_before_skip=h["num_before_skip"],
+        num_after_skip=h["num_after_skip"], num_output_layers=h["num_output_layers"],
+    ).float()
+    results = {}
+    for name, d in inputs.items():
+        n = d["positions"].shape[0]
+        j, i = d["edge_index"]  # PyG's j -> i: senders, receivers
+
+        def energy_fn(pos, d=d, i=i, j=j, n=n):
+            vectors = pos[j] - pos[i]
+            if d["periodic"]:
+                vectors = vectors + torch.einsum("ei,eij->ej", d["shifts"], d["cell"][d["batch"][i]])
+            idx_kj, idx_ji = triplets(d["edge_index"], vectors, n)
+            dist = vectors.norm(dim=-1)
+            # PyG's angle between (i - j) and (j - k): the edge vectors j -> i and k -> j, reversed
+            a, b = -vectors[idx_ji], -vectors[idx_kj]
+            angle = torch.atan2(torch.cross(a, b, dim=1).norm(dim=-1), (a * b).sum(-1))
+            rbf = model.rbf(dist)
+            sbf = model.sbf(dist, angle, idx_kj)
+            x = model.emb(d["numbers"], rbf, i, j)
+            P = model.output_blocks[0](x, rbf, i, num_nodes=n)
+            for interaction, output in zip(model.interaction_blocks, model.output_blocks[1:]):
+                x = interaction(x, rbf, sbf, idx_kj, idx_ji)
+                P = P + output(x, rbf, i, num_nodes=n)
+            return torch.zeros(d["num_graphs"]).index_add(0, d["batch"], P[:, 0])
+
+        results[("dimenet", name)] = time_steps(energy_fn, d["positions"], d["energy"], d["forces"],
+                                                list(model.parameters()), repeats)
     return results
 
 
@@ -277,6 +334,7 @@ def main() -> None:
     parser.add_argument("--box", type=int, default=1000, help="atoms in the periodic box (0: skip)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)")
+    parser.add_argument("--models", default="nequip,mace,dimenet", help="comma-separated families to time")
     parser.add_argument("--species", type=int, default=3, help="elements the models know (3 to 89; the inputs have H, C, O)")
     bench = Path(os.environ.get("CLEBSCH_BENCH_DIR", Path.home() / ".cache" / "clebsch-bench"))
     parser.add_argument("--mace-python", default=os.environ.get("CLEBSCH_MACE_PYTHON", str(bench / "mace/bin/python")))
@@ -304,12 +362,23 @@ def main() -> None:
     for name, d in inputs.items():
         print(f"{name}: {d['positions'].shape[0]} atoms, {d['edge_index'].shape[1]} edges, {d['num_graphs']} structure(s)")
     print(f"models know {len(SPECIES)} elements")
-    ours = run_clebsch(inputs, args.repeats)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - {"nequip", "mace", "dimenet"})
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; choose from nequip, mace, dimenet")
+    ours = run_clebsch(inputs, args.repeats, models)
     refs = {}
+    if "dimenet" in models:
+        try:
+            refs.update(reference_dimenet(inputs, args.repeats))
+        except ImportError as err:
+            print(f"[dimenet] PyTorch Geometric is not installed ({err}); skipped", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "inputs.pt")
         torch.save(inputs, path)
         for kind, python in (("nequip", args.nequip_python), ("mace", args.mace_python)):
+            if kind not in models:
+                continue
             if python and Path(python).exists():
                 refs.update(run_reference(kind, python, path, args.repeats, args.threads) or {})
             else:

@@ -21,6 +21,8 @@ SMALL = {
     "allegro": {"num_layers": 2, "num_tensor_features": 4, "lmax": 2, "latent_dim": 16},
     "equivariant_transformer": {"num_layers": 2, "channels": 8, "num_heads": 2, "num_basis": 8},
     "visnet": {"num_layers": 2, "channels": 8, "num_heads": 2, "num_basis": 8},
+    "dimenet": {"num_layers": 2, "hidden_channels": 8, "int_emb_size": 4, "basis_emb_size": 4, "out_emb_channels": 8,
+                "num_spherical": 3, "num_radial": 4},
 }
 
 OUTPUTS = ["energy", "forces", "stress", "dipole", "polarizability"]
