@@ -33,7 +33,7 @@ def assemble_matrix(basis: GaussianBasis, numbers, onsite, pairs=None, edge_inde
 
 def overlap_matrix(basis: GaussianBasis, numbers, positions, grid=None) -> torch.Tensor:
     """The overlap ``S`` [n_ao, n_ao] (clebsch order) by quadrature on a molecular grid."""
-    points, weights = grid if grid is not None else molecular_grid(numbers, positions, n_radial=80, n_theta=24)
+    points, weights = grid if grid is not None else molecular_grid(numbers, positions)
     chi = basis.values(numbers, positions, points)
     s = chi.T @ (weights[:, None] * chi)
     return 0.5 * (s + s.T)
