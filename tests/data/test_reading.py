@@ -172,3 +172,30 @@ def test_forces_that_do_not_sum_to_zero_warn_with_file_and_frame(tmp_path):
         warnings.simplefilter("error")
         read_dataset(EXAMPLES / "ethanol_xtb.xyz", cutoff=4.0, index=":50")  # the bundled data: gradients
     assert check_net_forces(read_dataset(EXAMPLES / "cu_emt.xyz", cutoff=4.0)) == []
+
+
+def test_compressed_files_and_frame_selections(tmp_path):
+    """``.xz`` / ``.gz`` files read like the plain ones; ``file@start:stop`` selects frames as ASE does."""
+    import gzip
+    import lzma
+
+    import ase.io
+    from ase.build import molecule
+
+    from clebsch.data.io import read_structures
+
+    plain = tmp_path / "m.xyz"
+    ase.io.write(plain, [molecule("H2O"), molecule("CH4"), molecule("NH3")])
+    (tmp_path / "m.xyz.xz").write_bytes(lzma.compress(plain.read_bytes()))
+    (tmp_path / "m.xyz.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    for name in ("m.xyz.xz", "m.xyz.gz"):
+        frames = read_structures(tmp_path / name)
+        assert [a.get_chemical_formula() for a in frames] == ["H2O", "CH4", "H3N"]
+    assert [a.get_chemical_formula() for a in read_structures(f"{tmp_path}/m.xyz.xz@1:3")] == ["CH4", "H3N"]
+    with pytest.raises(ValueError, match="holds no structures in the selection '5:'"):
+        read_structures(f"{plain}@5:")
+    broken = plain.read_text().splitlines()
+    broken[0] = "7"  # the first frame claims more atoms than it has: the layout check reads the decompressed lines
+    (tmp_path / "bad.xyz.xz").write_bytes(lzma.compress("\n".join(broken).encode() + b"\n"))
+    with pytest.raises(ValueError, match=r"bad.xyz.xz': frame \d \(0-based\) is malformed, line \d+"):
+        read_structures(tmp_path / "bad.xyz.xz")

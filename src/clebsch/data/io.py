@@ -37,6 +37,24 @@ def _decode(raw: bytes, path: Path, line: int, offset: int) -> str:
         ) from None
 
 
+def _open_binary(path: Path):
+    """``path`` opened for reading bytes, decompressed when its suffix says so."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        import bz2
+
+        return bz2.open(path, "rb")
+    if suffix == ".xz":
+        import lzma
+
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
 def _locate_xyz_problem(path: Path):
     """Walk an (ext)xyz file's frame layout; return ``(frame, line, message)`` of the first break, or None.
 
@@ -45,7 +63,7 @@ def _locate_xyz_problem(path: Path):
     a line is not UTF-8.
     """
     line, frame, offset = 0, 0, 0
-    with open(path, "rb") as fh:
+    with _open_binary(path) as fh:
         while True:
             raw = fh.readline()
             if not raw:
@@ -108,7 +126,8 @@ def _read(path: Path, index, format: str | None) -> list:
         raise FileNotFoundError(f"structure file not found: '{path}'")
     if path.is_dir():
         raise ValueError(f"'{path}' is a directory, not a structure file")
-    if format is None and path.suffix.lower() in (".xyz", ".extxyz"):
+    plain = path.with_suffix("") if path.suffix.lower() in (".gz", ".bz2", ".xz") else path
+    if format is None and plain.suffix.lower() in (".xyz", ".extxyz"):
         format = "extxyz"
     if format in _XYZ_FORMATS:
         try:
@@ -142,6 +161,9 @@ def read_structures(path, index=":", format: str | None = None) -> list:
     Parameters
     ----------
     path : str or Path
+        A file; ``file.xyz@0:100`` selects frames as ASE does (the slice after the last ``@``,
+        when no file of the whole name exists). Compressed files (``.gz``, ``.bz2``, ``.xz``) are read as
+        the format of the name without that suffix.
     index : str or int
         ASE index (``":"`` for all frames, ``"-1"`` or ``-1`` for the last).
     format : str, optional
@@ -165,11 +187,24 @@ def read_structures(path, index=":", format: str | None = None) -> list:
     >>> len(read_structures(path))
     2
     """
-    path = Path(path)
+    path, index = _split_index(Path(path), index)
     frames = _read(path, index, format)
     if not frames:
+        if index not in (":", slice(None)):
+            raise ValueError(f"'{path}' holds no structures in the selection {index!r}")
         raise ValueError(f"'{path}' holds no structures (empty dataset)")
     return frames
+
+
+def _split_index(path: Path, index):
+    """``file@slice`` -> (file, slice) when ``file@slice`` itself does not exist."""
+    name = str(path)
+    if "@" not in name or path.exists() or index not in (":", slice(None)):
+        return path, index
+    base, _, selection = name.rpartition("@")
+    if not selection or not all(c.isdigit() or c in ":-" for c in selection):
+        return path, index
+    return Path(base), selection
 
 
 def read_structure(path, frame: int = 0, format: str | None = None):

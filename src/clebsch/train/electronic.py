@@ -1,0 +1,134 @@
+"""Errors of predicted electron densities and Hamiltonians in the quantities users read off them.
+
+Coefficient and block errors (the loss's view) are in the ordinary metrics; here
+each structure's prediction is turned into what it stands for and compared:
+
+- a density (per-atom coefficients in a :class:`~clebsch.basis.GaussianBasis`):
+  the normalised error ``eps_rho = int |rho - rho_ref| / int rho_ref`` (%) on a
+  molecular grid, and the electron count;
+- a matrix (on-site and pair blocks of one basis): the error of every element of
+  the whole matrix (pairs beyond the cutoff are predicted as zero), the orbital
+  energies of ``H C = S C e`` (overlap by quadrature) of the occupied orbitals,
+  and the HOMO-LUMO gap.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..basis import assemble_matrix, density_report, molecular_grid, orbital_energies, overlap_matrix
+
+__all__ = ["basis_targets", "electronic_report", "format_electronic"]
+
+_HA_TO_EV = 27.211386245988
+
+
+def basis_targets(targets: dict) -> tuple[list[str], list[tuple[str, str]]]:
+    """Density targets, and (on-site, pair) target pairs that make one matrix."""
+    densities = [n for n, t in targets.items() if t.basis is not None and not t.matrix]
+    onsite = {n: t for n, t in targets.items() if t.basis is not None and t.matrix and t.level == "atom"}
+    pairs = {n: t for n, t in targets.items() if t.basis is not None and t.matrix and t.level == "edge"}
+    matrices = []
+    for p, tp in pairs.items():
+        match = [o for o, to in onsite.items() if to.basis.to_dict() == tp.basis.to_dict()]
+        if match:
+            matrices.append((match[0], p))
+    return densities, matrices
+
+
+def _energy_factor(unit: str) -> float:
+    return _HA_TO_EV * 1000.0 if unit in ("Ha", "Hartree") else 1000.0 if unit == "eV" else 1.0
+
+
+def electronic_report(model, graphs, outputs, frames, keys: dict) -> dict:
+    """``{config_type: {metric: value}}`` over ``graphs`` (predictions ``outputs``: the per-batch dicts of
+    :func:`~clebsch.train.evaluate.evaluate` with ``keep_outputs``; ``frames``: the structures, for the whole
+    reference matrices under ``keys[pair target]``)."""
+    targets = model.targets
+    densities, matrices = basis_targets({n: targets[n] for n in model.outputs})
+    if not densities and not matrices:
+        return {}
+    rows: dict[str, dict[str, list]] = {}
+    k = 0
+    for out in outputs:
+        atom0 = edge0 = 0
+        for _ in range(out["energy"].shape[0]):
+            g, atoms = graphs[k], frames[k]
+            n, e = g.num_atoms, g.num_edges
+            z, pos = g.numbers.tolist(), g.positions.double()
+            row = rows.setdefault(g.config_type[0] if isinstance(g.config_type, (list, tuple)) else g.config_type,
+                                  {})
+            grid = None
+            for name in densities:
+                if name not in g.targets:
+                    continue
+                basis = targets[name].basis
+                grid = grid or molecular_grid(z, pos)
+                ref = torch.nan_to_num(g.targets[name].double())
+                pred = out[name][atom0:atom0 + n].double()
+                r = density_report(basis, z, pos, pred, ref, grid)
+                electrons = sum(z) - float(g.total_charge.reshape(-1)[0])
+                row.setdefault(f"{name}_eps_percent", []).append(r["density_error_percent"])
+                row.setdefault(f"{name}_electrons_error", []).append(abs(r["electrons"] - electrons))
+            for onsite, pair in matrices:
+                key = keys.get(pair, pair)
+                if key not in atoms.info:
+                    continue
+                basis = targets[pair].basis
+                factor = targets[pair].metric_factor
+                h_ref = basis.matrix_to_clebsch(z, atoms.info[key])
+                h = assemble_matrix(basis, z, out[onsite][atom0:atom0 + n].double(),
+                                    out[pair][edge0:edge0 + e].double(), g.edge_index)
+                s = overlap_matrix(basis, z, pos, grid=grid or molecular_grid(z, pos))
+                occupied = int(round((sum(z) - float(g.total_charge.reshape(-1)[0])) / 2))
+                e_ref, e_pred = orbital_energies(h_ref, s), orbital_energies(h, s)
+                ef = _energy_factor(targets[pair].unit)
+                row.setdefault(f"{pair}_matrix_mae", []).append(factor * float((h - h_ref).abs().mean()))
+                row.setdefault(f"{pair}_occupied_mae", []).append(
+                    ef * float((e_pred[:occupied] - e_ref[:occupied]).abs().mean()))
+                if occupied < e_ref.numel():
+                    gap = lambda x: float(x[occupied] - x[occupied - 1])  # noqa: E731
+                    row.setdefault(f"{pair}_gap_error", []).append(ef * abs(gap(e_pred) - gap(e_ref)))
+            atom0 += n
+            edge0 += e
+            k += 1
+    report = {}
+    for group, values in sorted(rows.items()):
+        report[group] = {m: float(np.mean(v)) for m, v in values.items()}
+    every = {}
+    for values in rows.values():
+        for m, v in values.items():
+            every.setdefault(m, []).extend(v)
+    if len(rows) > 1:
+        report = {"all": {m: float(np.mean(v)) for m, v in every.items()}, **report}
+    return report
+
+
+def format_electronic(report: dict, targets: dict) -> str:
+    """A table of :func:`electronic_report` (one row per config_type)."""
+    if not report:
+        return ""
+    columns = list(dict.fromkeys(m for r in report.values() for m in r))
+
+    def label(metric: str) -> str:
+        for suffix, text in (("_eps_percent", "eps_rho %"), ("_electrons_error", "|dN| e"),
+                             ("_matrix_mae", "MAE"), ("_occupied_mae", "occ. e MAE meV"),
+                             ("_gap_error", "gap err meV")):
+            if metric.endswith(suffix):
+                name = metric[: -len(suffix)]
+                unit = f" {targets[name].display_unit}" if suffix == "_matrix_mae" else ""
+                return f"{name} {text}{unit}"
+        return metric
+
+    heads = ["config_type"] + [label(c) for c in columns]
+    lines = [heads]
+    for group, values in report.items():
+        lines.append([group] + [f"{values[c]:.4g}" if c in values and math.isfinite(values[c]) else "-"
+                                for c in columns])
+    widths = [max(len(r[i]) for r in lines) for i in range(len(heads))]
+    text = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+            for r in lines]
+    return "\n".join(text)
