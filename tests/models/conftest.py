@@ -23,6 +23,7 @@ SMALL = {
     "visnet": {"num_layers": 2, "channels": 8, "num_heads": 2, "num_basis": 8},
     "dimenet": {"num_layers": 2, "hidden_channels": 8, "int_emb_size": 4, "basis_emb_size": 4, "out_emb_channels": 8,
                 "num_spherical": 3, "num_radial": 4},
+    "equiformer": {"num_layers": 2, "channels": 4, "num_heads": 2, "lmax": 2, "num_basis": 8, "radial_hidden": 16},
 }
 
 OUTPUTS = ["energy", "forces", "stress", "dipole", "polarizability"]

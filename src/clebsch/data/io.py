@@ -138,8 +138,16 @@ def _read(path: Path, index, format: str | None) -> list:
             frame, line, why = found
             raise ValueError(f"cannot read '{path}': frame {frame} (0-based) is malformed, line {line}: {why}")
     frames = []
+    source = os.fspath(path)
+    if plain is not path:  # decompressed once in memory: ASE re-reads a compressed stream per frame
+        import io
+
+        with _open_binary(path) as fh:
+            source = io.StringIO(fh.read().decode("utf-8", errors="replace"))
+        if format is None:
+            format = ase.io.formats.filetype(os.fspath(plain), read=False)
     try:
-        for atoms in ase.io.iread(os.fspath(path), index=index, format=format):
+        for atoms in ase.io.iread(source, index=index, format=format):
             frames.append(atoms)
     except Exception as err:  # ASE raises many kinds; re-raise with the location
         binary = _binary_sniff(path)

@@ -107,9 +107,9 @@ class Linear(torch.nn.Module):
             raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({self.bias_numel},)")
         batch = x.shape[:-1]
         z = math.prod(batch)
-        x = x.reshape(z, -1)
+        x = x.reshape(z, self.irreps_in.dim)  # explicit sizes: z may be 0 (a graph without edges)
         if not self.shared_weights:
-            weight = weight.expand(batch + weight.shape[-1:]).reshape(z, -1)
+            weight = weight.expand(batch + weight.shape[-1:]).reshape(z, self.weight_numel)
         pieces = []
         if self._groups:
             xs = self._in(self, x)
@@ -121,7 +121,7 @@ class Linear(torch.nn.Module):
                 y = xi.reshape(z * d, m_in) @ w  # [z * d, m_out]
             else:
                 y = torch.bmm(xi.reshape(z, d, m_in), w)  # [z, d, m_out]
-            pieces.append(y.reshape(z, -1))
+            pieces.append(y.reshape(z, d * m_out))
         y = (torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]) if pieces else None
         out = self._out(self, y) if pieces else x.new_zeros(z, self.irreps_out.dim)
         if self.bias_numel:
