@@ -8,22 +8,34 @@
   geometry/cell relaxation, behind ``clebsch md`` and ``clebsch relax``.
 - :func:`export`, :func:`load_exported` — a ``torch.export`` archive that runs
   without clebsch's model classes.
+- :func:`relax_many` — many small structures relaxed together (FIRE per
+  structure, one batched forward pass per step).
+- :func:`atomic_virials` — per-atom virials from the edge-vector gradient
+  (the calculator's ``stresses``).
+- :func:`write_lammps` — the files LAMMPS's ``pair_style mliap unified`` needs
+  (:mod:`clebsch.calculators.lammps`).
 """
 
 from ._calculator import ClebschCalculator, load_model
 from ._compiled import CompiledPotential
 from ._dynamics import md, relax
+from ._batched import relax_many
 from ._export import ExportedPotential, export, load_exported
+from ._virials import atomic_virials
+from .lammps import write_lammps
 from ..graph.verlet import VerletList
 
 __all__ = [
     "ClebschCalculator",
     "CompiledPotential",
     "ExportedPotential",
+    "atomic_virials",
     "VerletList",
     "export",
     "load_exported",
     "load_model",
     "md",
     "relax",
+    "relax_many",
+    "write_lammps",
 ]

@@ -141,7 +141,10 @@ class ClebschCalculator(Calculator):
     Notes
     -----
     ``stress`` (eV/Å³, ASE's sign and Voigt order) is given for structures
-    periodic in all three directions; ``dipole`` (e·Å) when the model has that
+    periodic in all three directions, and so are the per-atom ``stresses``
+    [N, 6] (ASE's convention: ``-W_i / V`` with the per-atom virials ``W_i``
+    of :func:`~clebsch.calculators.atomic_virials`, as LAMMPS's
+    ``compute stress/atom`` splits pair virials; they add up to ``stress``); ``dipole`` (e·Å) when the model has that
     output. ``energies`` are the per-atom energies, which add up to ``energy``.
 
     Every call checks its input, also when the neighbour list is reused:
@@ -160,7 +163,7 @@ class ClebschCalculator(Calculator):
     (3, 3)
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "dipole"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses", "dipole"]
 
     def __init__(self, model, device: str = "cpu", dtype: str = "float64", skin: float = 0.5, compile: bool = False,
                  **kwargs):
@@ -201,10 +204,11 @@ class ClebschCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         periodic = bool(np.all(atoms.pbc))
-        if "stress" in properties and not periodic:
-            raise PropertyNotImplementedError(
-                f"stress needs a structure periodic in all three directions, but pbc is {atoms.pbc.tolist()}"
-            )
+        for name in ("stress", "stresses"):
+            if name in properties and not periodic:
+                raise PropertyNotImplementedError(
+                    f"{name} needs a structure periodic in all three directions, but pbc is {atoms.pbc.tolist()}"
+                )
         graph = self.graph(atoms)
         out = self.compiled(graph, compute_stress=periodic) if self.compiled is not None else None
         if out is None:
@@ -226,5 +230,12 @@ class ClebschCalculator(Calculator):
         if periodic and "stress" in out:
             s = out["stress"].detach().cpu().double().numpy()[0]
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        if periodic and "stresses" in properties:
+            from ._virials import atomic_virials
+
+            w = atomic_virials(self.model, graph)["virials"].cpu().double().numpy()
+            w = 0.5 * (w + w.transpose(0, 2, 1))
+            per_atom = -w / abs(atoms.cell.volume)
+            self.results["stresses"] = per_atom[:, [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
         if self.has_dipole and "dipole" in out:
             self.results["dipole"] = out["dipole"].detach().cpu().double().numpy()[0]

@@ -1,0 +1,98 @@
+"""MD steps/s in LAMMPS (ML-IAP unified, 1 and 2 MPI ranks) vs the ASE calculator, same model.
+
+    scripts/build_lammps.sh        # once
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lammps.py [--atoms 1372 10000] [--steps 20]
+
+Copper fcc boxes (1,372 atoms = 7x7x7 cells; 10,000 atoms ~ 14x14x13); a 2-layer
+NequIP in float64. Strong scaling: the same box on 1 and 2 ranks; weak scaling:
+twice the atoms on 2 ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ase.build import bulk
+from ase.io import write
+from ase.md.verlet import VelocityVerlet
+from ase import units
+
+from clebsch.calculators import ClebschCalculator, write_lammps
+from clebsch.models import build_model
+
+CACHE = Path(os.environ.get("CLEBSCH_LAMMPS_CACHE", Path.home() / ".cache" / "clebsch" / "lammps"))
+DRIVER = '''
+import json, sys, time, lammps, lammps.mliap
+spec = json.loads(sys.argv[1])
+lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+lammps.mliap.activate_mliappy(lmp)
+for c in spec["setup"]:
+    lmp.command(c)
+lmp.command("run 1")
+t = time.perf_counter(); lmp.command(f"run {spec['steps']}"); t = time.perf_counter() - t
+if lmp.extract_setting("world_rank") == 0:
+    print(json.dumps({"steps_per_s": spec["steps"] / t}))
+'''
+
+
+def box(n_atoms: int):
+    import numpy as np
+
+    reps = max(1, round((n_atoms / 4) ** (1 / 3)))
+    shape = [reps, reps, max(1, round(n_atoms / (4 * reps * reps)))]
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * shape
+    atoms.rattle(0.02, seed=0)
+    return atoms
+
+
+def lammps_rate(lmp_file, atoms, ranks, steps, tmp):
+    data = Path(tmp) / f"box{len(atoms)}.data"
+    write(data, atoms, format="lammps-data", masses=True, specorder=["Cu"])
+    setup = ["units metal", "atom_style atomic", "newton on", f"read_data {data}", "neighbor 1.0 bin",
+             f"include {lmp_file}", "velocity all create 300 1", "fix nve all nve", "timestep 0.001"]
+    driver = Path(tmp) / "driver.py"
+    driver.write_text(DRIVER)
+    cmd = [str(CACHE / "tools/bin/mpiexec"), "-n", str(ranks), sys.executable, str(driver),
+           json.dumps({"setup": setup, "steps": steps})]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return json.loads(out.stdout.strip().splitlines()[-1])["steps_per_s"]
+
+
+def ase_rate(model, atoms, steps):
+    atoms = atoms.copy()
+    atoms.calc = ClebschCalculator(model)
+    dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    dyn.run(1)
+    t = time.perf_counter()
+    dyn.run(steps)
+    return steps / (time.perf_counter() - t)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--atoms", type=int, nargs="+", default=[1372, 10000])
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    model = build_model({"name": "nequip", "species": ["Cu"], "cutoff": 4.5, "num_layers": 2}).double().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, lmp_file = write_lammps(model, Path(tmp) / "cu")
+        print("atoms   ASE steps/s   LAMMPS 1 rank   LAMMPS 2 ranks   2x atoms on 2 ranks")
+        for n in args.atoms:
+            atoms = box(n)
+            a = ase_rate(model, atoms, args.steps)
+            one = lammps_rate(lmp_file, atoms, 1, args.steps, tmp)
+            two = lammps_rate(lmp_file, atoms, 2, args.steps, tmp)
+            weak = lammps_rate(lmp_file, box(2 * n), 2, args.steps, tmp)
+            print(f"{len(atoms):6d}  {a:11.2f}  {one:13.2f} ({one / a:.2f}x)  {two:13.2f} ({two / one:.2f}x)  "
+                  f"{weak:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
