@@ -73,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-nonfinite", action="store_true",
                    help="treat NaN / infinite reference values as missing instead of an error")
 
+    p = sub.add_parser("density", help="a predicted electron density as a Gaussian cube file",
+                       description="Write the electron density a model predicts for a structure (a per-atom "
+                                   "target in an auxiliary basis) as a Gaussian cube file, and with --reference "
+                                   "the error against the file's own coefficients.")
+    p.add_argument("model", help="packaged model file (model.pt) with a density target")
+    p.add_argument("structure", help="structure file (any ASE-readable format)")
+    p.add_argument("--cube", required=True, metavar="FILE", help="cube file to write (electrons / Bohr^3)")
+    p.add_argument("--frame", type=int, default=0, help="frame of the structure file (default 0)")
+    p.add_argument("--target", help="which density target (default: the model's only one)")
+    p.add_argument("--reference", metavar="KEY",
+                   help="per-atom key of reference coefficients in the file: report eps_rho and write the "
+                        "error (predicted - reference) to FILE with '-error' before the suffix")
+    p.add_argument("--spacing", type=float, default=0.2, help="grid spacing in Å (default 0.2)")
+    p.add_argument("--margin", type=float, default=3.0, help="box margin around the atoms in Å (default 3)")
+
     p = sub.add_parser("info", help="describe a packaged model", description="Describe a packaged model.")
     p.add_argument("model")
 
@@ -88,9 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dipole where the model has one) from plain torch. Load it with "
                                    "ClebschCalculator(path) or torch.export.load.")
     p.add_argument("model", help="packaged model file (model.pt)")
-    p.add_argument("output", help="exported file to write (.pt2)")
+    p.add_argument("output", help="exported file to write (.pt2; with --lammps the OUT of OUT.pkl and OUT.lmp)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--lammps", action="store_true",
+                   help="write OUT.pkl for LAMMPS's 'pair_style mliap unified' and OUT.lmp, the commands that use "
+                        "it (include after the box and 'neighbor')")
+    p.add_argument("--elements", nargs="+", default=None,
+                   help="with --lammps: element names of LAMMPS's atom types, in order (default: the model's)")
 
     p = sub.add_parser("demo", help="train a small NequIP on the bundled ethanol data, evaluate, plot",
                        description="The README's main job: train a small NequIP on examples/ethanol_xtb.xyz "
@@ -169,12 +189,21 @@ def _evaluate(args) -> int:
     graphs = AtomicDataset.from_file(args.data, model.cutoff, keys=keys, required=(), dtype=dtype,
                                      targets=model.config.get("targets"),
                                      allow_nonfinite=args.skip_nonfinite).graphs
-    frames = read_structures(args.data) if args.output else None
-    ev = evaluate(model, graphs, args.batch_size, keep=bool(args.plots), keep_outputs=bool(args.output),
+    from .train.electronic import basis_targets, electronic_report, format_electronic
+
+    electronic = any(basis_targets({n: model.targets[n] for n in model.outputs}))
+    frames = read_structures(args.data) if args.output or electronic else None
+    ev = evaluate(model, graphs, args.batch_size, keep=bool(args.plots), keep_outputs=bool(args.output or electronic),
                   device=torch.device(args.device))
     print(ev.table(f"{args.data}: {len(graphs)} structures, model {args.model}"))
+    metrics = ev.metrics
+    if electronic:  # densities and matrices judged by what they stand for
+        report = electronic_report(model, graphs, ev.outputs, frames, keys)
+        print()
+        print(format_electronic(report, model.targets))
+        metrics = {"metrics": ev.metrics, "electronic": report}
     if args.json:
-        atomic_write_text(json.dumps(ev.metrics, indent=2), args.json)
+        atomic_write_text(json.dumps(metrics, indent=2), args.json)
     if args.output:
         write_predictions(args.output, frames, ev.outputs, targets=model.targets)
         print(f"predictions written to {args.output}")
@@ -193,6 +222,50 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _density(args) -> int:
+    import torch
+
+    from ._atomic import check_output_path
+    from .basis import density_report, write_density_cube
+    from .data.io import read_structure
+    from .data.targets import graph_from_atoms
+    from .models.package import load
+    from .train.electronic import basis_targets
+
+    if not args.spacing > 0 or not args.margin >= 0:
+        raise ValueError(f"--spacing must be positive and --margin not negative, got {args.spacing}, {args.margin}")
+    check_output_path(args.cube, "--cube file", inputs={"model file": args.model, "structure file": args.structure})
+    model = load(args.model)
+    densities, _ = basis_targets({n: model.targets[n] for n in model.outputs})
+    if args.target is not None and args.target not in densities:
+        raise ValueError(f"--target {args.target!r} is not a density target of this model; it has {densities}")
+    if not densities:
+        raise ValueError(f"model {args.model} predicts no density (a per-atom target with a basis); its outputs are "
+                         f"{list(model.outputs)}")
+    if len(densities) > 1 and args.target is None:
+        raise ValueError(f"model {args.model} has several density targets {densities}; choose one with --target")
+    name = args.target or densities[0]
+    atoms = read_structure(args.structure, args.frame)
+    keys = {name: args.reference} if args.reference else {}
+    graph = graph_from_atoms(atoms, model.cutoff, keys=keys, required=tuple(keys), targets=model.targets,
+                             dtype=model.atomic_energies.dtype, where=f"{args.structure}, frame {args.frame}")
+    with torch.enable_grad():
+        out = model(graph)
+    basis = model.targets[name].basis
+    coefficients = out[name].detach().double()
+    write_density_cube(args.cube, atoms, basis, coefficients, args.spacing, args.margin)
+    report = density_report(basis, atoms.numbers, atoms.positions,
+                            coefficients, torch.nan_to_num(graph.targets[name].double()) if args.reference else None)
+    print(f"wrote {args.cube}: predicted density, {report['electrons']:.4f} electrons")
+    if args.reference:
+        cube = Path(args.cube)
+        error_path = cube.with_name(cube.stem + "-error" + cube.suffix)
+        write_density_cube(error_path, atoms, basis, coefficients - torch.nan_to_num(graph.targets[name].double()),
+                           args.spacing, args.margin)
+        print(f"wrote {error_path}: predicted - reference; eps_rho = {report['density_error_percent']:.3f} %")
+    return 0
+
+
 def _info(args) -> int:
     from .models.package import describe
 
@@ -205,6 +278,19 @@ def _export(args) -> int:
     from .calculators import export
 
     output = Path(args.output)
+    if getattr(args, "lammps", False):
+        from .calculators.lammps import write_lammps
+
+        if output.parent and not output.parent.is_dir():
+            raise FileNotFoundError(f"{output}: folder {output.parent} does not exist")
+        if same_file(output, args.model) or same_file(output.with_suffix(".pkl"), args.model):
+            raise ValueError(f"{output} is the same file as the model file {args.model!r}; choose another name")
+        pkl, lmp = write_lammps(args.model, output, elements=args.elements, dtype=args.dtype)
+        print(open(lmp).readline().lstrip("# ").rstrip())
+        print(f"wrote {pkl} and {lmp}; in LAMMPS (units metal, newton on, after the box and 'neighbor'): include {lmp}")
+        return 0
+    elif args.elements:
+        raise ValueError("--elements goes with --lammps")
     if output.suffix != ".pt2":
         raise ValueError(f"{output}: the exported file must end in .pt2 (the packaged model is the .pt)")
     if output.parent and not output.parent.is_dir():
@@ -272,8 +358,8 @@ def main(argv=None) -> int:
 
     from .calculators._cli import run_md, run_relax
 
-    handlers = {"train": _train, "evaluate": _evaluate, "info": _info, "md": run_md, "relax": run_relax, "demo": _demo,
-                "export": _export}
+    handlers = {"train": _train, "evaluate": _evaluate, "info": _info, "density": _density, "md": run_md,
+                "relax": run_relax, "demo": _demo, "export": _export}
     debug = _debug_requested(args)
     prefix = f"clebsch {args.command}"
     try:

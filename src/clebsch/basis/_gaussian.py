@@ -325,7 +325,7 @@ class GaussianBasis:
     def matrix_to_clebsch(self, numbers, matrix) -> torch.Tensor:
         """A molecule's matrix in native AO order ``[n_ao, n_ao]`` to clebsch order (atom by atom)."""
         m = torch.block_diag(*[torch.as_tensor(self.native_to_clebsch(int(z))) for z in numbers])
-        matrix = torch.as_tensor(matrix, dtype=torch.float64)
+        matrix = torch.as_tensor(matrix, dtype=torch.float64).reshape(m.shape)  # flattened or not
         return m.T @ matrix @ m
 
     def matrix_to_native(self, numbers, matrix) -> torch.Tensor:
@@ -374,7 +374,8 @@ class GaussianBasis:
     def density(self, numbers, positions, coefficients, points, chunk: int = 65536) -> torch.Tensor:
         """``rho(points) = sum_i sum_P c_iP chi_iP(points)`` (electrons / Bohr^3).
 
-        ``coefficients``: per atom in the union layout ``[N, U]`` (clebsch order).
+        ``coefficients``: per atom in the union layout ``[N, U]`` (clebsch order), or ``[N, U, K]`` for
+        ``K`` densities at once (``[P, K]`` out).
         """
         coefficients = torch.as_tensor(coefficients, dtype=torch.float64)
         flat = torch.cat([coefficients[i, torch.as_tensor(self.slots(int(z)))] for i, z in enumerate(numbers)])

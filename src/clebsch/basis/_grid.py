@@ -77,16 +77,17 @@ def molecular_grid(numbers, positions, n_radial: int = 60, n_theta: int = 18) ->
 def _becke_cells(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Becke's cell weights ``[P, n]`` of every atom at ``points`` (rows sum to one)."""
     n = centres.shape[0]
+    cell = np.ones((points.shape[0], n))
     if n == 1:
-        return np.ones((points.shape[0], 1))
+        return cell
     dist = np.linalg.norm(points[:, None, :] - centres[None], axis=-1)  # [P, n]
-    rab = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
-    np.fill_diagonal(rab, 1.0)
-    mu = (dist[:, :, None] - dist[:, None, :]) / rab  # [P, n, n]
-    for _ in range(3):
-        mu = 1.5 * mu - 0.5 * mu ** 3
-    s = 0.5 * (1 - mu)
-    s[:, np.arange(n), np.arange(n)] = 1.0
-    cell = s.prod(axis=2)
+    for a in range(n):
+        for b in range(a + 1, n):
+            mu = (dist[:, a] - dist[:, b]) / np.linalg.norm(centres[a] - centres[b])
+            for _ in range(3):
+                mu = 1.5 * mu - 0.5 * mu ** 3
+            s = 0.5 * (1 - mu)  # and 1 - s for the pair (b, a): mu is antisymmetric
+            cell[:, a] *= s
+            cell[:, b] *= 1 - s
     total = cell.sum(axis=1, keepdims=True)
     return cell / np.where(total > 0, total, 1.0)
