@@ -12,7 +12,7 @@ PIP     = $(PY) -m pip --disable-pip-version-check -q
 TORCH  ?= torch==2.13.0
 JOBS   ?= 2
 
-.PHONY: setup setup-test demo test bench clean
+.PHONY: setup setup-test demo test bench lammps clean
 
 $(VENV)/.setup: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ demo: $(VENV)/.setup
 
 test: $(VENV)/.setup-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) -q
+
+lammps: $(VENV)/.setup-test
+	VENV=$(abspath $(VENV)) JOBS=$(JOBS) bash scripts/build_lammps.sh
 
 bench: $(VENV)/.setup-test
 	$(PY) benchmarks/o3.py
