@@ -162,3 +162,19 @@ def test_evaluate_reports_nonfinite_predictions_and_fails(tmp_path, monkeypatch,
     code = main(["evaluate", str(tmp_path / "m.pt"), str(tmp_path / "d.xyz")])
     out = capsys.readouterr()
     assert code == 1 and "energy: 3" in out.err and "non-finite predictions" in out.out
+
+
+def test_evaluate_reads_the_keys_a_model_was_trained_from():
+    """A packaged model's training config maps targets to keys; evaluate uses them unless told otherwise."""
+    import types
+
+    from clebsch.targets import resolve_targets
+    from clebsch.train.evaluate import evaluate_keys
+
+    targets = resolve_targets({"gap": {"irreps": "0e", "reduce": "mean"}})
+    model = types.SimpleNamespace(outputs=("energy", "forces", "gap"), targets=targets,
+                                  package={"metadata": {"train_config": {"data": {"keys": {"gap": "homo_lumo_gap"}}}}})
+    assert evaluate_keys(model) == {"energy": "energy", "forces": "forces", "gap": "homo_lumo_gap"}
+    assert evaluate_keys(model, {"gap": "g2", "forces": None}) == {"energy": "energy", "gap": "g2"}
+    model.package = None  # a model built in Python, not loaded from a file
+    assert evaluate_keys(model)["gap"] == "gap"

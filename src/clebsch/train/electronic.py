@@ -90,8 +90,8 @@ def electronic_report(model, graphs, outputs, frames, keys: dict) -> dict:
                 row.setdefault(f"{pair}_occupied_mae", []).append(
                     ef * float((e_pred[:occupied] - e_ref[:occupied]).abs().mean()))
                 if occupied < e_ref.numel():
-                    gap = lambda x: float(x[occupied] - x[occupied - 1])  # noqa: E731
-                    row.setdefault(f"{pair}_gap_error", []).append(ef * abs(gap(e_pred) - gap(e_ref)))
+                    gaps = [float(x[occupied] - x[occupied - 1]) for x in (e_pred, e_ref)]
+                    row.setdefault(f"{pair}_gap_error", []).append(ef * abs(gaps[0] - gaps[1]))
             atom0 += n
             edge0 += e
             k += 1

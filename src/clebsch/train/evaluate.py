@@ -37,8 +37,11 @@ class Evaluation:
 
 
 def evaluate_keys(model, overrides: dict | None = None) -> dict:
-    """Target name -> key in a file for everything ``model`` predicts (by default the target's own name)."""
-    keys = {name: name for name in model.outputs if model.targets[name].trainable}
+    """Target name -> key in a file for everything ``model`` predicts: the key it was trained from (the
+    ``data.keys`` of the training config a packaged model carries), else the target's own name."""
+    package = getattr(model, "package", None) or {}
+    trained = (((package.get("metadata") or {}).get("train_config") or {}).get("data") or {}).get("keys") or {}
+    keys = {name: trained.get(name) or name for name in model.outputs if model.targets[name].trainable}
     for name, key in (overrides or {}).items():
         keys[name] = key
     return {k: v for k, v in keys.items() if v}
