@@ -52,9 +52,9 @@ def test_density_cube_and_its_error(model_file, tmp_path, capsys):
 
 
 def test_density_errors_name_what_is_wrong(model_file, tmp_path, capsys):
-    assert main(["density", str(model_file), str(DATA), "--cube", str(tmp_path / "x.cube"), "--target", "fock"]) == 1
+    assert main(["density", str(model_file), str(DATA), "--cube", str(tmp_path / "x.cube"), "--target", "fock"]) == 2
     assert "--target 'fock' is not a density target of this model; it has ['density']" in capsys.readouterr().err
     assert main(["density", str(model_file), str(ROOT / "examples" / "ethanol_xtb.xyz"),
-                 "--cube", str(tmp_path / "y.cube")]) == 1
+                 "--cube", str(tmp_path / "y.cube")]) == 2
     assert "C (Z=6), an element this model was not trained on" in capsys.readouterr().err
     assert not (tmp_path / "y.cube").exists()
