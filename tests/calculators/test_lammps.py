@@ -243,7 +243,7 @@ def _setup(atoms, lmp_file, data_file, extra=()):
 
     write(data_file, atoms, format="lammps-data", masses=True, specorder=["Cu"])
     return ["units metal", "atom_style atomic", "atom_modify map yes", "newton on", "boundary p p p",
-            f"read_data {data_file}", "neighbor 1.0 bin", f"include {lmp_file}", *extra, "thermo_style custom step pe",
+            f"read_data {data_file}", "neighbor 1.0 bin", f"include {lmp_file}", *extra, "thermo_style custom step pe pxx pyy pzz pyz pxz pxy vol",
             "run 0"]
 
 
@@ -262,9 +262,10 @@ def test_lammps_equals_ase(tmp_path, copper_box, ranks):
     bar = 1e-4 * GPa
     np.testing.assert_allclose(-np.array(out["press"]) * bar, atoms.get_stress(), atol=1e-8)
     stresses = np.reshape(out["stresses"], (-1, 6))
-    # compute stress/atom: -W_i in bar*Å^3; ASE: -W_i / V; LAMMPS's Voigt order xx yy zz xy xz yz
+    # compute stress/atom: S_i = -W_i in bar*Å^3 (so sum_i S_i / V = -P, ASE's stress); ASE: S_i / V;
+    # LAMMPS's Voigt order xx yy zz xy xz yz
     ase_order = stresses[:, [0, 1, 2, 5, 4, 3]] * bar / out["vol"]
-    np.testing.assert_allclose(-ase_order, atoms.get_stresses(), atol=1e-8)
+    np.testing.assert_allclose(ase_order, atoms.get_stresses(), atol=1e-8)
 
 
 @needs_lammps
