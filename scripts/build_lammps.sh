@@ -17,7 +17,7 @@
 set -euo pipefail
 
 CACHE=${CLEBSCH_LAMMPS_CACHE:-$HOME/.cache/clebsch/lammps}
-VENV=${VENV:-/work/main/.venv}
+VENV=${VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}
 SUITE=${LAMMPS_SUITE:-unstable}
 JOBS=${JOBS:-2}
 STAMP="$CACHE/.built"
