@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["normalized_laplacian", "laplacian_positional_encoding", "ZERO_EIGENVALUE_TOLERANCE"]
+__all__ = ["normalized_laplacian", "laplacian_positional_encoding", "structure_slots", "ZERO_EIGENVALUE_TOLERANCE"]
 
 ZERO_EIGENVALUE_TOLERANCE = 1e-8
 """Eigenvalues of the float64 Laplacian below this count as zero (one per connected component).
@@ -27,7 +27,7 @@ The smallest non-zero eigenvalue of a connected graph's normalised Laplacian is 
 _PADDING_EIGENVALUE = 3.0  # above the spectrum of any normalised Laplacian (which lies in [0, 2])
 
 
-def _slots(batch: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:
+def structure_slots(batch: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Atoms per structure [B] and each atom's rank within its structure [N] (in the order of ``batch``)."""
     counts = torch.bincount(batch, minlength=num_graphs)
     order = torch.argsort(batch, stable=True)
@@ -145,7 +145,7 @@ def laplacian_positional_encoding(edge_index: torch.Tensor, batch: torch.Tensor,
         return torch.zeros(0, k, dtype=dtype, device=batch.device)
     num_graphs = int(batch.max()) + 1 if num_graphs is None else int(num_graphs)
     with torch.no_grad():
-        counts, rank = _slots(batch, num_graphs)
+        counts, rank = structure_slots(batch, num_graphs)
         size = int(counts.max())
         adjacency = _dense_adjacency(edge_index, batch, num_graphs, size, rank, torch.float64)
         adjacency = 0.5 * (adjacency + adjacency.transpose(1, 2))

@@ -42,7 +42,7 @@ import math
 
 import torch
 
-from ..graph.laplacian import laplacian_positional_encoding
+from ..graph.laplacian import laplacian_positional_encoding, structure_slots
 from ..o3 import Irreps
 from ._registry import register
 
@@ -60,16 +60,6 @@ def _check_readout(readout: str, allowed: tuple[str, ...], family: str) -> None:
     if readout not in allowed:
         raise ValueError(f"model.readout: {readout!r} is not allowed for model {family!r}; allowed values: "
                          f"{', '.join(allowed)}")
-
-
-def _structure_slots(batch: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Atoms per structure [B] and each atom's rank within its structure [N]."""
-    counts = torch.bincount(batch, minlength=num_graphs)
-    order = torch.argsort(batch, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(batch)
-    rank[order] = torch.arange(batch.shape[0], device=batch.device) - starts[batch[order]]
-    return counts, rank
 
 
 def pool_per_structure(features: torch.Tensor, batch: torch.Tensor, num_graphs: int, readout: str) -> torch.Tensor:
@@ -281,7 +271,7 @@ class GraphTransformer(torch.nn.Module):
             pe = laplacian_positional_encoding(edge_index, batch, self.pe_dim, num_graphs=num_graphs,
                                                random_signs=self.training and self.random_pe_signs)
             h = h + self.pe_linear(pe.to(h.dtype))
-        counts, rank = _structure_slots(batch, num_graphs)
+        counts, rank = structure_slots(batch, num_graphs)
         first = 0 if self.cls is None else 1  # slot of the first atom
         size = int(counts.max()) + first
         x = h.new_zeros(num_graphs, size, h.shape[1]).index_put((batch, rank + first), h)
