@@ -1,6 +1,6 @@
 """Batched relaxation of many molecules vs looping ASE's FIRE with the calculator.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/batched.py [--molecules 100] [--steps 30]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/batched.py [--molecules 100] [--steps 20]
 
 Both relax the same rattled molecules with the same FIRE rule and a fixed
 number of steps (fmax tiny, so every structure takes every step: the same work
@@ -35,7 +35,7 @@ def molecules(n: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--molecules", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--family", default="nequip")
     args = parser.parse_args()
     torch.manual_seed(0)
