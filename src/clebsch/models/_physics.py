@@ -373,3 +373,8 @@ class PhysicsTerms(torch.nn.Module):
         self.spec = spec
         self.zbl = ZBL(numbers, cutoff, **spec["zbl"]) if "zbl" in spec else None
         self.coulomb = Coulomb(cutoff, **spec["coulomb"]) if "coulomb" in spec else None
+
+    @property
+    def needs_positions(self) -> bool:
+        """Whether the energy path must pass positions, batch, cell and charges (terms beyond pair distances)."""
+        return self.coulomb is not None

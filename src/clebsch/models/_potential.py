@@ -428,7 +428,7 @@ class Potential(torch.nn.Module):
 
     def _physics_inputs(self, graph, positions, cell) -> dict:
         """The keyword arguments of the energy path that the Coulomb term or a topological representation needs."""
-        if self.physics is None or self.physics.coulomb is None:
+        if self.physics is None or not self.physics.needs_positions:
             return {"batch": graph.batch, "num_graphs": graph.num_graphs} if self.topological else {}
         return {"positions": positions, "batch": graph.batch, "num_graphs": graph.num_graphs,
                 "total_charge": graph.total_charge, "cell": cell, "periodic": self.periodic_structures(graph)}

@@ -112,6 +112,11 @@ class ModelSection(BaseModel):
                     "radii from covalent radii), {coulomb: {sigma: 1.0, accuracy: 1.0e-8}} (electrostatics of the "
                     "dipole head's charges, Gaussian width sigma in Å; Ewald sum for periodic cells)",
     )
+    conditioning: list[Literal["charge", "spin"]] = Field(
+        default_factory=list,
+        description="per-structure inputs that condition the features: [charge] (total charge, e) and/or [spin] "
+                    "(spin multiplicity 2S+1), read from the data file's 'charge' / 'spin' keys and atoms.info",
+    )
 
     @field_validator("name")
     @classmethod
@@ -232,6 +237,10 @@ class DataSection(_Section):
     )
     batch_size: int = Field(5, gt=0, description="structures per training batch (global, over all processes)")
     valid_batch_size: int = Field(10, gt=0, description="structures per validation / test batch")
+    augment: Literal["none", "rotations"] = Field(
+        "none", description="rotations: rotate every training structure (and its vector and tensor targets) by a "
+                            "random rotation each time it is drawn, for models that are not equivariant"
+    )
 
     @field_validator("config_type_weights")
     @classmethod
@@ -345,6 +354,8 @@ class TrainingSection(_Section):
     progress: bool = Field(True, description="show a progress bar")
     tensorboard: bool = Field(False, description="also log to TensorBoard (needs the tensorboard package)")
     plots: bool = Field(True, description="write parity plots and learning curves as PNG")
+    committee: int = Field(1, ge=1, description="train this many models (seeds seed, seed+1, ...) into run_dir/member_K "
+                                                "and package them as a committee with uncertainties; 1: one model")
 
     @field_validator("max_time", mode="before")
     @classmethod

@@ -125,6 +125,7 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
         "readout_hidden": int(m.readout_hidden),
         **({"targets": dict(m.targets)} if m.targets else {}),
         **({"physics": dict(m.physics)} if m.physics else {}),
+        **({"conditioning": list(m.conditioning)} if m.conditioning else {}),
         **m.hyperparameters(),
     }
     declared = m.known_targets()
