@@ -25,7 +25,7 @@ REPRESENTATIONS: dict[str, type] = {}
 
 # keys of a model config that belong to the Potential rather than the representation
 POTENTIAL_KEYS = ("species", "cutoff", "atomic_energies", "scale", "outputs", "targets", "irreps_heads",
-                  "readout_hidden", "target_stats", "physics")
+                  "readout_hidden", "target_stats", "physics", "conditioning")
 
 
 class Representation(Protocol):
