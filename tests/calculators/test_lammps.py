@@ -82,6 +82,9 @@ def emulate(potential, atoms, ghost_cutoff, ghost_lists):
     i, j = np.nonzero((r < potential.cutoff) & (r > 0))
     data = FakeData(atoms.numbers[owner] - 1, n, i, j, d[i, j], receivers if ghost_lists else n)
     potential.compute_gradients(data)
+    kept = potential.receptive_pairs(i, j, np.arange(n), len(x))
+    # the pairs the model runs on: all of the local atoms' pairs, none beyond hops - 1
+    assert kept[i < n].all() and (kept.sum() < len(i) if ghost_lists else kept.all())
     forces = np.zeros((n, 3))
     np.add.at(forces, owner, data.f)
     virials = np.zeros((n, 3, 3))
@@ -104,11 +107,27 @@ def _potential(model, tmp_path, name="m"):
         return pickle.load(f)
 
 
-@pytest.mark.parametrize("layers", [1, 2])
-def test_emulated_lammps_equals_ase(tmp_path, copper_box, layers):
-    model = small_model("schnet", cutoff=3.0, num_layers=layers)
+@pytest.mark.parametrize("family,layers", [("schnet", 1), ("schnet", 2), ("mace", 2), ("dimenet", 1), ("visnet", 2),
+                                           ("allegro", 2), ("tensornet", 2)])
+def test_emulated_lammps_equals_ase(tmp_path, copper_box, family, layers):
+    """Exact for every kind of receptive field (node messages, edge messages, triplets, strictly local pairs),
+    with the pairs that cannot reach a local atom pruned."""
+    from clebsch.testing import float64_model
+
+    from .conftest import SPECIES
+
+    sizes = {"dimenet": {"hidden_channels": 8, "int_emb_size": 4, "basis_emb_size": 4, "out_emb_channels": 8,
+                         "num_spherical": 3, "num_radial": 4},
+             "allegro": {"num_tensor_features": 4, "lmax": 1, "latent_dim": 8}}.get(family, {"channels": 8})
+    model = float64_model({"name": family, "species": SPECIES, "cutoff": 3.0, "scale": 0.5,
+                           "atomic_energies": [-13.6, -1029.0, -2041.0, -1300.0], "num_layers": layers,
+                           "outputs": ["energy", "forces", "stress"], **sizes}, 0)
     potential = _potential(model, tmp_path)
-    assert potential.hops == layers and potential.ghost_neighbors == (layers > 1)
+    # the receptive field in hops: one per layer, one more where an embedding or an edge update sums over
+    # neighbours first (DimeNet's triplets, TensorNet's embedding, ViSNet's edge updates); Allegro is strictly local
+    assert potential.hops == 1 if family == "allegro" else layers <= potential.hops <= layers + 1
+    assert potential.ghost_neighbors == (potential.hops > 1)
+    layers = potential.hops
     energy, forces, virials, eatoms = emulate(potential, copper_box, potential.ghost_cutoff(0.0) + 0.5, layers > 1)
     calc = ClebschCalculator(model, skin=0.0)
     atoms = copper_box.copy()
@@ -297,3 +316,24 @@ def test_lammps_unit_check(tmp_path, copper_box):
 def test_skip_reason_is_clear():
     reason = _lammps_ready()
     assert reason is None or "scripts/build_lammps.sh" in reason
+
+
+TRAINED = Path(__file__).resolve().parent.parent / "fixtures" / "cu_nequip_trained.pt"
+
+
+@needs_lammps
+def test_lammps_nve_drift_trained_model(tmp_path):
+    """1,000 NVE steps (1 fs, from 600 K) with a trained two-layer NequIP (scripts/make_test_models.py):
+    the total energy stays within 1 meV/atom of its start."""
+    _, lmp_file = write_lammps(TRAINED, tmp_path / "cu", elements=["Cu"])
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    atoms.rattle(0.02, seed=5)
+    log = tmp_path / "etotal.txt"
+    md = ["velocity all create 600 11 mom yes rot no", "fix nve all nve", "timestep 0.001",
+          "compute kin all ke", "compute pot all pe", "variable etotal equal c_pot+c_kin",
+          f'fix log all print 10 "$(step) $(v_etotal:%.10f)" file {log} screen no', "run 1000"]
+    _run_lammps(tmp_path, 1, _setup(atoms, lmp_file, tmp_path / "cu.data", md), "drift")
+    steps, etotal = np.loadtxt(log, comments="#", unpack=True)
+    assert steps[-1] == 1000
+    deviation = np.abs(etotal - etotal[0]).max() / len(atoms)
+    assert deviation < 1e-3, f"total energy moved by {deviation * 1e3:.3f} meV/atom over 1,000 steps"

@@ -34,7 +34,9 @@ def _energy_of_vectors(model, graph, vectors):
         args = [torch.zeros(n, 3, dtype=vectors.dtype, device=vectors.device), graph.numbers, graph.edge_index,
                 vectors, eye]
         if "total_charge" in model.inputs:
-            args.append(torch.zeros(1, dtype=vectors.dtype, device=vectors.device))
+            args.append(graph.total_charge.to(vectors.dtype).reshape(1))
+        if "spin_multiplicity" in model.inputs:
+            args.append(graph.spin_multiplicity.to(vectors.dtype).reshape(1))
         if model.open_only:
             raise ValueError("per-atom virials: this exported model has a coulomb physics term, whose energy "
                              "depends on positions, not only on edge vectors")
@@ -48,7 +50,8 @@ def _energy_of_vectors(model, graph, vectors):
         raise ValueError("per-atom virials: the model is topological (it sees bonds, never coordinates); it has "
                          "no virial")
     species = model.species_index(graph.numbers, graph.batch)
-    e_atom, _ = model.atomic_energies_and_features(species, graph.edge_index, vectors)
+    e_atom, _ = model.atomic_energies_and_features(species, graph.edge_index, vectors,
+                                                   **model.conditioning_inputs(graph))
     return e_atom
 
 

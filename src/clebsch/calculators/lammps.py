@@ -111,6 +111,11 @@ class LammpsPotential:
         if model.open_only:
             raise ValueError("this model has a coulomb physics term, exported for open structures only; it cannot run "
                              "in LAMMPS, whose cells are periodic")
+        conditioning = list(getattr(model, "conditioning", ()) or ())
+        if conditioning:
+            raise ValueError(f"this model is conditioned on {', '.join(conditioning)} per structure "
+                             "(model.conditioning); LAMMPS's ML-IAP interface passes no total charge or spin, so it "
+                             "cannot run there")
         known = [chemical_symbols[z] for z in self.species]
         elements = known if elements is None else list(elements)
         for name in elements:
@@ -184,23 +189,57 @@ class LammpsPotential:
                              f"{[chemical_symbols[z] for z in self.species]}")
         return torch.as_tensor(numbers, dtype=torch.long)
 
+    def receptive_pairs(self, pair_i: np.ndarray, pair_j: np.ndarray, owned: np.ndarray, n: int) -> np.ndarray:
+        """Which pairs can reach an owned atom's energy: those whose receiver is fewer than ``hops`` hops away.
+
+        An owned atom's energy after ``L = hops`` message passes depends on the
+        features of atoms up to ``L - 1`` hops away (along the neighbour graph),
+        which are built from the pairs those atoms receive; atoms ``L`` hops
+        away only send their species. Every other pair LAMMPS hands over (most
+        of the outer ghost shell: ``comm_modify cutoff`` reaches ``L`` cutoffs
+        out) has a zero gradient and is skipped.
+        """
+        keep_depth = self.hops - 1
+        depth = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        depth[owned] = 0
+        for h in range(1, keep_depth + 1):
+            reached = pair_j[depth[pair_i] == h - 1]
+            depth[reached] = np.minimum(depth[reached], h)
+        return depth[pair_i] <= keep_depth
+
     def energies_and_pair_gradients(self, numbers: torch.Tensor, pair_i: np.ndarray, pair_j: np.ndarray,
                                     rij: np.ndarray, owned: np.ndarray):
-        """Per-atom energies [ntotal] and ``dE/dr_ij`` [npairs, 3] of the owned atoms' total energy."""
+        """Per-atom energies [ntotal] and ``dE/dr_ij`` [npairs, 3] of the owned atoms' total energy.
+
+        The model runs on the pairs that reach the owned atoms (:meth:`receptive_pairs`)
+        and on the atoms they touch only; the other pairs get a zero gradient and
+        the other atoms a zero energy.
+        """
         model = self.model
         dtype = model.dtype
         n = numbers.shape[0]
-        edge_index = torch.as_tensor(np.stack([pair_j, pair_i]), dtype=torch.long).reshape(2, -1)
-        vectors = torch.as_tensor(np.asarray(rij, dtype=np.float64).reshape(-1, 3), dtype=dtype).requires_grad_(True)
-        energies = _program_energies(model, torch.zeros(n, 3, dtype=dtype), numbers, edge_index, vectors,
-                                     torch.eye(3, dtype=dtype))
-        energy = energies[torch.as_tensor(owned, dtype=torch.long)].sum()
+        pair_i = np.asarray(pair_i, dtype=np.int64)
+        pair_j = np.asarray(pair_j, dtype=np.int64)
+        owned = np.asarray(owned, dtype=np.int64)
+        rij = np.asarray(rij, dtype=np.float64).reshape(-1, 3)
+        keep = self.receptive_pairs(pair_i, pair_j, owned, n)
+        atoms = np.unique(np.concatenate([owned, pair_i[keep], pair_j[keep]]))
+        local = np.full(n, -1, dtype=np.int64)
+        local[atoms] = np.arange(len(atoms))
+        edge_index = torch.as_tensor(np.stack([local[pair_j[keep]], local[pair_i[keep]]]), dtype=torch.long)
+        vectors = torch.as_tensor(rij[keep], dtype=dtype).requires_grad_(True)
+        energies = _program_energies(model, torch.zeros(len(atoms), 3, dtype=dtype),
+                                     numbers[torch.as_tensor(atoms, dtype=torch.long)], edge_index.reshape(2, -1),
+                                     vectors, torch.eye(3, dtype=dtype))
+        energy = energies[torch.as_tensor(local[owned], dtype=torch.long)].sum()
+        grad = torch.zeros(len(rij), 3, dtype=torch.float64)
         if vectors.shape[0]:
-            (grad,) = torch.autograd.grad(energy, vectors, allow_unused=True)
-            grad = torch.zeros_like(vectors) if grad is None else grad
-        else:
-            grad = torch.zeros_like(vectors)
-        return energies.detach().double(), grad.detach().double()
+            (g,) = torch.autograd.grad(energy, vectors, allow_unused=True)
+            if g is not None:
+                grad[torch.as_tensor(keep)] = g.detach().double()
+        full = torch.zeros(n, dtype=torch.float64)
+        full[torch.as_tensor(atoms, dtype=torch.long)] = energies.detach().double()
+        return full, grad
 
     def compute_gradients(self, data):
         """The energy, per-atom energies and pair forces of this rank's atoms, handed to LAMMPS."""

@@ -17,7 +17,7 @@ from .io import read_structures
 
 __all__ = ["AtomicDataset", "read_dataset", "key_map", "check_net_forces"]
 
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4
 
 
 def key_map(energy_key="energy", forces_key="forces", stress_key="stress", virial_key="virial",
