@@ -88,6 +88,16 @@ def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
     return model.to(device=device, dtype=_as_dtype(dtype)).eval()
 
 
+def _structure_inputs(atoms) -> tuple[float, float | None]:
+    """The total charge (``info["total_charge"]`` or ``info["charge"]``, 0 when absent) and the spin multiplicity
+    (``info["spin"]``, ``None`` when absent) of ``atoms``; a value that is not a finite number raises."""
+    from ..graph.atomic_graph import _info_number
+
+    info = atoms.info
+    key = "total_charge" if "total_charge" in info else "charge"
+    return _info_number(info, key, 0.0, "atoms.info"), _info_number(info, "spin", None, "atoms.info")
+
+
 def _check_finite(out: dict, n_atoms: int) -> None:
     """Raise if the model returned a non-finite energy, force or stress; name the atoms."""
     for key in ("energy", "forces", "stress", "dipole"):
@@ -147,6 +157,12 @@ class ClebschCalculator(Calculator):
     ``compute stress/atom`` splits pair virials; they add up to ``stress``); ``dipole`` (e·Å) when the model has that
     output. ``energies`` are the per-atom energies, which add up to ``energy``.
 
+    The total charge comes from ``atoms.info["charge"]`` (or ``"total_charge"``; 0
+    when absent) and the spin multiplicity ``2S + 1`` from ``atoms.info["spin"]``. A
+    model conditioned on spin (``conditioning: [spin]``) needs it: there is no
+    default, and a structure without it raises. Changing either in ``atoms.info``
+    makes the next call compute anew.
+
     Every call checks its input, also when the neighbour list is reused:
     non-finite positions or cell, and atoms closer than
     :data:`clebsch.graph.MIN_DISTANCE`, raise a :class:`ValueError` naming the
@@ -186,7 +202,7 @@ class ClebschCalculator(Calculator):
         numbers = atoms.get_atomic_numbers()
         edge_index, shifts = self.neighbors.update(positions, numbers, cell, pbc)
         dev, dt = self.device, self.dtype
-        charge = atoms.info.get("total_charge", atoms.info.get("charge", 0.0))
+        charge, spin = _structure_inputs(atoms)
         return AtomicGraph(
             positions=torch.as_tensor(positions, dtype=dt, device=dev),
             numbers=torch.as_tensor(numbers, dtype=torch.long, device=dev),
@@ -194,9 +210,22 @@ class ClebschCalculator(Calculator):
             shifts=shifts.to(device=dev, dtype=dt),
             cell=torch.as_tensor(cell, dtype=dt, device=dev).reshape(1, 3, 3),
             pbc=torch.as_tensor(pbc, device=dev).reshape(1, 3),
-            total_charge=torch.tensor([float(charge)], dtype=dt, device=dev),
+            total_charge=torch.tensor([charge], dtype=dt, device=dev),
+            spin_multiplicity=torch.tensor([float("nan") if spin is None else spin], dtype=dt, device=dev),
             cutoff=self.cutoff,
         )
+
+    def check_state(self, atoms, tol: float = 1e-15):
+        """ASE's changes since the last call, plus ``"info"`` when the charge or spin in ``atoms.info`` changed."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and "info" not in changes:
+            try:
+                changed = _structure_inputs(atoms) != _structure_inputs(self.atoms)
+            except ValueError:  # a value that is not a number: the call itself will say so
+                changed = True
+            if changed:
+                changes = [*changes, "info"]
+        return changes
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
         """Evaluate the model on ``atoms`` and fill ``self.results``."""

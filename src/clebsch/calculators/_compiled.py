@@ -7,7 +7,7 @@ removes that overhead for inference (MD, relaxation):
 
 1. **Capture.** The function
 
-       (positions, numbers, edge_index, shifts, cell, total_charge)
+       (positions, numbers, edge_index, shifts, cell, total_charge, spin_multiplicity)
            -> (atomic energies, forces[, stress][, head outputs])
 
    -- the model's energy path (the one :func:`~clebsch.calculators.export`
@@ -190,7 +190,7 @@ class CompiledPotential:
         """
         p = self.model
 
-        def energy_forces(positions, numbers, edge_index, shifts, cell, total_charge, batch):
+        def energy_forces(positions, numbers, edge_index, shifts, cell, total_charge, spin_multiplicity, batch):
             positions = positions.detach().requires_grad_(True)
             inputs = [positions]
             if stress:
@@ -203,9 +203,12 @@ class CompiledPotential:
             species = p.z_to_index[numbers]
             vectors = strained[edge_index[0]] - strained[edge_index[1]] + shifts @ strained_cell
             physics = {}
+            if p.conditioning:  # the per-structure inputs (checked before the call, see __call__)
+                physics = {"batch": batch, "num_graphs": 1, "total_charge": total_charge,
+                           "spin_multiplicity": spin_multiplicity}
             if _has_coulomb(p):  # an open structure (see __call__): the Coulomb term's inputs
-                physics = {"positions": strained, "batch": batch, "num_graphs": 1, "total_charge": total_charge,
-                           "cell": strained_cell[None], "periodic": [False]}
+                physics.update({"positions": strained, "batch": batch, "num_graphs": 1, "total_charge": total_charge,
+                                "cell": strained_cell[None], "periodic": [False]})
             energies, features = p.atomic_energies_and_features(species, edge_index, vectors, **physics)
             heads = self._heads(features, species, strained, vectors, edge_index, batch, total_charge)
             grads = torch.autograd.grad(energies.sum(), inputs, allow_unused=True)
@@ -229,6 +232,7 @@ class CompiledPotential:
             torch.zeros(e, 3, dtype=dtype, device=device),
             (4.0 * torch.eye(3, dtype=dtype)).to(device),
             torch.zeros(1, dtype=dtype, device=device),
+            torch.ones(1, dtype=dtype, device=device),
             torch.zeros(n, dtype=torch.long, device=device),
         )
 
@@ -254,8 +258,10 @@ class CompiledPotential:
         positions = graph.positions.detach().to(dtype)
         charge = getattr(graph, "total_charge", None)
         charge = torch.zeros(1, dtype=dtype, device=positions.device) if charge is None else charge.to(dtype).reshape(1)
+        spin = getattr(graph, "spin_multiplicity", None)  # NaN (not given) only for a model not conditioned on spin
+        spin = torch.ones(1, dtype=dtype, device=positions.device) if spin is None else spin.to(dtype).reshape(1)
         inputs = (positions, graph.numbers, graph.edge_index, graph.shifts.to(dtype), graph.cell[0].to(dtype), charge,
-                  graph.batch)
+                  spin, graph.batch)
         # the layout the graph was compiled for (a Verlet list hands over a transposed edge_index; Inductor's
         # code for a non-contiguous index input with symbolic sizes wrote out of bounds, torch 2.13)
         return tuple(t.contiguous() for t in inputs)
@@ -265,8 +271,9 @@ class CompiledPotential:
             return None
         if graph.cell.shape[0] != 1:
             raise ValueError("the compiled path evaluates one structure at a time")
-        # unknown elements and bad atomic numbers raise here, as in eager, not inside the graph
+        # unknown elements, bad atomic numbers, a missing charge or spin raise here, as in eager, not in the graph
         self.model.species_index(graph.numbers)
+        self.model.conditioning_inputs(graph)
         stress = bool(compute_stress)
         if _has_coulomb(self.model) and bool(graph.pbc.any()):
             # the Ewald sum picks its reciprocal vectors from the cell's values: not one graph for every cell

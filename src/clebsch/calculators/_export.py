@@ -34,6 +34,11 @@ and ``clebsch.json`` lists the inputs and outputs (``"inputs"``,
 the energies as ``program(...)[0]``. A file without those keys (written
 before dipoles were exported) holds the five-input, energies-only function.
 
+A model conditioned on per-structure inputs (``conditioning``) takes them after
+the cell: ``total_charge`` [1] (e), and ``spin_multiplicity`` [1] (``2S + 1``)
+when it is conditioned on spin; ``clebsch.json`` lists them under ``"inputs"``
+and the conditioning under ``"conditioning"``.
+
 Physics terms of the model (``physics``) are inside the exported energies:
 ZBL for every structure, and the Coulomb energy of the dipole head's charges
 for open structures (the Ewald sum of a periodic cell picks its number of
@@ -75,7 +80,7 @@ class ExportedFunction(torch.nn.Module):
         self.outputs = list(outputs)
         self.with_charge = with_charge
 
-    def forward(self, positions, numbers, edge_index, shifts, cell, total_charge=None):
+    def forward(self, positions, numbers, edge_index, shifts, cell, total_charge=None, spin_multiplicity=None):
         from ..models import HeadContext
 
         p = self.potential
@@ -84,9 +89,13 @@ class ExportedFunction(torch.nn.Module):
         if total_charge is None:
             total_charge = torch.zeros(1, dtype=positions.dtype, device=positions.device)
         physics = {}
+        if p.conditioning:  # the per-structure inputs (checked by ExportedPotential, not in the graph)
+            spin = None if spin_multiplicity is None else spin_multiplicity.to(positions.dtype)
+            physics = {"batch": torch.zeros_like(species), "num_graphs": 1,
+                       "total_charge": total_charge.to(positions.dtype), "spin_multiplicity": spin}
         if _has_coulomb(p):  # open structures only (see the module's notes)
-            physics = {"positions": positions, "batch": torch.zeros_like(species), "num_graphs": 1,
-                       "total_charge": total_charge.to(positions.dtype), "cell": cell[None], "periodic": [False]}
+            physics.update({"positions": positions, "batch": torch.zeros_like(species), "num_graphs": 1,
+                            "total_charge": total_charge.to(positions.dtype), "cell": cell[None], "periodic": [False]})
         energies, features = p.atomic_energies_and_features(species, edge_index, vectors, **physics)
         if not self.outputs:
             return energies
@@ -170,7 +179,8 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
 
     model = load_model(model, device=device, dtype=dtype)
     names = exported_outputs(model)
-    with_charge = bool(names)
+    conditioning = list(getattr(model, "conditioning", ()))
+    with_charge = bool(names) or bool(conditioning)
     module = ExportedFunction(model, names, with_charge).eval()
     example = _example(model, getattr(torch, dtype), torch.device(device))
     n_atoms = torch.export.Dim("n_atoms", min=1)
@@ -185,6 +195,10 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
         dynamic["total_charge"] = None
         inputs.append("total_charge")
         outputs += names
+    if "spin" in conditioning:
+        example = (*example, torch.ones(1, dtype=getattr(torch, dtype), device=torch.device(device)))
+        dynamic["spin_multiplicity"] = None
+        inputs.append("spin_multiplicity")
     try:
         with torch.no_grad():
             program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
@@ -198,7 +212,8 @@ def export(model, path, dtype: str = "float64", device: str = "cpu") -> str:
         ) from err
     meta = {"cutoff": float(model.cutoff), "species": [int(z) for z in model.species], "dtype": dtype,
             "inputs": inputs, "outputs": outputs, "config": getattr(model, "config", {}),
-            "levels": {n: model.targets[n].level for n in names}, "open_only": _has_coulomb(model)}
+            "levels": {n: model.targets[n].level for n in names}, "open_only": _has_coulomb(model),
+            "conditioning": conditioning}
     path = os.fspath(path)
     torch.export.save(program, path, extra_files={_META: json.dumps(meta, default=str)})
     return path
@@ -209,7 +224,8 @@ class ExportedPotential(torch.nn.Module):
 
     ``model(graph)`` takes anything with ``positions``, ``numbers``,
     ``edge_index``, ``shifts``, ``cell`` [1, 3, 3] and ``pbc`` [1, 3] (one
-    structure; ``total_charge`` [1] if it has one) and returns ``energy`` [1],
+    structure; ``total_charge`` [1] if it has one, ``spin_multiplicity`` [1] when the
+    model is conditioned on spin) and returns ``energy`` [1],
     ``atomic_energies``, ``forces``, for periodic structures ``stress``
     [1, 3, 3], and, if the model exported a dipole head, ``charges`` and
     ``dipole`` [1, 3], so :class:`ClebschCalculator` runs it unchanged.
@@ -228,6 +244,7 @@ class ExportedPotential(torch.nn.Module):
         self.config = meta.get("config", {})
         self.levels = meta.get("levels", {"dipole": "structure", "charges": "atom"})
         self.open_only = bool(meta.get("open_only", False))
+        self.conditioning = tuple(meta.get("conditioning", ()))
 
     def train(self, mode: bool = True):
         """Only records the mode: an exported program has no training behaviour to switch."""
@@ -262,10 +279,17 @@ class ExportedPotential(torch.nn.Module):
         sym = 0.5 * (strain + strain.T)
         args = [positions + positions @ sym, graph.numbers, graph.edge_index, graph.shifts.to(self.dtype),
                 cell + cell @ sym]
+        charge = getattr(graph, "total_charge", None)
+        spin = getattr(graph, "spin_multiplicity", None)
+        if self.conditioning:
+            from ..models._potential import check_structure_inputs
+
+            check_structure_inputs(self.conditioning, charge, spin)
         if "total_charge" in self.inputs:
-            charge = getattr(graph, "total_charge", None)
             charge = torch.zeros(1) if charge is None else charge
             args.append(charge.to(dtype=self.dtype, device=positions.device).reshape(1))
+        if "spin_multiplicity" in self.inputs:
+            args.append(spin.to(dtype=self.dtype, device=positions.device).reshape(1))
         results = self.program(*args)
         if not isinstance(results, (tuple, list)):
             results = (results,)

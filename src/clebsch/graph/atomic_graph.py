@@ -54,6 +54,9 @@ class AtomicGraph:
         A target that some structures of a batch lack is NaN for them.
     total_charge : Tensor [B]
         Net charge of each structure (e); zeros by default.
+    spin_multiplicity : Tensor [B]
+        Spin multiplicity ``2S + 1`` of each structure (1 singlet, 2 doublet, 3 triplet, ...);
+        NaN where it was not given (the default).
     config_type : list of str
         A label per structure ("Default" unless the data says otherwise).
     per_atom_targets : tuple of str
@@ -87,6 +90,7 @@ class AtomicGraph:
     cutoff: float = 0.0
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
     total_charge: torch.Tensor | None = None
+    spin_multiplicity: torch.Tensor | None = None
     config_type: list[str] | None = None
     per_atom_targets: tuple[str, ...] = PER_ATOM_TARGETS
     per_edge_targets: tuple[str, ...] = ()
@@ -119,6 +123,9 @@ class AtomicGraph:
         if self.total_charge is None:
             self.total_charge = torch.zeros(b, dtype=fdtype, device=device)
         self.total_charge = torch.as_tensor(self.total_charge, dtype=fdtype, device=device).reshape(b)
+        if self.spin_multiplicity is None:
+            self.spin_multiplicity = torch.full((b,), float("nan"), dtype=fdtype, device=device)
+        self.spin_multiplicity = torch.as_tensor(self.spin_multiplicity, dtype=fdtype, device=device).reshape(b)
         if self.config_type is None:
             self.config_type = ["Default"] * b
         elif isinstance(self.config_type, str):
@@ -198,13 +205,16 @@ class AtomicGraph:
     def from_tensors(cls, positions, numbers, cutoff: float | None = None, cell=None, pbc=None, *,
                      method: str = "radius", k: int | None = None, scale: float = 1.2,
                      targets: dict | None = None, per_atom_targets=PER_ATOM_TARGETS,
-                     total_charge: float = 0.0, config_type: str = "Default",
-                     min_distance: float = MIN_DISTANCE, where: str | None = None) -> "AtomicGraph":
+                     total_charge: float = 0.0, spin_multiplicity: float | None = None,
+                     config_type: str = "Default", min_distance: float = MIN_DISTANCE,
+                     where: str | None = None) -> "AtomicGraph":
         """Build one structure's graph from positions [N, 3], atomic numbers [N], optional cell and pbc.
 
         ``method`` picks the neighbour list: ``"radius"`` (needs ``cutoff``), ``"knn"``
         (needs ``k``; ``cutoff`` optional cap) or ``"bonds"`` (covalent radii times
-        ``scale``). Targets are given as tensors in the stored shapes.
+        ``scale``). Targets are given as tensors in the stored shapes. ``total_charge``
+        (e) and ``spin_multiplicity`` (``2S + 1``; ``None``: not given) describe the
+        structure as a whole.
 
         >>> import torch
         >>> g = AtomicGraph.from_tensors(torch.zeros(1, 3), [29], 3.6, cell=2.5 * torch.eye(3))
@@ -247,6 +257,8 @@ class AtomicGraph:
             cutoff=0.0,
             targets={},
             total_charge=torch.tensor([float(total_charge)], dtype=dt, device=dev),
+            spin_multiplicity=torch.tensor([float("nan") if spin_multiplicity is None else float(spin_multiplicity)],
+                                           dtype=dt, device=dev),
             config_type=[config_type],
             per_atom_targets=tuple(per_atom_targets),
             neighbor_options=options,
@@ -284,23 +296,30 @@ class AtomicGraph:
         dtype : torch.dtype, optional
             Float dtype (default: torch's default dtype).
 
-        ``config_type`` and ``total_charge`` (or ``charge``) come from ``atoms.info``.
+        ``config_type``, the total charge (``total_charge`` or ``charge``, e; 0 when
+        absent) and the spin multiplicity (``spin``, ``2S + 1``; NaN, "not given",
+        when absent) come from ``atoms.info`` (in an extxyz file, from the comment
+        line: ``charge=-1 spin=2``). A charge or spin that is not a finite number
+        raises, naming the key and ``where``.
 
         >>> from ase.build import molecule
         >>> g = AtomicGraph.from_ase(molecule("H2O"), cutoff=2.0)
         >>> g.numbers.tolist(), g.num_edges
         ([8, 1, 1], 6)
+        >>> water_ion = molecule("H2O")
+        >>> water_ion.info.update(charge=1, spin=2)
+        >>> g = AtomicGraph.from_ase(water_ion, cutoff=2.0)
+        >>> g.total_charge.tolist(), g.spin_multiplicity.tolist()
+        ([1.0], [2.0])
         """
         if removed:
             raise TypeError(f"AtomicGraph.from_ase got {sorted(removed)}: reading targets from a key map is done by "
                             "clebsch.data.graph_from_atoms(atoms, cutoff, keys=..., required=...)")
         dtype = dtype or torch.get_default_dtype()
         info = atoms.info
-        charge = info.get("total_charge", info.get("charge", 0.0))
-        try:
-            charge = float(charge)
-        except (TypeError, ValueError):
-            charge = 0.0
+        charge_key = "total_charge" if "total_charge" in info else "charge"
+        charge = _info_number(info, charge_key, 0.0, where)
+        spin = _info_number(info, "spin", None, where)
         positions = torch.as_tensor(np.asarray(atoms.positions, dtype=np.float64), dtype=dtype)
         cell = np.asarray(atoms.cell.array, dtype=np.float64)
         pbc = np.asarray(atoms.pbc, dtype=bool)
@@ -308,7 +327,7 @@ class AtomicGraph:
             positions, atoms.numbers, cutoff, cell=cell, pbc=pbc, method=method, k=k, scale=scale,
             targets={n: torch.as_tensor(v) for n, v in (targets or {}).items()},
             per_atom_targets=tuple(dict.fromkeys(PER_ATOM_TARGETS + tuple(per_atom_targets))),
-            total_charge=charge, config_type=str(info.get("config_type", "Default")),
+            total_charge=charge, spin_multiplicity=spin, config_type=str(info.get("config_type", "Default")),
             min_distance=min_distance, where=where,
         )
 
@@ -332,6 +351,9 @@ class AtomicGraph:
             atoms.info["config_type"] = g.config_type[0]
             if float(g.total_charge[0]) != 0.0:
                 atoms.info["total_charge"] = float(g.total_charge[0])
+            spin = _spin_of(g)
+            if spin is not None:
+                atoms.info["spin"] = int(spin) if spin.is_integer() else spin
             calc = {}
             for name, value in g.targets.items():
                 if name in g.per_edge_targets:
@@ -377,7 +399,8 @@ class AtomicGraph:
         for g in self.split():
             new = AtomicGraph.from_tensors(
                 g.positions, g.numbers, cutoff if (method == "radius" or cutoff) else None, cell=g.cell[0], pbc=g.pbc[0],
-                method=method, total_charge=float(g.total_charge[0]), config_type=g.config_type[0],
+                method=method, total_charge=float(g.total_charge[0]), spin_multiplicity=_spin_of(g),
+                config_type=g.config_type[0],
                 per_atom_targets=g.per_atom_targets, **opts,
             )
             new.targets = {k: v for k, v in g.targets.items() if k not in g.per_edge_targets}
@@ -399,6 +422,7 @@ class AtomicGraph:
             order = torch.argsort(receivers_graph, stable=True)
         edge_index = self.edge_index if order is None else self.edge_index[:, order]
         shifts = self.shifts if order is None else self.shifts[order]
+        spins = getattr(self, "spin_multiplicity", None)
         out = []
         for b in range(self.num_graphs):
             a0, a1, e0, e1 = atom_start[b], atom_start[b + 1], edge_start[b], edge_start[b + 1]
@@ -421,6 +445,7 @@ class AtomicGraph:
                 cutoff=self.cutoff,
                 targets=targets,
                 total_charge=self.total_charge[b:b + 1],
+                spin_multiplicity=None if spins is None else spins[b:b + 1],
                 config_type=[self.config_type[b]],
                 per_atom_targets=self.per_atom_targets,
                 per_edge_targets=self.per_edge_targets,
@@ -489,8 +514,37 @@ def batch(graphs) -> AtomicGraph:
         cutoff=first.cutoff,
         targets=targets,
         total_charge=torch.cat([g.total_charge for g in graphs]),
+        spin_multiplicity=torch.cat([_spins(g) for g in graphs]),
         config_type=[c for g in graphs for c in g.config_type],
         per_atom_targets=per_atom,
         per_edge_targets=per_edge,
         neighbor_options=dict(first.neighbor_options),
     )
+
+
+def _info_number(info: dict, key: str, default, where: str | None):
+    """``float(info[key])``, ``default`` when absent; a value that is not a finite number raises, naming the key."""
+    if key not in info or info[key] is None:
+        return default
+    value = info[key]
+    try:
+        number = float(np.asarray(value, dtype=np.float64).item())
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number):
+        raise ValueError(f"info {key!r} must be a finite number, got {value!r}" + (f" ({where})" if where else ""))
+    return number
+
+
+def _spins(graph: AtomicGraph) -> torch.Tensor:
+    """The spin multiplicities of a graph; NaN ("not given") for a graph saved before they existed."""
+    spins = getattr(graph, "spin_multiplicity", None)
+    if spins is None:
+        return torch.full((graph.num_graphs,), float("nan"), dtype=graph.positions.dtype, device=graph.positions.device)
+    return spins
+
+
+def _spin_of(graph: AtomicGraph) -> float | None:
+    """The spin multiplicity of a one-structure graph, ``None`` when not given."""
+    spin = float(_spins(graph)[0])
+    return None if spin != spin else spin

@@ -25,20 +25,41 @@ found on detached lengths, so no gradient flows through them) and the structure 
 each atom, ``forward(species, bond_index, batch)``; each isolated-atom node is a
 structure of its own. Its energy does not change when atoms move, so it has no
 forces, stress, virial or Born charges (asking for them raises).
+
+*Conditioning* (``conditioning: [charge, spin]``) makes the features depend on
+per-structure inputs: the total charge ``Q`` (e, ``graph.total_charge``) and the
+spin multiplicity ``2S + 1`` (``graph.spin_multiplicity``; 1 singlet, 2 doublet,
+3 triplet, ...). A small MLP without biases maps ``(Q, S)`` of each structure to a
+scale and a shift of every invariant (``0e``) feature channel of its atoms,
+``h <- h * (1 + gamma(Q, S)) + beta(Q, S)``, between the representation and the
+heads (:class:`StructureConditioning`), so every family -- geometric or
+topological -- and every head is conditioned, and only invariant channels are
+touched (the model stays equivariant). Without biases ``gamma(0, 0) = beta(0, 0) = 0``:
+a neutral singlet's features are those of the representation, and an isolated
+atom in a neutral singlet still gets exactly ``E0``; an isolated ion does not
+(its energy differs from the atom's by what the model learns).
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Sequence
 
 import torch
 from ase.data import atomic_masses, chemical_symbols, covalent_radii
 
-from ..o3 import Irreps
+from ..nn import ScalarMLP
+from ..o3 import Irrep, Irreps
 from ..targets import TARGETS, Target, resolve_targets
 from ._heads import HeadContext, IrrepsHead, ScalarReadout, build_head, head_kind
 from ._physics import PhysicsTerms, check_physics
+
+__all__ = ["Potential", "StructureConditioning", "CONDITIONS", "check_conditioning", "check_structure_inputs",
+           "check_conditioning_data", "position_responses", "check_topological_outputs", "OUTPUTS"]
+
+CONDITIONS = ("charge", "spin")
+"""Per-structure inputs a model may be conditioned on (``conditioning``): the total charge and the spin multiplicity."""
 
 OUTPUTS = tuple(TARGETS)
 """The built-in outputs (see :data:`clebsch.targets.TARGETS`); a config may declare more."""
@@ -84,6 +105,218 @@ def _atomic_number(symbol_or_z) -> int:
     return z
 
 
+def check_conditioning(value, key: str = "model.conditioning") -> tuple[str, ...]:
+    """The per-structure inputs of ``conditioning`` as a tuple; anything else raises, naming ``key``.
+
+    >>> check_conditioning(["charge", "spin"])
+    ('charge', 'spin')
+    >>> check_conditioning(["charge", "magmom"])
+    Traceback (most recent call last):
+    ...
+    ValueError: model.conditioning: 'magmom' is not allowed; allowed values: charge, spin
+    """
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{key}: expected a list of per-structure inputs such as [charge, spin], got {value!r}; "
+                         f"allowed values: {', '.join(CONDITIONS)}")
+    for name in value:
+        if name not in CONDITIONS:
+            raise ValueError(f"{key}: {name!r} is not allowed; allowed values: {', '.join(CONDITIONS)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{key}: {list(value)} lists an input twice; allowed values: {', '.join(CONDITIONS)}")
+    return tuple(c for c in CONDITIONS if c in value)
+
+
+_SPIN_HELP = ("set atoms.info['spin'] (or 'spin=' on the extxyz comment line) to the spin multiplicity 2S+1 "
+              "(1 singlet, 2 doublet, 3 triplet, ...)")
+
+
+def check_structure_inputs(conditioning, total_charge: torch.Tensor | None, spin_multiplicity: torch.Tensor | None,
+                           where=None) -> None:
+    """Raise when a per-structure input a model is conditioned on is missing or not allowed.
+
+    The total charge must be finite; the spin multiplicity given (not NaN) and a positive
+    integer ``2S + 1``. ``where(b)`` names structure ``b`` in the message (default:
+    "structure b" in a batch, "the structure" alone).
+
+    >>> check_structure_inputs(["spin"], None, torch.tensor([0.0]))
+    Traceback (most recent call last):
+    ...
+    ValueError: the structure: spin multiplicity 0 is not allowed; it must be a positive integer, 2S+1 ...
+    """
+    conditioning = tuple(conditioning)
+    if not conditioning:
+        return
+
+    def name(b: int, count: int) -> str:
+        if where is not None:
+            return where(b)
+        return f"structure {b} of the batch" if count > 1 else "the structure"
+
+    if "charge" in conditioning:
+        if total_charge is None:
+            raise ValueError("this model is conditioned on the total charge "
+                             f"(model.conditioning: {list(conditioning)}), but no total charge was given")
+        q = total_charge.detach().reshape(-1)
+        bad = ~torch.isfinite(q)
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0])
+            raise ValueError(f"{name(b, q.numel())}: total charge {float(q[b])} is not a finite number")
+    if "spin" in conditioning:
+        s = None if spin_multiplicity is None else spin_multiplicity.detach().reshape(-1)
+        if s is None or bool(torch.isnan(s).any()):
+            b = 0 if s is None else int(torch.isnan(s).nonzero()[0])
+            raise ValueError(f"{name(b, 1 if s is None else s.numel())}: no spin multiplicity, and this model is "
+                             f"conditioned on spin (model.conditioning: {list(conditioning)}); {_SPIN_HELP}")
+        bad = ~torch.isfinite(s) | (s < 1) | ((s - torch.round(s)).abs() > 1e-6)
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0])
+            value = float(s[b])
+            shown = int(value) if value == value and value.is_integer() else value
+            raise ValueError(f"{name(b, s.numel())}: spin multiplicity {shown} is not allowed; it must be a positive "
+                             "integer, 2S+1 (1 singlet, 2 doublet, 3 triplet, ...)")
+
+
+def check_conditioning_data(graphs, conditioning, where: str = "the data", frames=None, warn: bool = True) -> None:
+    """Check the per-structure inputs of a data set that a conditioned model trains on; errors name the frame.
+
+    Every structure must have what the model is conditioned on: a finite total charge
+    (a frame without a ``charge`` key is neutral) and, for ``spin``, a spin multiplicity
+    (there is no default: a frame without ``spin`` raises) that is a positive integer
+    ``2S + 1`` and fits the electron count (sum of the atomic numbers minus an integer
+    charge: an even count has an odd multiplicity, an odd count an even one). With
+    ``warn``, warns when the input conditioned on is the same for every structure (the
+    model cannot learn its effect).
+
+    Parameters
+    ----------
+    graphs : sequence of AtomicGraph
+        One structure each.
+    conditioning : sequence of str
+        ``model.conditioning``.
+    where : str
+        The data's name in messages, e.g. ``"file 'train.xyz'"``.
+    frames : sequence of int, optional
+        The frame of each graph in ``where`` (default ``0, 1, ...``).
+    warn : bool
+        Warn about an input that is the same everywhere (for the training set; a
+        validation set may well hold neutral structures only).
+
+    Examples
+    --------
+    >>> from clebsch.graph import AtomicGraph
+    >>> g = AtomicGraph.from_tensors(torch.tensor([[0.0, 0, 0], [0.74, 0, 0]]), [1, 1], 2.0, spin_multiplicity=2)
+    >>> check_conditioning_data([g], ["spin"], where="file 'h2.xyz'", frames=[5], warn=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: file 'h2.xyz', frame 5: spin multiplicity 2 does not fit 2 electrons (sum of the atomic numbers ...
+    """
+    conditioning = check_conditioning(list(conditioning))
+    graphs = list(graphs)
+    if not conditioning or not graphs:
+        return
+    frames = list(range(len(graphs))) if frames is None else [int(f) for f in frames]
+    charges, spins = [], []
+    for g, frame in zip(graphs, frames):
+        here = f"{where}, frame {frame}"
+        spin = getattr(g, "spin_multiplicity", None)
+        check_structure_inputs(conditioning, g.total_charge, spin, where=lambda b: here)
+        q = float(g.total_charge.reshape(-1)[0])
+        charges.append(q)
+        if "spin" in conditioning:
+            s = int(round(float(spin.reshape(-1)[0])))
+            spins.append(s)
+            if abs(q - round(q)) < 1e-6:
+                electrons = int(g.numbers.sum()) - int(round(q))
+                if (electrons % 2) == (s % 2):
+                    raise ValueError(
+                        f"{here}: spin multiplicity {s} does not fit {electrons} electrons (sum of the atomic "
+                        f"numbers {int(g.numbers.sum())} minus the charge {q:g}): an even number of electrons has an "
+                        f"odd multiplicity (1, 3, ...) and an odd number an even one (2, 4, ...); the 'spin' key is "
+                        f"2S+1, not S or the number of unpaired electrons")
+    for kind, values, what in (("charge", charges, "total charge"), ("spin", spins, "spin multiplicity")):
+        if warn and kind in conditioning and len(set(values)) == 1:
+            note = " (a frame without a 'charge' key counts as neutral)" if kind == "charge" else ""
+            warnings.warn(f"{where}: model.conditioning has {kind}, but every structure has the {what} "
+                          f"{values[0]:g}{note}; the model cannot learn how the {what} changes the energy",
+                          UserWarning, stacklevel=2)
+
+
+class StructureConditioning(torch.nn.Module):
+    """Scale and shift of the invariant feature channels by per-structure inputs (FiLM).
+
+    ``h_0e <- h_0e * (1 + gamma) + beta`` for every atom of a structure, with
+    ``(gamma, beta) = MLP(x)`` of the structure's inputs ``x``: the total charge
+    ``Q`` (e) for ``"charge"`` and the total spin ``S = (m - 1) / 2`` of the spin
+    multiplicity ``m`` for ``"spin"``. The MLP has no biases, so ``x = 0`` (a neutral
+    singlet) leaves the features unchanged. Channels other than ``0e`` are not
+    touched, so equivariant features stay equivariant.
+
+    Parameters
+    ----------
+    irreps : Irreps
+        Layout of the features; must hold ``0e`` channels.
+    conditioning : sequence of str
+        A subset of :data:`CONDITIONS`.
+    hidden : int
+        Width of the MLP's hidden layer.
+
+    Examples
+    --------
+    >>> film = StructureConditioning("4x0e + 1x1o", ["charge"])
+    >>> h = torch.randn(3, 7)
+    >>> out = film(h, torch.tensor([0, 0, 1]), total_charge=torch.tensor([0.0, 1.0]))
+    >>> torch.equal(out[:2], h[:2]), torch.equal(out[:, 4:], h[:, 4:])  # neutral: unchanged; vectors: untouched
+    (True, True)
+    """
+
+    def __init__(self, irreps, conditioning: Sequence[str], hidden: int = 16):
+        super().__init__()
+        self.irreps = Irreps(irreps)
+        self.conditioning = check_conditioning(list(conditioning))
+        if not self.conditioning:
+            raise ValueError(f"conditioning must name at least one of {list(CONDITIONS)}")
+        scalar = Irrep("0e")
+        # (start, stop) of each 0e block in the flat features
+        self._blocks = [(sl.start, sl.stop) for mul_ir, sl in zip(self.irreps, self.irreps.slices())
+                        if mul_ir.ir == scalar and mul_ir.mul > 0]
+        self.channels = sum(b - a for a, b in self._blocks)
+        if self.channels == 0:
+            raise ValueError(f"conditioning needs invariant (0e) features, but the representation gives {self.irreps}")
+        self.mlp = ScalarMLP([len(self.conditioning), max(int(hidden), 1), 2 * self.channels])
+
+    def inputs(self, total_charge: torch.Tensor | None, spin_multiplicity: torch.Tensor | None,
+               dtype: torch.dtype) -> torch.Tensor:
+        """The MLP's input per structure ``[B, len(conditioning)]``: ``Q``, and the spin ``S = (m - 1) / 2``."""
+        columns = []
+        for kind in self.conditioning:
+            value = total_charge if kind == "charge" else spin_multiplicity
+            if value is None:
+                what = "total_charge" if kind == "charge" else "spin_multiplicity"
+                raise ValueError(f"the model is conditioned on {kind} (conditioning: {list(self.conditioning)}): "
+                                 f"the energy path needs {what} [B]")
+            value = value.to(dtype).reshape(-1)
+            columns.append(value if kind == "charge" else 0.5 * (value - 1.0))
+        return torch.stack(columns, dim=-1)
+
+    def forward(self, features: torch.Tensor, batch: torch.Tensor, total_charge: torch.Tensor | None = None,
+                spin_multiplicity: torch.Tensor | None = None) -> torch.Tensor:
+        film = self.mlp(self.inputs(total_charge, spin_multiplicity, features.dtype))[batch]  # [N, 2C]
+        gamma, beta = film[:, :self.channels], film[:, self.channels:]
+        pieces, last, k = [], 0, 0
+        for start, stop in self._blocks:
+            width = stop - start
+            pieces.append(features[:, last:start])
+            pieces.append(features[:, start:stop] * (1.0 + gamma[:, k:k + width]) + beta[:, k:k + width])
+            last, k = stop, k + width
+        pieces.append(features[:, last:])
+        return torch.cat(pieces, dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"conditioning={list(self.conditioning)}, channels={self.channels}"
+
+
 class Potential(torch.nn.Module):
     """An interatomic potential (and more) around one representation network.
 
@@ -124,6 +357,10 @@ class Potential(torch.nn.Module):
         "coulomb": {"sigma": 1.0, "accuracy": 1e-8}}`` (see
         :func:`clebsch.models._physics.check_physics`); ``coulomb`` uses the dipole
         head's charges and turns on the ``charges`` output.
+    conditioning : sequence of str, optional
+        Per-structure inputs that condition the features (:class:`StructureConditioning`):
+        ``"charge"`` (``graph.total_charge``, e) and/or ``"spin"`` (``graph.spin_multiplicity``,
+        ``2S + 1``). Default: none (the model has no conditioning weights).
     config : dict, optional
         The plain config this model was built from (see :func:`build_model`).
     """
@@ -141,6 +378,7 @@ class Potential(torch.nn.Module):
         readout_hidden: int = 16,
         target_stats: dict | None = None,
         physics: dict | None = None,
+        conditioning: Sequence[str] | None = None,
         config: dict | None = None,
     ):
         super().__init__()
@@ -182,6 +420,10 @@ class Potential(torch.nn.Module):
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("masses", torch.as_tensor(atomic_masses[numbers], dtype=torch.get_default_dtype()))
         self.physics = PhysicsTerms(physics, numbers, self.cutoff) if physics else None
+
+        self.conditioning = check_conditioning(conditioning)
+        if self.conditioning:
+            self.condition = StructureConditioning(self.irreps, self.conditioning, readout_hidden or 16)
 
         self.energy_head = ScalarReadout(self.irreps, 1, readout_hidden)
         # one head per head kind the outputs need (the dipole head makes charges and dipole);
@@ -256,7 +498,8 @@ class Potential(torch.nn.Module):
     def atomic_energies_and_features(self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
                                      *, positions: torch.Tensor | None = None, batch: torch.Tensor | None = None,
                                      num_graphs: int = 1, total_charge: torch.Tensor | None = None,
-                                     cell: torch.Tensor | None = None, periodic: Sequence[bool] | None = None):
+                                     cell: torch.Tensor | None = None, periodic: Sequence[bool] | None = None,
+                                     spin_multiplicity: torch.Tensor | None = None):
         """The energy path: per-atom energies [N] and the features [N, irreps.dim].
 
         ``E_i = E0[z_i] + w_i * scale * (f(h_i) - f(h_i^isolated)) + physics_i``: one extra node
@@ -269,7 +512,10 @@ class Potential(torch.nn.Module):
         The keyword arguments are needed by the Coulomb term: ``positions`` [N, 3],
         ``batch`` [N] (default: one structure), ``num_graphs``, ``total_charge`` [B],
         ``cell`` [B, 3, 3] and ``periodic`` (a bool per structure); a topological
-        representation needs ``batch`` and ``num_graphs``.
+        representation needs ``batch`` and ``num_graphs``; a conditioned model
+        (``conditioning``) ``batch``, ``total_charge`` and/or ``spin_multiplicity`` [B]
+        (checked by :meth:`conditioning_inputs`, not here). The isolated-atom nodes are
+        not conditioned.
         """
         n = species.shape[0]
         n_species = len(self.species)
@@ -278,6 +524,8 @@ class Potential(torch.nn.Module):
             features = self._topological_features(all_species, n, edge_index, vectors, batch, num_graphs)
         else:
             features = self.representation(all_species, edge_index, vectors)
+        if self.conditioning:
+            features = self._conditioned(features, n, batch, total_charge, spin_multiplicity)
         atomic_out = self.energy_head(features)[:, 0]
         learned = atomic_out[:n] - atomic_out[n:][species]
         zbl = self.physics.zbl if self.physics is not None else None
@@ -289,6 +537,13 @@ class Potential(torch.nn.Module):
             e_atom = e_atom + self._physics_energies(species, edge_index, vectors, features, positions, batch,
                                                      num_graphs, total_charge, cell, periodic)
         return e_atom, features
+
+    def _conditioned(self, features, n: int, batch, total_charge, spin_multiplicity) -> torch.Tensor:
+        """The atoms' features conditioned on their structure's inputs; the isolated-atom rows as they are."""
+        if batch is None:
+            batch = torch.zeros(n, dtype=torch.long, device=features.device)
+        atoms = self.condition(features[:n], batch, total_charge, spin_multiplicity)
+        return torch.cat([atoms, features[n:]])
 
     def _topological_features(self, all_species, n: int, edge_index, vectors, batch, num_graphs: int):
         """A topological representation on the bonds among the edges; each isolated-atom node is its own structure."""
@@ -426,11 +681,32 @@ class Potential(torch.nn.Module):
             out["born_charges"] = self._born_charges(out["dipole"], grad_inputs[0], create_graph)
         return out
 
+    def conditioning_inputs(self, graph) -> dict:
+        """The keyword arguments of the energy path that the conditioning needs, checked; ``{}`` without one.
+
+        ``batch``, ``num_graphs``, ``total_charge`` and/or ``spin_multiplicity`` of ``graph``;
+        a missing or disallowed value raises, naming the structure (see :func:`check_structure_inputs`).
+        """
+        if not self.conditioning:
+            return {}
+        spins = getattr(graph, "spin_multiplicity", None)
+        check_structure_inputs(self.conditioning, graph.total_charge, spins)
+        out = {"batch": graph.batch, "num_graphs": graph.num_graphs}
+        if "charge" in self.conditioning:
+            out["total_charge"] = graph.total_charge
+        if "spin" in self.conditioning:
+            out["spin_multiplicity"] = spins
+        return out
+
     def _physics_inputs(self, graph, positions, cell) -> dict:
-        """The keyword arguments of the energy path that the Coulomb term or a topological representation needs."""
+        """The keyword arguments of the energy path that the Coulomb term, a topological representation or the
+        conditioning needs."""
+        conditioning = self.conditioning_inputs(graph)
         if self.physics is None or not self.physics.needs_positions:
-            return {"batch": graph.batch, "num_graphs": graph.num_graphs} if self.topological else {}
-        return {"positions": positions, "batch": graph.batch, "num_graphs": graph.num_graphs,
+            if self.topological:
+                return {**conditioning, "batch": graph.batch, "num_graphs": graph.num_graphs}
+            return conditioning
+        return {**conditioning, "positions": positions, "batch": graph.batch, "num_graphs": graph.num_graphs,
                 "total_charge": graph.total_charge, "cell": cell, "periodic": self.periodic_structures(graph)}
 
     # ------------------------------------------------------------------ Hessian
