@@ -5,6 +5,7 @@ Examples (shell)::
     clebsch train config.yaml --set model.num_layers=3
     clebsch train --print-default-config > config.yaml
     clebsch train --resume runs/ethanol
+    clebsch train finetune.yaml --init-from runs/ethanol/model.pt
     clebsch evaluate runs/ethanol/model.pt test.xyz --output predictions.xyz --plots plots/
     clebsch info runs/ethanol/model.pt
     clebsch md runs/ethanol/model.pt start.xyz --ensemble langevin --temperature 300 --steps 2000
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.num_layers=3 (repeatable)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--init-from", metavar="MODEL", dest="init_from",
+                   help="fine-tune: start from the weights of this packaged model (same family and cutoff); "
+                        "overrides finetune.init_from")
     p.add_argument("--print-default-config", action="store_true",
                    help="print a commented config with every default and exit")
     p.add_argument("--model", default="nequip", help="family whose hyperparameters --print-default-config lists")
@@ -132,11 +136,19 @@ def _train(args) -> int:
     if args.resume:
         if args.config:
             raise ValueError("give either a config or --resume RUN_DIR, not both")
+        if args.init_from:
+            raise ValueError("--init-from starts a new run from a packaged model; --resume RUN_DIR continues a run, "
+                             "which already has its starting point: give one of them")
         train(args.resume, resume=True, overrides=args.overrides)
         return 0
     if not args.config and not args.overrides:
         raise ValueError("give a config file (see --print-default-config) or --resume RUN_DIR")
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.init_from:
+        import json
+
+        overrides.append(f"finetune.init_from={json.dumps(str(args.init_from))}")  # a JSON string is YAML
+    config = load_config(args.config, overrides)
     train(config)
     return 0
 

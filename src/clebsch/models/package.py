@@ -15,6 +15,14 @@ The file is ``torch.save`` of a plain dict::
     dtype             "float32" or "float64"
     metadata          free-form (training config, test metrics, ...)
     weights_sha256    checksum of the weights (see :func:`weights_checksum`)
+    energy_heads      ["default", further heads...] (only a model with further energy heads)
+
+A model trained with further energy heads (multi-head fine-tuning, see
+:mod:`clebsch.train.finetune`) carries each one in its ``state_dict`` as
+``energy_heads.<name>.readout.*`` (the readout), ``energy_heads.<name>.atomic_energies``
+and ``energy_heads.<name>.scale``. :func:`load` gives the model with its own
+(``"default"``) head, or with ``head=<name>`` the one whose readout, reference
+energies and scale take the place of the model's own.
 
 It holds only tensors and plain Python values, so :func:`load` reads it with
 ``torch.load(weights_only=True)`` and never runs pickled code. :func:`load`
@@ -47,6 +55,7 @@ __all__ = [
     "save_package",
     "read_package",
     "load",
+    "model_from_package",
     "describe",
     "weights_checksum",
 ]
@@ -103,6 +112,9 @@ def save_package(model, path, metadata: dict | None = None) -> Path:
         "metadata": _plain(metadata or {}),
         "weights_sha256": weights_checksum(state_dict),
     }
+    heads = _head_names(state_dict)
+    if len(heads) > 1:
+        package["energy_heads"] = heads
     atomic_save(package, path)
     return path
 
@@ -229,7 +241,31 @@ def read_package(path, verify: bool = True) -> dict:
     return data
 
 
-def load(path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+_HEADS = "energy_heads."
+
+
+def _head_names(state_dict: dict) -> list[str]:
+    """``["default", ...]``: the model's own energy head and the further ones its weights hold."""
+    return ["default", *sorted({k[len(_HEADS):].split(".", 1)[0] for k in state_dict if k.startswith(_HEADS)})]
+
+
+def _select_head(state_dict: dict, head: str | None, path) -> dict:
+    """The weights of the model without further heads, with ``head``'s in place of its own energy head."""
+    state = {k: v for k, v in state_dict.items() if not k.startswith(_HEADS)}
+    if head in (None, "default"):
+        return state
+    names = _head_names(state_dict)
+    if head not in names:
+        raise PackageError(f"{path} has no energy head {head!r}; its heads: {', '.join(names)}")
+    prefix = f"{_HEADS}{head}."
+    for key, value in state_dict.items():
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            state[("energy_head." + rest.removeprefix("readout.")) if rest.startswith("readout.") else rest] = value
+    return state
+
+
+def load(path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, head: str | None = None):
     """Load a packaged model, ready to use: weights loaded, in eval mode.
 
     Parameters
@@ -239,15 +275,23 @@ def load(path, device: str | torch.device = "cpu", dtype: torch.dtype | None = N
     device : str or torch.device
     dtype : torch.dtype, optional
         Cast the model (default: the dtype it was saved in).
+    head : str, optional
+        The energy head to predict with, for a model with further energy heads
+        (``model.package["energy_heads"]`` lists them); default: the model's own.
 
     Returns
     -------
     clebsch.models.Potential
         With ``model.package`` holding the file's metadata (everything but the weights).
     """
+    return model_from_package(read_package(path), path, device, dtype, head)
+
+
+def model_from_package(data: dict, path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                       head: str | None = None):
+    """The model of a package dict read by :func:`read_package` (see :func:`load`)."""
     from . import build_model  # importing clebsch.models registers every family
 
-    data = read_package(path)
     saved_dtype = getattr(torch, str(data.get("dtype", "float32")), torch.float32)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(saved_dtype)
@@ -258,12 +302,14 @@ def load(path, device: str | torch.device = "cpu", dtype: torch.dtype | None = N
     finally:
         torch.set_default_dtype(previous)
     try:
-        model.load_state_dict(data["state_dict"])
+        model.load_state_dict(_select_head(data["state_dict"], head, path))
     except RuntimeError as err:
         raise PackageError(f"{path}: the weights do not fit the model config ({err})") from None
     model = model.to(device=device, dtype=dtype or saved_dtype)
     model.eval()
     model.package = {k: v for k, v in data.items() if k != "state_dict"}
+    model.package["energy_heads"] = _head_names(data["state_dict"])
+    model.package["head"] = head or "default"
     return model
 
 
@@ -283,6 +329,8 @@ def describe(path) -> str:
         f"weights          {n_params} numbers (state_dict)",
         "atomic energies  " + ", ".join(f"{s}: {e:.6f}" for s, e in data.get("atomic_energies", {}).items()) + " eV",
         "units            " + ", ".join(f"{k} {v}" for k, v in data.get("units", {}).items()),
+        *([f"energy heads     {', '.join(_head_names(data['state_dict']))} (default predicts; load(path, head=...) "
+           "selects another)"] if len(_head_names(data["state_dict"])) > 1 else []),
         "checksum         "
         + (f"sha256 {data['weights_sha256'][:16]}... (verified)" if data.get("weights_sha256")
            else "none (written before checksums were stored)"),

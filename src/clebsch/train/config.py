@@ -19,6 +19,7 @@ clebsch.train.config.ConfigError: loss.kind: 'l1' is not allowed; allowed values
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -87,14 +88,17 @@ class ModelSection(BaseModel):
     species: Union[Literal["auto"], list[str]] = Field(
         "auto", description="elements the model knows; auto: those in the training data"
     )
-    atomic_energies: Union[Literal["auto", "zero"], list[float], dict[str, float]] = Field(
+    atomic_energies: Union[Literal["auto", "zero", "fit"], list[float], dict[str, float]] = Field(
         "auto",
         description="reference energy per element (eV); auto: from data.isolated_atoms if given, "
-        "else a least-squares fit on the training set; zero; or {H: -13.6, ...}",
+        "else a least-squares fit on the training set (fine-tuning: the packaged model's values, new elements "
+        "fitted); fit: a least-squares fit on the training set for every element; zero; or {H: -13.6, ...}",
     )
-    scale: Union[Literal["auto"], float] = Field("auto", description="energy scale (eV/Å); auto: force RMS of the training set")
+    scale: Union[Literal["auto"], float] = Field("auto", description="energy scale (eV/Å); auto: force RMS of the "
+                                                                      "training set (fine-tuning: the packaged model's)")
     avg_num_neighbors: Union[Literal["auto"], float] = Field(
-        "auto", description="message normalisation, for families that use it; auto: from the training set"
+        "auto", description="message normalisation, for families that use it; auto: from the training set "
+                            "(fine-tuning: the packaged model's)"
     )
     outputs: Union[Literal["auto"], list[str]] = Field(
         "auto", description="model outputs (clebsch.targets.TARGETS and model.targets); auto: energy, forces and "
@@ -154,6 +158,12 @@ class ModelSection(BaseModel):
 
     @model_validator(mode="after")
     def _check_hyperparameters(self):
+        if "name" not in self.model_fields_set and self.model_extra:
+            return self  # checked once the family is known (TrainConfig: the default or finetune.init_from's)
+        return self.check_hyperparameters()
+
+    def check_hyperparameters(self):
+        """Raise when a hyperparameter is not one of the family's, or has the wrong type or range."""
         extra = dict(self.model_extra or {})
         allowed = _family_hyperparameters(self.name)
         if allowed is None:
@@ -363,6 +373,59 @@ class TrainingSection(_Section):
         return parse_duration(value)
 
 
+class ReplaySection(_Section):
+    """Replay of the packaged model's original data through a second energy head (multi-head fine-tuning)."""
+
+    data: str = Field(..., description="the original training structures (any ASE-readable file, same data.keys)")
+    fraction: float = Field(0.2, gt=0, lt=1, description="share of each step's structures drawn from data: a step "
+                                                         "holds data.batch_size new structures and "
+                                                         "round(batch_size * fraction / (1 - fraction)) replayed ones")
+    head: str = Field("original", description="name of the energy head that the replayed structures train (it "
+                                              "starts as the packaged model's); the new data trains the default head")
+    weight: float = Field(1.0, gt=0, description="multiplies the replayed structures' loss")
+
+    @field_validator("head")
+    @classmethod
+    def _check_head(cls, value):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) or value == "default":
+            raise ValueError(f"{value!r} is not allowed; allowed values: a name of letters, digits and _ "
+                             "(not starting with a digit) other than 'default', which is the new data's head")
+        return value
+
+
+class FinetuneSection(_Section):
+    """Start from a packaged model (same family and cutoff): freeze parts of it, add elements, replay its data."""
+
+    init_from: Optional[str] = Field(None, description="packaged model (model.pt) whose weights the run starts from "
+                                                       "(also: clebsch train CONFIG --init-from PATH); null: a new "
+                                                       "model")
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="parameters that keep their values: names, name prefixes or globs, e.g. "
+                    "[representation.embedding, representation.layers.0, 'representation.*.radial*']",
+    )
+    replay: Optional[ReplaySection] = Field(
+        None, description="{data: original.xyz, fraction: 0.2, head: original}: keep training a copy of the "
+                          "packaged model's energy head on its original data, so that its task is not forgotten; "
+                          "null: off",
+    )
+
+    @field_validator("freeze")
+    @classmethod
+    def _check_freeze(cls, value):
+        bad = [p for p in value if not isinstance(p, str) or not p.strip()]
+        if bad:
+            raise ValueError(f"patterns must be non-empty parameter names, prefixes or globs, got {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_needs_init(self):
+        if self.replay is not None and self.init_from is None:
+            raise ValueError("finetune.replay needs finetune.init_from: the replay head starts as the packaged "
+                             "model's energy head (set finetune.init_from or --init-from PATH)")
+        return self
+
+
 class TrainConfig(_Section):
     """A whole training run; each section maps onto one block of the YAML file."""
 
@@ -377,6 +440,7 @@ class TrainConfig(_Section):
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
     second_stage: SecondStageSection = Field(default_factory=SecondStageSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
+    finetune: FinetuneSection = Field(default_factory=FinetuneSection)
 
     @field_validator("device")
     @classmethod
@@ -384,6 +448,17 @@ class TrainConfig(_Section):
         if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
             return value
         raise ValueError(f"{value!r} is not a device; allowed values: auto, cpu, cuda, cuda:N")
+
+    @model_validator(mode="after")
+    def _check_model_hyperparameters(self):
+        if self.finetune.init_from is not None and "name" not in self.model.model_fields_set:
+            return self  # the family is the packaged model's: checked when it is read (clebsch.train.finetune)
+        if "name" not in self.model.model_fields_set and self.model.model_extra:
+            try:
+                self.model.check_hyperparameters()
+            except ValueError as err:
+                raise ValueError(str(err) if str(err).startswith("model.") else f"model: {err}") from None
+        return self
 
     @model_validator(mode="after")
     def _check_target_names(self):
@@ -472,10 +547,10 @@ def _section_at(root, loc):
         if field is None:
             return None
         ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            cls = ann
-        else:
+        options = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not options:  # a section, or an optional one (Optional[Section])
             return None
+        cls = options[0]
     return cls
 
 

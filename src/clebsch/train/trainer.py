@@ -9,7 +9,12 @@ A run directory holds everything a run writes::
     checkpoints/best.pt  the (EMA) weights with the best validation loss
     model.pt             the packaged model (see :mod:`clebsch.train.package`)
     test_metrics.json    the final report on the test set (printed as a table)
+    replay_metrics.json  fine-tuning with replay: the replay head on the replayed structures
     plots/*.png          parity plots and learning curves
+
+A run with ``finetune.init_from`` starts from a packaged model's weights, with
+frozen parameters and a replay head as the ``finetune`` section says (see
+:mod:`clebsch.train.finetune`).
 
 Determinism: the data order of epoch ``e`` is a function of ``(seed, e)`` only,
 and a checkpoint holds the model, optimiser, schedule, EMA, RNG states and
@@ -96,6 +101,8 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
             e0 = stats["atomic_energies"]
     elif m.atomic_energies == "zero":
         e0 = [0.0] * len(zs)
+    elif m.atomic_energies == "fit":
+        e0 = stats["atomic_energies"]
     elif isinstance(m.atomic_energies, dict):
         missing = [s for s in species if s not in m.atomic_energies]
         if missing:
@@ -276,6 +283,12 @@ class Trainer:
             self._lock_fd = None
 
     def setup(self) -> None:
+        self.base = None  # the packaged model a fine-tuning run starts from (read for a new run only)
+        if self.config.finetune.init_from is not None and not self.resume:
+            from .finetune import merge_config, read_base
+
+            self.base = read_base(self.config.finetune.init_from)
+            self.config = merge_config(self.config, self.base)
         cfg = self.config
         self._prepare_run_dir()
         torch.manual_seed(cfg.seed)
@@ -287,6 +300,10 @@ class Trainer:
         self.checkpoint = load_checkpoint(self.run_dir / "checkpoints" / "last.pt") if self.resume else None
         if self.checkpoint is not None:
             self.model_config = self.checkpoint["model_config"]
+        elif self.base is not None:
+            from .finetune import finetune_model_config
+
+            self.model_config = finetune_model_config(cfg, self.data, self.base)
         else:
             self.model_config = resolve_model_config(cfg, self.data)
         from ..models import build_model
@@ -295,16 +312,22 @@ class Trainer:
         torch.set_default_dtype(self.dtype)
         try:
             torch.manual_seed(cfg.seed)
-            self.model = build_model(self.model_config).to(self.device)
+            self.model = build_model(self.model_config)
+            self._setup_finetune()
+            self.model = self.model.to(self.device)
         finally:
             torch.set_default_dtype(previous)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if cfg.optimizer.name == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
+        self.optimizer = opt_cls(self.trainable, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
                                  amsgrad=cfg.optimizer.amsgrad)
         s = cfg.scheduler
         self.schedule = LRSchedule(self.optimizer, cfg.optimizer.lr, s.name, s.warmup_epochs, s.factor, s.patience,
                                    s.min_lr, cfg.training.max_epochs)
         self.ema = ExponentialMovingAverage(self.model, cfg.training.ema_decay) if cfg.training.ema_decay else None
+        if self.ema is not None:
+            for name in self.frozen:  # frozen weights are not averaged: they keep their values bit for bit
+                self.ema.shadow.pop(name, None)
         self.stage = 1
         self.epoch = 0
         self.step = 0
@@ -315,10 +338,70 @@ class Trainer:
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
         self.loss_fn = self._loss_for_stage(self.stage)
+        self.replay_loss_fn = self._replay_loss_for_stage(self.stage)
         if self.csv_header is None:  # a new run: the columns are fixed now, whatever the first row holds
             self.csv_header = self._csv_columns()
             if self.is_main:
                 atomic_write_text(",".join(self.csv_header) + "\n", self.csv_path)
+
+    def _setup_finetune(self) -> None:
+        """Fine-tuning: the packaged model's weights, the replay head, frozen parameters and the replayed data."""
+        cfg, ft = self.config, self.config.finetune
+        self.frozen: list[str] = []
+        self.replay_data: list = []
+        if self.base is not None:
+            from .finetune import load_base_weights
+
+            load_base_weights(self.model, self.base, log=self.log if self.is_main else None)
+        if ft.replay is not None:
+            from .data import read_file
+            from .finetune import ENERGY_TARGETS, add_energy_head, packaged_energies
+
+            if self.base is not None:  # a new run: the packaged model's own head, references and scale
+                n_old = len(self.base["species"])
+                e0 = self.model.atomic_energies.detach().clone()
+                e0[:n_old] = torch.as_tensor(packaged_energies(self.base), dtype=e0.dtype)
+                add_energy_head(self.model, ft.replay.head, e0, float(self.base["config"].get("scale", 1.0)))
+            else:  # a resumed run: the checkpoint fills it
+                add_energy_head(self.model, ft.replay.head)
+            keys, required = data_keys(cfg)
+            required = tuple(r for r in required if r in ENERGY_TARGETS)
+            self.replay_data = read_file(ft.replay.data, cfg.model.cutoff, keys, self.dtype, required,
+                                         targets=cfg.model.targets, allow_nonfinite=cfg.data.skip_nonfinite)
+            if not self.replay_data:
+                raise ConfigError(f"finetune.replay.data ({ft.replay.data}) holds no structures")
+            known = set(self.model.species)
+            extra = sorted({int(z) for g in self.replay_data for z in g.numbers.unique().tolist()} - known)
+            if extra:
+                raise ConfigError(
+                    f"finetune.replay.data ({ft.replay.data}) holds {[chemical_symbols[z] for z in extra]}, which "
+                    f"neither the packaged model nor data.train has; the model knows "
+                    f"{[chemical_symbols[z] for z in self.model.species]}")
+        if ft.freeze:
+            from .finetune import freeze
+
+            self.frozen = freeze(self.model, ft.freeze)
+        if self.is_main and (ft.freeze or ft.init_from):
+            n_frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+            n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            self.log(f"fine-tuning: {n_train} weights trained, {n_frozen} frozen"
+                     + (f" ({len(self.frozen)} tensors matching {ft.freeze})" if ft.freeze else "")
+                     + (f"; replaying {len(self.replay_data)} structures of {ft.replay.data} through energy head "
+                        f"{ft.replay.head!r}" if ft.replay is not None else ""))
+
+    def _replay_loss_for_stage(self, stage: int) -> WeightedLoss | None:
+        """The loss of the replayed structures: the stage's weights of the energy and its derivatives."""
+        if self.config.finetune.replay is None:
+            return None
+        from .finetune import ENERGY_TARGETS
+
+        weights = {k: v for k, v in self.config.stage_weights(stage).items()
+                   if k in ENERGY_TARGETS and k in self.model.outputs and v > 0}
+        if not weights:
+            raise ConfigError(f"finetune.replay trains an energy head, but the loss weights of stage {stage} give "
+                              f"none of {', '.join(ENERGY_TARGETS)} a positive weight; set loss.weights.energy")
+        return WeightedLoss(weights, self.config.loss.kind, self.config.loss.huber_delta, targets=self.model.targets,
+                            config_type_weights=self.config.data.config_type_weights)
 
     def _loss_for_stage(self, stage: int) -> WeightedLoss:
         cfg = self.config
@@ -448,6 +531,7 @@ class Trainer:
         if due:
             self.stage = 2
             self.loss_fn = self._loss_for_stage(2)
+            self.replay_loss_fn = self._replay_loss_for_stage(2)
             self.schedule.restart(st.lr)
             self.best = math.inf
             self.bad_epochs = 0
@@ -458,34 +542,55 @@ class Trainer:
             for t in tensors:
                 torch.distributed.all_reduce(t)
 
-    def train_step(self, graph) -> tuple[float, int]:
-        """One optimiser step on a (rank's share of a) batch; returns (loss value, structures)."""
+    def train_step(self, graph, replay=None) -> tuple[float, int]:
+        """One optimiser step on a (rank's share of a) batch; returns (loss value, structures).
+
+        ``replay``: this rank's share of the step's replayed structures (fine-tuning with
+        ``finetune.replay``), which go through the replay head and add ``replay.weight`` times their loss.
+        """
+        from .finetune import forward_with_head
+
         self.model.train()
         self.optimizer.zero_grad(set_to_none=False)
-        names = list(self.loss_fn.weights)
+        parts = [(graph, None, self.loss_fn, 1.0)]
+        if self.replay_loss_fn is not None:
+            rp = self.config.finetune.replay
+            parts.append((replay, rp.head, self.replay_loss_fn, rp.weight))
         n_graphs = 0
-        if graph is not None:
-            graph = graph.to(self.device, self.dtype)
-            n_graphs = graph.num_graphs
-            out = self.model(graph)
-            counts = self.loss_fn.counts(out, graph)
-        else:
-            out, counts = None, {}
-        count_vec = torch.tensor([float(counts.get(n, 0.0)) for n in names], dtype=torch.float64)
+        evaluated, count_vecs = [], []
+        for g, head, loss_fn, weight in parts:
+            names = list(loss_fn.weights)
+            if g is not None:
+                g = g.to(self.device, self.dtype)
+                if head is None:
+                    n_graphs = g.num_graphs
+                out = forward_with_head(self.model, g, head)
+                counts = loss_fn.counts(out, g)
+            else:
+                out, counts = None, {}
+            evaluated.append((g, out, loss_fn, weight, names))
+            count_vecs.append(torch.tensor([float(counts.get(n, 0.0)) for n in names], dtype=torch.float64))
+        count_vec = torch.cat(count_vecs)
         self._reduce_([count_vec])
-        global_counts = {n: count_vec[i].to(self.dtype) for i, n in enumerate(names)}
-        if out is not None:
-            loss, _ = self.loss_fn(out, graph, counts=global_counts)
-            loss.backward()
-            value = float(loss.detach())
+        total, offset = None, 0
+        for g, out, loss_fn, weight, names in evaluated:
+            global_counts = {n: count_vec[offset + i].to(self.dtype) for i, n in enumerate(names)}
+            offset += len(names)
+            if out is None:
+                continue
+            loss, _ = loss_fn(out, g, counts=global_counts)
+            total = weight * loss if total is None else total + weight * loss
+        if total is not None:
+            total.backward()
+            value = float(total.detach())
         else:
             value = 0.0
         if self.world > 1:
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters()]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.trainable]
             flat = torch.cat([g.reshape(-1) for g in grads])
             torch.distributed.all_reduce(flat)
             offset = 0
-            for p in self.model.parameters():
+            for p in self.trainable:
                 n = p.numel()
                 p.grad = flat[offset:offset + n].view_as(p).clone()
                 offset += n
@@ -496,12 +601,27 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(f"the training loss became {value} at epoch {self.epoch + 1}, step {self.step + 1}")
         if self.config.optimizer.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optimizer.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.optimizer.clip_grad_norm)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
         return value, n_graphs
+
+    def _replay_batches(self, steps: int):
+        """This rank's share of each step's replayed structures in the current epoch (None without replay)."""
+        rp = self.config.finetune.replay
+        if rp is None:
+            while True:
+                yield None
+        from ..graph import batch as batch_graphs
+        from .finetune import replay_order, replay_per_step
+
+        k = replay_per_step(self.config.data.batch_size, rp.fraction)
+        order = replay_order(len(self.replay_data), self.config.seed, self.epoch, steps * k)
+        for step in range(steps):
+            share = np.array_split(order[step * k:(step + 1) * k], self.world)[self.rank]
+            yield batch_graphs([self.replay_data[int(i)] for i in share]) if len(share) else None
 
     def validate(self):
         graphs = self.data.valid or self.data.train
@@ -572,8 +692,9 @@ class Trainer:
             order = epoch_order(n_train, cfg.seed, self.epoch)
             loss_sum, n_sum, step_in_epoch = 0.0, 0, 0
             out_of_time = False
+            replay = self._replay_batches(steps_per_epoch)
             for graph in batches(self.data.train, cfg.data.batch_size, order, self.rank, self.world):
-                value, n = self.train_step(graph)
+                value, n = self.train_step(graph, next(replay))
                 loss_sum += value * cfg.data.batch_size
                 n_sum += cfg.data.batch_size
                 step_in_epoch += 1
@@ -691,6 +812,21 @@ class Trainer:
         atomic_write_text(json.dumps({"set": name, "metrics": ev.metrics}, indent=2), self.run_dir / "test_metrics.json")
         meta = {"train_config": self.config.to_dict(), "test_metrics": ev.metrics, "test_set": name,
                 "epochs": self.epoch, "train_time_s": self.elapsed()}
+        rp = self.config.finetune.replay
+        if rp is not None:  # the replay head on the replayed structures
+            from .finetune import HeadView
+
+            ev_replay = evaluate(HeadView(self.model, rp.head), self.replay_data, self.config.data.valid_batch_size,
+                                 device=self.device, dtype=self.dtype)
+            replay_table = ev_replay.table(f"replayed data ({rp.data}, {len(self.replay_data)} structures) through "
+                                           f"energy head {rp.head!r}:")
+            print(replay_table, flush=True)
+            atomic_write_text(json.dumps({"set": str(rp.data), "head": rp.head, "metrics": ev_replay.metrics},
+                                         indent=2), self.run_dir / "replay_metrics.json")
+            meta["replay_metrics"] = {"head": rp.head, "metrics": ev_replay.metrics}
+            result["replay_metrics"] = ev_replay.metrics
+        if self.config.finetune.init_from is not None:
+            meta["init_from"] = str(self.config.finetune.init_from)
         model_path = save_package(self.model, self.run_dir / "model.pt", metadata=meta)
         result.update(model_path=str(model_path), test_metrics=ev.metrics, table=table)
         if self.config.training.plots:
@@ -723,7 +859,13 @@ def train(config, resume: bool = False, overrides=(), on_step=None, log=None) ->
         cfg = load_config(run_dir / "config.yaml", overrides)
         cfg = cfg.model_copy(update={"run_dir": str(run_dir)})
     elif isinstance(config, TrainConfig):
-        cfg = load_config(None, overrides, base=config.to_dict()) if overrides else config
+        if overrides:
+            base = config.to_dict()
+            if config.finetune.init_from is not None:  # model keys left out mean "the packaged model's"
+                base["model"] = config.model.model_dump(mode="json", exclude_unset=True)
+            cfg = load_config(None, overrides, base=base)
+        else:
+            cfg = config
     elif isinstance(config, dict):
         cfg = load_config(None, overrides, base=config)
     else:
