@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     p.add_argument("--skip-nonfinite", action="store_true",
                    help="treat NaN / infinite reference values as missing instead of an error")
+    p.add_argument("--head", help="energy head of a multi-head (fine-tuned) model; default: its own")
 
     p = sub.add_parser("density", help="a predicted electron density as a Gaussian cube file",
                        description="Write the electron density a model predicts for a structure (a per-atom "
@@ -192,7 +193,7 @@ def _evaluate(args) -> int:
         existing = next((p for p in [plots, *plots.parents] if p.exists()), Path("."))
         if not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(f"cannot write plots into {str(plots)!r}: folder {str(existing)!r} is not writable")
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, head=args.head)
     unknown = sorted(set(overrides) - set(model.targets) - {"weight"})
     if unknown:
         raise ValueError(f"--key names unknown target(s) {unknown}; this model predicts {list(model.outputs)}")

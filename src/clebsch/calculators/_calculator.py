@@ -45,7 +45,7 @@ def _as_device(device) -> torch.device:
     return device
 
 
-def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
+def load_model(model_or_path, device="cpu", dtype="float64", head: str | None = None) -> torch.nn.Module:
     """A model ready for inference: loaded if given a path, moved, cast and put in eval mode.
 
     Parameters
@@ -56,6 +56,9 @@ def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
         by :func:`export` (read with :func:`load_exported`).
     device : str or torch.device
     dtype : {"float64", "float32"} or torch.dtype
+    head : str, optional
+        For a packaged multi-head model (fine-tuned with replay), the energy head
+        to use (default: the model's own); see ``clebsch info MODEL``.
 
     Notes
     -----
@@ -80,7 +83,7 @@ def load_model(model_or_path, device="cpu", dtype="float64") -> torch.nn.Module:
             return model.eval()
         from ..models.package import load
 
-        model = load(path)
+        model = load(path, head=head)
     elif isinstance(model_or_path, torch.nn.Module):
         model = model_or_path
     else:
@@ -182,9 +185,9 @@ class ClebschCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses", "dipole"]
 
     def __init__(self, model, device: str = "cpu", dtype: str = "float64", skin: float = 0.5, compile: bool = False,
-                 **kwargs):
+                 head: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.model = load_model(model, device, dtype)
+        self.model = load_model(model, device, dtype, head=head)
         self.compiled = CompiledPotential(self.model) if compile else None
         self.device = _as_device(device)
         self.dtype = _as_dtype(dtype)

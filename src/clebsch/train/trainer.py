@@ -89,6 +89,18 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
                 f"not: a model cannot learn an element it never sees in training; add such structures to "
                 f"data.train or remove them from the {part} set"
             )
+    if m.conditioning:  # every structure has what the model is conditioned on; errors name the file and frame
+        from ..models._potential import check_conditioning_data
+
+        parts = [(data.train, config.data.train, data.split.get("train"), True)]
+        for part, graphs in (("valid", data.valid), ("test", data.test)):
+            own = getattr(config.data, part)
+            parts.append((graphs, own or config.data.train, None if own else data.split.get(part), False))
+        for graphs, path, frames, warn in parts:
+            try:
+                check_conditioning_data(graphs, m.conditioning, where=f"file '{path}'", frames=frames, warn=warn)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
     stats = statistics(data.train, zs)
     if m.atomic_energies == "auto":
         if config.data.isolated_atoms:
