@@ -7,12 +7,26 @@ import torch
 __all__ = ["normalize2mom", "activation_parity"]
 
 
-def _second_moment(f: Callable, dtype=torch.float64) -> float:
+_SAMPLES: list[torch.Tensor] = []
+_MOMENTS: dict = {}
+
+
+def _second_moment(f: Callable) -> float:
     # Same deterministic estimate as e3nn: 10^6 standard normal samples, seed 0, float64.
-    gen = torch.Generator().manual_seed(0)
-    z = torch.randn(1_000_000, generator=gen, dtype=torch.float64).to(dtype)
+    # The samples and the moment of each function are computed once per process.
+    try:
+        return _MOMENTS[f]
+    except (KeyError, TypeError):
+        pass
+    if not _SAMPLES:
+        _SAMPLES.append(torch.randn(1_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     with torch.no_grad():
-        return float(f(z).pow(2).mean())
+        moment = float(f(_SAMPLES[0]).pow(2).mean())
+    try:
+        _MOMENTS[f] = moment
+    except TypeError:  # an unhashable callable
+        pass
+    return moment
 
 
 class normalize2mom(torch.nn.Module):  # noqa: N801 (name follows e3nn)
