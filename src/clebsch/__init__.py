@@ -7,9 +7,12 @@ The library is layered; each subpackage imports only the ones below it::
     clebsch.testing      equivariance and force checks
     clebsch.graph        AtomicGraph, neighbour lists, batching
     clebsch.data         datasets, splits, statistics
-    clebsch.models       SchNet, EGNN, PaiNN, NequIP, SEGNN, MACE and output heads
-    clebsch.train        configuration, trainer, losses, metrics, checkpoints
-    clebsch.calculators  ASE calculator
+    clebsch.basis        Gaussian basis sets: densities and matrices in an atomic-orbital basis
+    clebsch.models       the model families, output heads and physics terms
+    clebsch.uncertainty  committees and last-layer (LLPR) uncertainties
+    clebsch.train        configuration, trainer, fine-tuning, committees, losses, metrics, checkpoints
+    clebsch.calculators  ASE calculator, MD, relaxation, export, LAMMPS, vibrations
+    clebsch.studies      learning curves, symmetry breaking, an equivariant autoencoder
     clebsch.cli          the ``clebsch`` command
 
 Subpackages are imported on first use, so ``import clebsch`` stays light.
@@ -19,7 +22,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("o3", "nn", "testing", "graph", "data", "models", "train", "calculators", "cli")
+_SUBPACKAGES = ("o3", "nn", "testing", "graph", "data", "models", "train", "calculators", "uncertainty", "basis",
+                "studies", "cli")
 
 
 def __getattr__(name):

@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="treat NaN / infinite reference values as missing instead of an error")
     p.add_argument("--head", help="energy head of a multi-head (fine-tuned) model; default: its own")
 
+    from .studies.learning_curve import add_arguments as add_learning_curve_arguments
+
+    add_learning_curve_arguments(sub.add_parser(
+        "learning-curve", help="test error against training-set size, with a fitted power law",
+        description="Train configs at several training-set sizes on nested seeded subsets (fixed validation and "
+                    "test sets), fit error = A N^(-beta), write a CSV and a log-log plot."))
+
     p = sub.add_parser("density", help="a predicted electron density as a Gaussian cube file",
                        description="Write the electron density a model predicts for a structure (a per-atom "
                                    "target in an auxiliary basis) as a Gaussian cube file, and with --reference "
@@ -279,6 +286,12 @@ def _density(args) -> int:
     return 0
 
 
+def _learning_curve(args) -> int:
+    from .studies.learning_curve import main as run
+
+    return run(args)
+
+
 def _info(args) -> int:
     from .models.package import describe
 
@@ -372,7 +385,8 @@ def main(argv=None) -> int:
     from .calculators._cli import run_md, run_relax
 
     handlers = {"train": _train, "evaluate": _evaluate, "info": _info, "density": _density, "md": run_md,
-                "relax": run_relax, "demo": _demo, "export": _export}
+                "relax": run_relax, "demo": _demo, "export": _export,
+                "learning-curve": _learning_curve}
     debug = _debug_requested(args)
     prefix = f"clebsch {args.command}"
     try:

@@ -251,7 +251,14 @@ def check_potential(model, checks=CONTRACT, *, tolerance: float = 1e-9, seed: in
     - ``equivariance``: under random rotations and reflections, translations
       and a permutation of the atoms, the energy is invariant and every other
       output transforms as its target declares (vectors, Cartesian tensors,
-      irreps; per atom, per structure or per edge);
+      irreps; per atom, per structure or per edge). For a family that is not
+      rotation-equivariant by design (its representation has the class
+      attribute ``equivariant = False``, see
+      :func:`clebsch.models._registry.is_equivariant`: a baseline that reads
+      raw Cartesian components and learns rotations from augmented data)
+      rotations and reflections are left out, since its outputs are meant to
+      change under them; the translation and the permutation are still
+      checked, as are all the other checks below;
     - ``forces``: forces equal minus central finite differences of the energy;
     - ``stress``: the stress equals finite differences of the energy under
       strain divided by the volume (models that output stress);
@@ -321,8 +328,10 @@ def check_potential(model, checks=CONTRACT, *, tolerance: float = 1e-9, seed: in
         g = graph(pos)
         out = model(g)
         keys = _edge_keys(g)
-        for reflect in (False, True):
-            R = _orthogonal(seed + 2 + reflect, reflect)
+        # a family that is not rotation-equivariant by design: translation and permutation only
+        rotations = bool(getattr(getattr(model, "representation", None), "equivariant", True))
+        for reflect in (False, True) if rotations else (None,):
+            R = _orthogonal(seed + 2 + reflect, reflect) if rotations else torch.eye(3, dtype=torch.float64)
             t = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
             perm = torch.randperm(len(numbers), generator=torch.Generator().manual_seed(seed + 3))
             inv = torch.argsort(perm)

@@ -4,9 +4,12 @@ import pytest
 import torch
 
 from clebsch.models import REPRESENTATIONS, families
+from clebsch.models._registry import is_equivariant
 from clebsch.testing import float64_model
 
 FAMILIES = tuple(families(kind="geometric"))  # every registered geometric family is tested
+# those whose outputs rotate as their targets declare (not the Cartesian baseline, which learns rotations from data)
+EQUIVARIANT_FAMILIES = tuple(f for f in FAMILIES if is_equivariant(f))
 
 # small but complete: every family at two layers and few channels, so the
 # whole contract runs in seconds
@@ -24,6 +27,7 @@ SMALL = {
     "dimenet": {"num_layers": 2, "hidden_channels": 8, "int_emb_size": 4, "basis_emb_size": 4, "out_emb_channels": 8,
                 "num_spherical": 3, "num_radial": 4},
     "equiformer": {"num_layers": 2, "channels": 4, "num_heads": 2, "lmax": 2, "num_basis": 8, "radial_hidden": 16},
+    "cartesian": {"num_layers": 2, "channels": 8},
 }
 
 OUTPUTS = ["energy", "forces", "stress", "dipole", "polarizability"]
@@ -60,4 +64,10 @@ def small_model(name, species=("H", "C", "O"), cutoff=3.0, seed=0, outputs=OUTPU
 def family(request):
     if request.param not in REPRESENTATIONS:
         pytest.fail(f"model family {request.param!r} is not registered")
+    return request.param
+
+
+@pytest.fixture(params=list(EQUIVARIANT_FAMILIES), ids=list(EQUIVARIANT_FAMILIES))
+def equivariant_family(request):
+    """The geometric families that are rotation-equivariant by design, for tests that rotate or reflect."""
     return request.param

@@ -82,9 +82,9 @@ def test_contract(family):
 
 
 @pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
-def test_molecule_equivariance(family, reflect):
+def test_molecule_equivariance(equivariant_family, reflect):
     """Every head, by its declaration, with the transformation written out."""
-    model = small_model(family, outputs=ALL_OUTPUTS)
+    model = small_model(equivariant_family, outputs=ALL_OUTPUTS)
     pos = molecule(1)
     out = model(graph_of(pos))
     R = random_orthogonal(2, reflect)

@@ -12,11 +12,14 @@
   structure, one batched forward pass per step).
 - :func:`atomic_virials` — per-atom virials from the edge-vector gradient
   (the calculator's ``stresses``).
+- :class:`CommitteeCalculator` — several models on one neighbour list: the mean
+  and standard deviation of energy and forces (:mod:`clebsch.uncertainty`).
 - :func:`write_lammps` — the files LAMMPS's ``pair_style mliap unified`` needs
   (:mod:`clebsch.calculators.lammps`).
 """
 
 from ._calculator import ClebschCalculator, load_model
+from ._committee import CommitteeCalculator
 from ._compiled import CompiledPotential
 from ._dynamics import md, relax
 from ._batched import relax_many
@@ -27,6 +30,7 @@ from ..graph.verlet import VerletList
 
 __all__ = [
     "ClebschCalculator",
+    "CommitteeCalculator",
     "CompiledPotential",
     "ExportedPotential",
     "atomic_virials",

@@ -26,7 +26,9 @@ from ._heads import (
     irrep_block,
 )
 from ._potential import OUTPUTS, Potential
-from ._registry import REPRESENTATIONS, Representation, build_model, families, hyperparameters, is_topological, register
+from ._registry import (REPRESENTATIONS, Representation, build_model, families, hyperparameters, is_equivariant,
+                        is_topological, register)
+
 
 def _import_families() -> None:
     """Import every public module of this package: a family module registers itself on import,
@@ -51,6 +53,7 @@ __all__ = [
     "Potential",
     "Representation",
     "is_topological",
+    "is_equivariant",
     "REPRESENTATIONS",
     "build_model",
     "families",

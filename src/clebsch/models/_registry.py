@@ -6,6 +6,12 @@ the :class:`Representation` protocol and registers itself with
 default config, ``clebsch train`` and the public contract
 (:func:`clebsch.testing.check_potential`, run on every registered family by
 the test suite) pick it up.
+
+A family that is not rotation-equivariant by design (a baseline that reads raw
+Cartesian components, trained with rotation augmentation) says so with the class
+attribute ``equivariant = False``; :func:`is_equivariant` reads it, and the
+contract then checks translations and permutations but not rotations and
+reflections.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ import torch
 
 from ._potential import Potential
 
-__all__ = ["REPRESENTATIONS", "Representation", "register", "families", "is_topological", "hyperparameters",
-           "build_model", "POTENTIAL_KEYS"]
+__all__ = ["REPRESENTATIONS", "Representation", "register", "families", "is_topological", "is_equivariant",
+           "hyperparameters", "build_model", "POTENTIAL_KEYS"]
 
 REPRESENTATIONS: dict[str, type] = {}
 
@@ -49,6 +55,12 @@ class Representation(Protocol):
     A *topological* family (class attribute ``topological = True``) sees bonds, not
     coordinates: ``forward(species [N], bond_index [2, E], batch [N]) -> [N, irreps_out.dim]``,
     with the covalent bonds and the structure of each atom (see :class:`~clebsch.models.Potential`).
+
+    A family that is *not rotation-equivariant* by design (class attribute
+    ``equivariant = False``, e.g. :mod:`clebsch.models.cartesian`) keeps every
+    other rule: translation and permutation invariance, smoothness, the cutoff
+    and the isolated atom. Its features are still laid out by ``irreps_out``, but
+    they do not transform as those irreps under rotations (see :func:`is_equivariant`).
     """
 
     irreps_out: object
@@ -69,18 +81,25 @@ def register(name: str) -> Callable[[type], type]:
     return wrap
 
 
-def families(kind: str | None = None) -> list[str]:
+def families(kind: str | None = None, equivariant: bool | None = None) -> list[str]:
     """The registered model families, sorted; ``kind`` ``"geometric"`` or ``"topological"`` keeps those only.
 
     Geometric families see edge vectors (forces, stress, the geometric contract); topological
-    ones see which atoms are bonded (see :func:`is_topological`).
+    ones see which atoms are bonded (see :func:`is_topological`). ``equivariant`` ``True``
+    (``False``) keeps the families that are (are not) rotation-equivariant (see :func:`is_equivariant`).
 
     >>> "nequip" in families(), "nequip" in families(kind="topological")
     (True, False)
+    >>> families(equivariant=False)
+    ['cartesian']
     """
     if kind not in (None, "geometric", "topological"):
         raise ValueError(f"kind must be None, 'geometric' or 'topological', got {kind!r}")
-    return sorted(n for n in REPRESENTATIONS if kind is None or is_topological(n) == (kind == "topological"))
+    if equivariant not in (None, True, False):
+        raise ValueError(f"equivariant must be None, True or False, got {equivariant!r}")
+    return sorted(n for n in REPRESENTATIONS
+                  if (kind is None or is_topological(n) == (kind == "topological"))
+                  and (equivariant is None or is_equivariant(n) == equivariant))
 
 
 def is_topological(name: str) -> bool:
@@ -90,6 +109,20 @@ def is_topological(name: str) -> bool:
     False
     """
     return bool(getattr(_lookup(name), "topological", False))
+
+
+def is_equivariant(name: str) -> bool:
+    """Whether a family's outputs transform under rotations and reflections as their targets declare.
+
+    True unless the class says ``equivariant = False``: a baseline that reads raw Cartesian
+    components of the edge vectors (:mod:`clebsch.models.cartesian`) learns rotations only from
+    the data (``data.augment: rotations``). Such a family is still invariant under translations
+    and permutations of the atoms, and :func:`clebsch.testing.check_potential` checks those.
+
+    >>> is_equivariant("nequip"), is_equivariant("cartesian")
+    (True, False)
+    """
+    return bool(getattr(_lookup(name), "equivariant", True))
 
 
 def hyperparameters(name: str) -> dict:

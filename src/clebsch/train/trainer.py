@@ -560,6 +560,7 @@ class Trainer:
         ``replay``: this rank's share of the step's replayed structures (fine-tuning with
         ``finetune.replay``), which go through the replay head and add ``replay.weight`` times their loss.
         """
+        from ..data.augment import augment_batch
         from .finetune import forward_with_head
 
         self.model.train()
@@ -574,6 +575,8 @@ class Trainer:
             names = list(loss_fn.weights)
             if g is not None:
                 g = g.to(self.device, self.dtype)
+                if self.config.data.augment == "rotations":  # a random rotation per structure, targets turned too
+                    g = augment_batch(g, self.model.targets)
                 if head is None:
                     n_graphs = g.num_graphs
                 out = forward_with_head(self.model, g, head)
@@ -882,4 +885,8 @@ def train(config, resume: bool = False, overrides=(), on_step=None, log=None) ->
         cfg = load_config(None, overrides, base=config)
     else:
         cfg = load_config(config, overrides)
+    if cfg.training.committee > 1:  # several models on one split: run_dir/member_K and committee.json
+        from .committee import train_committee
+
+        return train_committee(cfg, resume=resume, on_step=on_step, log=log)
     return Trainer(cfg, resume=resume, on_step=on_step, log=log).fit()
