@@ -103,8 +103,8 @@ def test_physics_config_from_yaml_is_validated_and_carried(tmp_path):
     path.write_text("model:\n  name: painn\n  cutoff: 3.0\n  physics: {zbl: {r_outer: 4.0}}\n")
     with pytest.raises(ConfigError, match=r"model.physics.zbl.r_outer: 4.0 exceeds the cutoff 3.0"):
         load_config(path)
-    path.write_text("model:\n  name: painn\n  physics: {d3: {}}\n")
-    with pytest.raises(ConfigError, match=r"unknown term\(s\) \['d3'\]; allowed: zbl, coulomb"):
+    path.write_text("model:\n  name: painn\n  physics: {d4: {}}\n")
+    with pytest.raises(ConfigError, match=r"unknown term\(s\) \['d4'\]; allowed: zbl, coulomb, d3"):
         load_config(path)
 
 

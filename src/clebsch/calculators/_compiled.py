@@ -101,7 +101,7 @@ def _sum_into_single_rows(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def _has_coulomb(model) -> bool:
     physics = getattr(model, "physics", None)
-    return physics is not None and getattr(physics, "coulomb", None) is not None
+    return physics is not None and physics.needs_positions  # coulomb, d3: terms beyond the edges
 
 
 def _graphs_compiled() -> int:
@@ -277,7 +277,7 @@ class CompiledPotential:
         stress = bool(compute_stress)
         if _has_coulomb(self.model) and bool(graph.pbc.any()):
             # the Ewald sum picks its reciprocal vectors from the cell's values: not one graph for every cell
-            self._fail("a model with a coulomb physics term is compiled for open structures only")
+            self._fail("a model with a coulomb or d3 physics term is compiled for open structures only")
             return None
         dtype = graph.positions.dtype
         count = _graphs_compiled()

@@ -110,8 +110,9 @@ class ExportedFunction(torch.nn.Module):
 
 
 def _has_coulomb(model) -> bool:
+    """Whether a physics term needs positions beyond the edges (coulomb, d3): such an export is for open structures."""
     physics = getattr(model, "physics", None)
-    return physics is not None and physics.coulomb is not None
+    return physics is not None and physics.needs_positions
 
 
 def exported_outputs(model) -> list[str]:
@@ -268,7 +269,7 @@ class ExportedPotential(torch.nn.Module):
             raise ValueError("an exported model evaluates one structure at a time")
         self._check(graph.numbers)
         if self.open_only and bool(graph.pbc.any()):
-            raise ValueError("this exported model has a coulomb physics term, exported for open structures only; "
+            raise ValueError("this exported model has a coulomb or d3 physics term, exported for open structures only; "
                              "evaluate periodic structures with the packaged model (.pt) instead")
         compute_forces = True if compute_forces is None else compute_forces
         if compute_stress is None:

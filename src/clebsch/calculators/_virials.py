@@ -38,13 +38,13 @@ def _energy_of_vectors(model, graph, vectors):
         if "spin_multiplicity" in model.inputs:
             args.append(graph.spin_multiplicity.to(vectors.dtype).reshape(1))
         if model.open_only:
-            raise ValueError("per-atom virials: this exported model has a coulomb physics term, whose energy "
+            raise ValueError("per-atom virials: this exported model has a coulomb or d3 physics term, whose energy "
                              "depends on positions, not only on edge vectors")
         out = model.program(*args)
         return out[0] if isinstance(out, (tuple, list)) else out
     physics = getattr(model, "physics", None)
-    if physics is not None and physics.coulomb is not None:
-        raise ValueError("per-atom virials: the model has a coulomb physics term, whose energy depends on "
+    if physics is not None and physics.needs_positions:
+        raise ValueError("per-atom virials: the model has a coulomb or d3 physics term, whose energy depends on "
                          "positions, not only on edge vectors; per-atom virials are not defined for it")
     if getattr(model, "topological", False):
         raise ValueError("per-atom virials: the model is topological (it sees bonds, never coordinates); it has "

@@ -109,8 +109,8 @@ class LammpsPotential:
         self.dtype = str(model.dtype).replace("torch.", "")
         self.family = str(model.config.get("name", "model"))
         if model.open_only:
-            raise ValueError("this model has a coulomb physics term, exported for open structures only; it cannot run "
-                             "in LAMMPS, whose cells are periodic")
+            raise ValueError("this model has a coulomb or d3 physics term, exported for open structures only; it cannot "
+                             "run in LAMMPS, whose cells are periodic")
         conditioning = list(getattr(model, "conditioning", ()) or ())
         if conditioning:
             raise ValueError(f"this model is conditioned on {', '.join(conditioning)} per structure "

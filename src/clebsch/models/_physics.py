@@ -1,34 +1,45 @@
-"""Physics terms added to any family's energy: ZBL nuclear repulsion and electrostatics from learned charges.
+"""Physics terms added to any family's energy: ZBL repulsion, electrostatics of learned charges, D3 dispersion.
 
 A model config turns them on under ``physics``::
 
     physics:
       zbl: {r_inner: 0.4, r_outer: 0.9}      # or zbl: {} for radii from covalent radii
       coulomb: {sigma: 1.0, accuracy: 1.0e-8}
+      d3: {functional: pbe}                  # DFT-D3(BJ), see clebsch.models._dispersion
 
 With ``zbl``, the learned part of an atom's energy also fades out (by the same
 switch) as a neighbour comes within ``r_inner`` (``blend: true``, the default),
 as in DeePMD's DP/ZBL model: below ``r_inner`` a pair's energy is the ZBL
 alone, whatever the network extrapolates to where the data has no atoms.
 
-Both terms are fixed functions (no weights) of the positions and, for the
-Coulomb term, of the charges the dipole head makes. Both are written in plain
+The terms are fixed functions (no weights) of the positions and, for the
+Coulomb term, of the charges the dipole head makes. They are written in plain
 torch operations, so forces, stress and Hessians come by autograd like the
 rest of the energy. Each pair's energy is split half-half between its two
 atoms, so per-atom energies still add up to the energy.
+
+A term is part of the model's energy in training and in use, so the network
+learns the rest (with ``d3``: it is trained on DFT - D3). A ``d3`` term with
+``inference_only: true`` is left out while the model is fitted (inside
+:func:`fitting`, which the trainer holds around its training steps and
+evaluations) and added whenever the model is used: for data that lacks
+dispersion, so that MD gets it.
 
 Units: Å and eV, with ``e^2 / (4 pi eps0) = 14.399645 eV Å``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from ase.data import covalent_radii
 
+from ._dispersion import D3_KEYS, D3Dispersion, check_d3
+
 __all__ = ["COULOMB_CONSTANT", "PHYSICS_TERMS", "check_physics", "zbl_pair_energy", "smooth_switch",
-           "coulomb_open", "ewald_periodic", "ewald_parameters", "PhysicsTerms", "ZBL", "Coulomb"]
+           "coulomb_open", "ewald_periodic", "ewald_parameters", "PhysicsTerms", "ZBL", "Coulomb", "fitting"]
 
 COULOMB_CONSTANT = 14.399645
 """``e^2 / (4 pi eps0)`` in eV Å."""
@@ -43,12 +54,15 @@ _ZBL_D = (3.19980, 0.94229, 0.40290, 0.20162)
 PHYSICS_TERMS = {
     "zbl": {"r_inner": None, "r_outer": None, "blend": True},
     "coulomb": {"sigma": 1.0, "accuracy": 1e-8},
+    "d3": D3_KEYS,
 }
 """The terms and their keys with defaults. ``zbl``: switch radii in Å (``None``: per pair, ``r_outer``
 0.8 times the sum of the covalent radii, capped at the cutoff, and ``r_inner`` 0.5 times that sum) and
 ``blend`` (fade the learned energy out below ``r_inner``).
 ``coulomb``: ``sigma`` the Gaussian width in Å of the charge pair (the pair energy is
-``q_i q_j erf(r / (sqrt(2) sigma)) / r``), ``accuracy`` the relative truncation error of the Ewald sums."""
+``q_i q_j erf(r / (sqrt(2) sigma)) / r``), ``accuracy`` the relative truncation error of the Ewald sums.
+``d3``: DFT-D3(BJ) dispersion, see :data:`clebsch.models._dispersion.D3_KEYS` (``functional`` or
+``s8, a1, a2``; ``atm``; cutoffs; ``inference_only``)."""
 
 
 # ---------------------------------------------------------------- configuration
@@ -78,6 +92,10 @@ def check_physics(spec, cutoff: float | None = None) -> dict:
     Traceback (most recent call last):
     ...
     ValueError: model.physics.zbl: r_inner (1.0) must be smaller than r_outer (0.5)
+    >>> check_physics({"d3": {"functional": "pbe", "cutof": 30.0}})
+    Traceback (most recent call last):
+    ...
+    ValueError: model.physics.d3: unknown key(s) ['cutof']; allowed: functional, damping, s6, s8, a1, a2, ...
     """
     if spec is None:
         return {}
@@ -96,6 +114,9 @@ def check_physics(spec, cutoff: float | None = None) -> dict:
         if not isinstance(options, dict):
             raise ValueError(f"model.physics.{term} must be a mapping of options (allowed keys: "
                              f"{', '.join(PHYSICS_TERMS[term])}), true or false; got {options!r}")
+        if term == "d3":  # names and strings: its own checks
+            out[term] = check_d3(options, f"model.physics.{term}")
+            continue
         bad = sorted(set(options) - set(PHYSICS_TERMS[term]))
         if bad:
             raise ValueError(f"model.physics.{term}: unknown key(s) {bad}; allowed: {', '.join(PHYSICS_TERMS[term])}")
@@ -373,8 +394,44 @@ class PhysicsTerms(torch.nn.Module):
         self.spec = spec
         self.zbl = ZBL(numbers, cutoff, **spec["zbl"]) if "zbl" in spec else None
         self.coulomb = Coulomb(cutoff, **spec["coulomb"]) if "coulomb" in spec else None
+        self.d3 = D3Dispersion(numbers, **spec["d3"]) if "d3" in spec else None
 
     @property
     def needs_positions(self) -> bool:
-        """Whether the energy path must pass positions, batch, cell and charges (terms beyond pair distances)."""
-        return self.coulomb is not None
+        """Whether the energy path must pass positions, batch, cell and charges (terms beyond the model's edges)."""
+        return self.coulomb is not None or self.d3 is not None
+
+    @property
+    def inference_only(self) -> list[str]:
+        """The terms left out while the model is fitted (see :func:`fitting`)."""
+        return ["d3"] if self.d3 is not None and self.d3.inference_only else []
+
+
+@contextlib.contextmanager
+def fitting(model):
+    """Within the block, ``model`` computes what it is fitted to: terms marked ``inference_only`` are left out.
+
+    The trainer holds it around training steps and evaluations on the data; outside
+    it (MD, relaxation, the calculators, export) such terms are part of the energy.
+    A model without such terms is unchanged. Blocks may nest.
+
+    Examples
+    --------
+    >>> from clebsch.models import build_model
+    >>> model = build_model({"name": "schnet", "species": ["H"], "cutoff": 3.0, "num_layers": 1, "channels": 4,
+    ...                      "physics": {"d3": {"functional": "pbe", "inference_only": True}}})
+    >>> with fitting(model):
+    ...     model.physics.d3.active
+    False
+    >>> model.physics.d3.active
+    True
+    """
+    terms = [m for m in model.modules() if isinstance(m, D3Dispersion) and m.inference_only]
+    before = [m.fitting for m in terms]
+    for m in terms:
+        m.fitting = True
+    try:
+        yield model
+    finally:
+        for m, old in zip(terms, before):
+            m.fitting = old

@@ -578,6 +578,11 @@ class Potential(torch.nn.Module):
                               masses=self.masses.to(vectors.dtype)[species], cutoff=self.cutoff)
             charges = self.heads[self._head_of["charges"]](features, ctx)["charges"]
             e = e + self.physics.coulomb(charges, positions, batch, num_graphs, cell, periodic, edge_index, vectors)
+        if self.physics.d3 is not None:
+            if positions is None:
+                raise ValueError("the d3 physics term needs positions (and batch, cell, periodic for batches and "
+                                 "periodic structures) in atomic_energies_and_features")
+            e = e + self.physics.d3(species, positions, batch, num_graphs, cell, periodic)
         return e
 
     @staticmethod
@@ -707,7 +712,9 @@ class Potential(torch.nn.Module):
                 return {**conditioning, "batch": graph.batch, "num_graphs": graph.num_graphs}
             return conditioning
         return {**conditioning, "positions": positions, "batch": graph.batch, "num_graphs": graph.num_graphs,
-                "total_charge": graph.total_charge, "cell": cell, "periodic": self.periodic_structures(graph)}
+                "total_charge": graph.total_charge, "cell": cell,
+                # the Coulomb term takes all or no directions periodic, D3 any (slabs, wires)
+                "periodic": self.periodic_structures(graph) if self.physics.coulomb is not None else graph.pbc}
 
     # ------------------------------------------------------------------ Hessian
     def hessian(self, graph, chunk: int = 96) -> torch.Tensor:

@@ -114,7 +114,8 @@ class ModelSection(BaseModel):
         default_factory=dict,
         description="physics terms added to the energy: {zbl: {r_inner: 0.4, r_outer: 0.9}} (radii in Å; {} for "
                     "radii from covalent radii), {coulomb: {sigma: 1.0, accuracy: 1.0e-8}} (electrostatics of the "
-                    "dipole head's charges, Gaussian width sigma in Å; Ewald sum for periodic cells)",
+                    "dipole head's charges, Gaussian width sigma in Å; Ewald sum for periodic cells), {d3: {functional: "
+                    "pbe}} (D3(BJ) dispersion; inference_only: true to add it only outside training)",
     )
     conditioning: list[Literal["charge", "spin"]] = Field(
         default_factory=list,

@@ -39,6 +39,7 @@ from ase.data import chemical_symbols
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
 from .config import ConfigError, TrainConfig, _import_families, load_config
 from .data import RunData, batches, epoch_order, isolated_atom_energies, load_run_data, species_of, statistics
+from ..models._physics import fitting
 from .ema import ExponentialMovingAverage
 from .evaluate import evaluate
 from .losses import NonFiniteLossError, WeightedLoss
@@ -676,7 +677,8 @@ class Trainer:
                        dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
         stopped = "max_epochs"
         try:
-            stopped = self._epochs(bar, writer, lines)
+            with fitting(self.model):  # physics terms marked inference_only are left out while fitting
+                stopped = self._epochs(bar, writer, lines)
         except NonFiniteLossError as err:
             stopped = "nonfinite_loss"
             self.log(f"stopping: {err}. The step was not taken. Lower optimizer.lr (now {cfg.optimizer.lr:g}), "
@@ -819,8 +821,9 @@ class Trainer:
         test, name = self.data.test, "test"
         if not test:
             test, name = (self.data.valid, "validation") if self.data.valid else (self.data.train, "training")
-        ev = evaluate(self.model, test, self.config.data.valid_batch_size, keep=True, device=self.device,
-                      dtype=self.dtype)
+        with fitting(self.model):  # the test table compares with the data: without inference_only terms
+            ev = evaluate(self.model, test, self.config.data.valid_batch_size, keep=True, device=self.device,
+                          dtype=self.dtype)
         table = ev.table(f"{name} set ({len(test)} structures) after {self.epoch} epochs, {self.elapsed():.0f} s:")
         print(table, flush=True)
         atomic_write_text(table + "\n", self.run_dir / "test_metrics.txt")
