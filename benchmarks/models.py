@@ -1,4 +1,19 @@
-"""Model speed: clebsch NequIP, MACE and DimeNet++ against the nequip, mace-torch and PyTorch Geometric packages.
+"""Model speed: clebsch families against their reference implementations, at matched hyperparameters.
+
+Families and references (``--models``, default ``nequip,mace,dimenet``):
+
+==========  =====================================================  ===================
+family      reference                                              where it runs
+==========  =====================================================  ===================
+nequip      nequip 0.19.1 ``NequIPGNNModel``                       venv ``nequip``
+mace        mace-torch ``MACE``                                    venv ``mace``
+dimenet     PyTorch Geometric ``DimeNetPlusPlus``                  this process
+allegro     nequip-allegro 0.8.3 ``AllegroModel``                  venv ``allegro``
+tensornet   torchmd-net 3.1.0 ``TensorNet`` (its Warp kernels,     venv ``torchmdnet``
+            and again with its plain-PyTorch operations)
+et          torchmd-net 3.1.0 ``TorchMD_ET``                       venv ``torchmdnet``
+visnet      PyTorch Geometric ``ViSNet``                           this process
+==========  =====================================================  ===================
 
 Two inputs, float32, ``torch.set_num_threads(2)`` (``--threads``):
 
@@ -6,36 +21,101 @@ Two inputs, float32, ``torch.set_num_threads(2)`` (``--threads``):
 * a periodic water-like box of 1,000 atoms (density 0.1 atoms/Å³).
 
 Two steps per model and input: *train* (energy + forces by autograd with
-``create_graph``, an energy + forces loss, backward) and *infer* (energy +
-forces). Hyperparameters are matched (NequIP: 3 layers, 32 channels, l_max 2,
-both parities, 8 Bessels, radial MLP 2 x 64; MACE: 2 layers, 32 channels,
-l_max 2 for the harmonics and the features, correlation 3, 8 Bessels, radial
-MLP 3 x 64; DimeNet++: 3 blocks, 64 hidden, 32 triplet, 8 basis and 128 output
-channels, 7 x 6 spherical basis, envelope exponent 5), and every model sees the
-same graph (the same edges and shifts).
+``create_graph``, an energy + forces loss, backward, an optimiser step) and
+*infer* (energy + forces). Every model sees the same graph: the same edges and
+cell shifts, so the same edge vectors ``r_j - r_i + shift`` (``j`` the sender
+``edge_index[0]``, ``i`` the receiver ``edge_index[1]``; the edge set holds
+both directions of every pair, and no self-loops).
 
-PyTorch Geometric's ``DimeNetPlusPlus`` runs in this process: its blocks are
-driven on our edges (its own ``forward`` builds a radius graph without cell
-shifts), with the triplets of :func:`clebsch.models.dimenet.triplets` (PyG's
-own need torch-sparse), so both time the same triplets and the same network.
+Matched hyperparameters (``NEQUIP``, ``MACE``, ... below):
 
-The reference packages pin other e3nn versions (mace-torch: e3nn 0.4.4), so
-each runs in its own virtual environment: this script calls itself there as a
-worker on a saved copy of the inputs. By default they are looked for in
-``~/.cache/clebsch-bench/{mace,nequip}`` (``$CLEBSCH_BENCH_DIR``), made with::
+* NequIP: 3 layers, 32 channels, l_max 2, both parities, 8 Bessels, radial MLP
+  2 x 64.
+* MACE: 2 layers, 32 channels, l_max 2 for the harmonics and the features,
+  correlation 3, 8 Bessels, radial MLP 3 x 64.
+* DimeNet++: 3 blocks, 64 hidden, 32 triplet, 8 basis and 128 output channels,
+  7 x 6 spherical basis, envelope exponent 5.
+* Allegro: 2 layers, l_max 2, both parities (tensor track ``0e 0o 1o 1e 2e
+  2o``), 16 tensor channels, 64 scalar (latent) features, 8 trainable Bessels
+  with the p = 6 polynomial envelope, two-body MLP and latent MLPs with one
+  hidden layer of 64, a readout MLP with one hidden layer of 32 (nequip-allegro
+  reads it per pair, clebsch per atom from the summed pair scalars).
+  Not matched, because the two are built differently: nequip-allegro's
+  default path-channel coupling (a weight per path *and* channel,
+  ``tp_path_channel_coupling``; ``ALLEGRO_REF`` switches it) against clebsch's
+  path weights shared by the channels followed by a channel mixing per irrep;
+  nequip-allegro's last layer computes only the ``0e`` output of its tensor
+  product and its latent MLPs read all earlier scalars (dense connections),
+  while clebsch's last layer keeps the whole tensor track (per-atom ``1o``,
+  ``2e``, ... outputs for other heads) and its latent MLPs read the previous
+  scalars only; element embedding (nequip-allegro: products of learned centre and
+  neighbour embeddings with a linear map of the Bessels; clebsch: one-hot
+  elements joined to the Bessels as the two-body MLP's input).
+* TensorNet: 2 layers, 64 channels, 32 radial functions, cosine cutoff,
+  O(3), torchmd-net's ``Scalar`` energy head (64 -> 32 -> 1; clebsch
+  ``readout_hidden`` 32). Not matched: the radial basis (torchmd-net:
+  exponential-normal; clebsch: Gaussians, the same count), clebsch's readout
+  MLP has one more 64 x 64 layer.
+* Equivariant Transformer: 3 layers, 64 channels, 8 heads, 32
+  exponential-normal functions (not trainable), SiLU attention, distance
+  filters on keys and values, the cutoff on the values (torchmd-net
+  ``vector_cutoff=True``; clebsch puts it on both attention and values), the
+  same ``Scalar`` head.
+* ViSNet: 3 layers, 64 channels, 8 heads, 32 exponential-normal functions,
+  l_max 1, PyG's ``vecnorm_type=None`` (clebsch scales the vectors by
+  ``1/sqrt(1 + mean |v|^2)``, a few elementwise operations), PyG's own
+  ``EquivariantScalar`` head (two gated equivariant blocks 64 -> 32 -> 1)
+  against clebsch's scalar readout (64 -> 32 -> 1).
+
+torchmd-net and PyG embed atomic numbers up to ``max_z``; it is set to the
+largest atomic number the models know plus one, so their embedding tables
+have a few more rows than clebsch's (one per element). Parameter counts of
+both sides are printed; they agree within ~20% except where noted above
+(Allegro: see the printed counts and the differences listed).
+
+*Same graph.* The references whose ``forward`` builds its own neighbour list
+(torchmd-net's ``TensorNet`` and ``TorchMD_ET``, PyG's ``ViSNet``) keep their
+whole ``forward``, with their neighbour-list module (``.distance``)
+replaced by :class:`GivenEdges`, which returns our ``edge_index``, the edge
+vectors from the positions and shifts, and their lengths (torchmd-net and PyG
+use the same convention: vector ``pos[edge_index[0]] - pos[edge_index[1]]``).
+torchmd-net's TensorNet then prepares its Warp kernels' CSR graph from those
+edges inside each call, as its own ``forward`` does. nequip, mace-torch and
+nequip-allegro take ``edge_index`` and cell shifts as inputs (their vectors
+run the other way: ``edge_index`` is given as is, with shifts negated).
+PyG's ``DimeNetPlusPlus`` blocks are driven on our edges (its own
+``forward`` builds a radius graph without cell shifts), with the triplets of
+:func:`clebsch.models.dimenet.triplets` (PyG's own need torch-sparse).
+
+The reference packages pin other e3nn versions (mace-torch: e3nn 0.4.4) or
+bring their own dependencies (Warp), so each runs in its own virtual
+environment: this script calls itself there as a worker on a saved copy of
+the inputs. By default they are looked for in
+``~/.cache/clebsch-bench/{mace,nequip,allegro,torchmdnet}``
+(``$CLEBSCH_BENCH_DIR``), made with::
 
     python -m venv ~/.cache/clebsch-bench/mace && ~/.cache/clebsch-bench/mace/bin/pip install torch==2.13.0 mace-torch
     python -m venv ~/.cache/clebsch-bench/nequip && ~/.cache/clebsch-bench/nequip/bin/pip install torch==2.13.0 nequip==0.19.1
+    python -m venv ~/.cache/clebsch-bench/allegro && ~/.cache/clebsch-bench/allegro/bin/pip install torch==2.13.0 \
+        && ~/.cache/clebsch-bench/allegro/bin/pip install nequip==0.19.1 nequip-allegro==0.8.3
+    python -m venv ~/.cache/clebsch-bench/torchmdnet && ~/.cache/clebsch-bench/torchmdnet/bin/pip install torch==2.13.0 \
+        && ~/.cache/clebsch-bench/torchmdnet/bin/pip install torchmd-net==3.1.0
 
-or point at other interpreters with ``--mace-python`` / ``--nequip-python``
-(CLEBSCH_MACE_PYTHON / CLEBSCH_NEQUIP_PYTHON); a missing one is skipped. Prints milliseconds per step,
-the arithmetic rate of the step's matrix products against the machine's
-measured fp32 matrix-multiply peak (how far from the hardware limit a step
-is, not only from a peer), and ratios (reference time / clebsch time: > 1
-means clebsch is faster).
+(torchmd-net 3.1.0 is pure Python; its TensorNet kernels are written in
+NVIDIA Warp, ``warp-lang``, which compiles them for the CPU on first use
+and caches them in ``~/.cache/warp``: the first run spends a minute there.)
+Or point at other interpreters with ``--mace-python``, ``--nequip-python``,
+``--allegro-python``, ``--torchmdnet-python`` (CLEBSCH_MACE_PYTHON, ...);
+a missing one is skipped. PyG (ViSNet, DimeNet++) is imported here.
+
+Prints milliseconds per step, the arithmetic rate of the step's matrix
+products against the machine's measured fp32 matrix-multiply peak (how far
+from the hardware limit a step is, not only from a peer), ratios (reference
+time / clebsch time: > 1 means clebsch is faster), and the parameter counts
+of both sides.
 
     OMP_NUM_THREADS=2 python benchmarks/models.py [--frames 16] [--box 1000] [--repeats 5] [--threads 2] [--species 3]
-        [--models nequip,mace,dimenet]
+        [--models nequip,mace,dimenet,allegro,tensornet,et,visnet]
 
 ``--species N`` makes every model know N elements (H, C, O and then the others by
 atomic number, up to 89) while the inputs keep their three: the cost of a model
@@ -80,6 +160,33 @@ MACE = {"num_layers": 2, "channels": 32, "lmax": 2, "correlation": 3, "num_basis
 DIMENET = {"num_layers": 3, "hidden_channels": 64, "int_emb_size": 32, "basis_emb_size": 8, "out_emb_channels": 128,
            "num_spherical": 7, "num_radial": 6, "envelope_exponent": 5, "num_before_skip": 1, "num_after_skip": 2,
            "num_output_layers": 3}
+ALLEGRO = {"num_layers": 2, "lmax": 2, "parity": True, "num_tensor_features": 16, "latent_dim": 64,
+           "two_body_hidden": 64, "latent_hidden": 64, "num_basis": 8, "trainable_basis": True, "polynomial_p": 6,
+           "readout_hidden": 32}
+ALLEGRO_REF = {"tp_path_channel_coupling": True}  # nequip-allegro's default
+TENSORNET = {"num_layers": 2, "channels": 64, "num_basis": 32, "readout_hidden": 32}
+ET = {"num_layers": 3, "channels": 64, "num_heads": 8, "num_basis": 32, "readout_hidden": 32}
+VISNET = {"num_layers": 3, "channels": 64, "num_heads": 8, "num_basis": 32, "readout_hidden": 32}
+
+# family -> (clebsch registry name, clebsch hyperparameters)
+FAMILIES = {
+    "nequip": ("nequip", lambda: {**NEQUIP, "avg_num_neighbors": AVG_NEIGHBORS}),
+    "mace": ("mace", lambda: {**MACE, "avg_num_neighbors": AVG_NEIGHBORS}),
+    "dimenet": ("dimenet", lambda: DIMENET),
+    "allegro": ("allegro", lambda: {**ALLEGRO, "avg_num_neighbors": AVG_NEIGHBORS}),
+    "tensornet": ("tensornet", lambda: TENSORNET),
+    "et": ("equivariant_transformer", lambda: ET),
+    "visnet": ("visnet", lambda: VISNET),
+}
+# references run in a virtual environment: worker kind -> (venv, family, label)
+WORKERS = {
+    "nequip": ("nequip", "nequip", "nequip"),
+    "mace": ("mace", "mace", "mace-torch"),
+    "allegro": ("allegro", "allegro", "nequip-allegro"),
+    "tensornet": ("torchmdnet", "tensornet", "torchmd-net"),
+    "tensornet_torch": ("torchmdnet", "tensornet", "torchmd-net, torch ops"),
+    "et": ("torchmdnet", "et", "torchmd-net"),
+}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -113,7 +220,8 @@ def time_steps(energy_fn, positions, energy_ref, forces_ref, params, repeats):
         torch.autograd.grad(energy.sum(), pos)[0]
 
     return {"train": best_time(train, repeats), "infer": best_time(infer, repeats),
-            "train_flop": count_flops(train), "infer_flop": count_flops(infer)}
+            "train_flop": count_flops(train), "infer_flop": count_flops(infer),
+            "params": sum(p.numel() for p in params)}
 
 
 def count_flops(fn) -> float:
@@ -145,9 +253,10 @@ def make_inputs(frames: int, box: int) -> dict:
 
     from clebsch.graph import AtomicGraph, batch
 
-    atoms = ase.io.read(DATA, index=f":{frames}")
-    ethanol = batch([AtomicGraph.from_ase(a, cutoff=CUTOFF, dtype=torch.float32) for a in atoms])
-    graphs = {"ethanol": ethanol} if frames > 0 else {}
+    graphs = {}
+    if frames > 0:
+        atoms = ase.io.read(DATA, index=f":{frames}")
+        graphs["ethanol"] = batch([AtomicGraph.from_ase(a, cutoff=CUTOFF, dtype=torch.float32) for a in atoms])
     if box > 0:
         pos, cell, numbers = water_box(box)
         graphs["box"] = AtomicGraph.from_ase(Atoms(numbers, positions=pos, cell=cell, pbc=True), cutoff=CUTOFF,
@@ -163,18 +272,49 @@ def make_inputs(frames: int, box: int) -> dict:
     return out
 
 
+def edge_vectors(d: dict, pos: torch.Tensor) -> torch.Tensor:
+    """``r_j - r_i + shift`` of every edge (``j = edge_index[0]``, the sender; ``i = edge_index[1]``)."""
+    sender, receiver = d["edge_index"]
+    vectors = pos[sender] - pos[receiver]
+    if d["periodic"]:
+        vectors = vectors + torch.einsum("ei,eij->ej", d["shifts"], d["cell"][d["batch"][receiver]])
+    return vectors
+
+
+class GivenEdges(torch.nn.Module):
+    """Stands in for a reference's neighbour-list module: our edges, their vectors and lengths.
+
+    torchmd-net's ``OptimizedDistance`` and PyG ViSNet's ``Distance`` are called
+    as ``distance(pos, batch[, box])`` and return ``(edge_index, lengths,
+    vectors)`` with vectors ``pos[edge_index[0]] - pos[edge_index[1]]``: the
+    convention of :func:`edge_vectors`. The vectors come as a copy: both
+    references normalise them in place, which must not touch the tensor the
+    lengths were computed from.
+    """
+
+    def __init__(self, d: dict):
+        super().__init__()
+        self.d = d
+
+    def forward(self, pos, batch=None, box=None):
+        vectors = edge_vectors(self.d, pos)
+        return self.d["edge_index"], torch.linalg.norm(vectors, dim=-1), vectors.clone()
+
+
+def max_z() -> int:
+    """Rows of the atomic-number embeddings of torchmd-net and PyG: every element the models know."""
+    return max(SPECIES) + 1
+
+
 # ----------------------------------------------------------------------------- clebsch
 def run_clebsch(inputs: dict, repeats: int, models=("nequip", "mace", "dimenet")) -> dict:
-    from clebsch.graph import AtomicGraph
     from clebsch.models import build_model
 
     results = {}
-    for family, hyper in (("nequip", {**NEQUIP, "avg_num_neighbors": AVG_NEIGHBORS}),
-                          ("mace", {**MACE, "avg_num_neighbors": AVG_NEIGHBORS}), ("dimenet", DIMENET)):
-        if family not in models:
-            continue
+    for family in models:
+        name_in_registry, hyper = FAMILIES[family]
         torch.manual_seed(0)
-        model = build_model({"name": family, "species": SPECIES, "cutoff": CUTOFF, **hyper}).float()
+        model = build_model({"name": name_in_registry, "species": SPECIES, "cutoff": CUTOFF, **hyper()}).float()
         for name, d in inputs.items():
             species = model.species_index(d["numbers"])
             # one isolated atom of each element present (its energy is subtracted, as the references'
@@ -184,11 +324,7 @@ def run_clebsch(inputs: dict, repeats: int, models=("nequip", "mace", "dimenet")
             isolated = torch.searchsorted(present, species)
 
             def energy_fn(pos, d=d, species=species, all_species=all_species, isolated=isolated):
-                sender, receiver = d["edge_index"]
-                vectors = pos[sender] - pos[receiver]
-                if d["periodic"]:
-                    vectors = vectors + torch.einsum("ei,eij->ej", d["shifts"], d["cell"][d["batch"][receiver]])
-                feats = model.representation(all_species, d["edge_index"], vectors)
+                feats = model.representation(all_species, d["edge_index"], edge_vectors(d, pos))
                 e = model.energy_head(feats)[:, 0]
                 e = e[: species.shape[0]] - e[species.shape[0]:][isolated]
                 return torch.zeros(d["num_graphs"]).index_add(0, d["batch"], e)
@@ -220,9 +356,7 @@ def reference_dimenet(inputs: dict, repeats: int) -> dict:
         j, i = d["edge_index"]  # PyG's j -> i: senders, receivers
 
         def energy_fn(pos, d=d, i=i, j=j, n=n):
-            vectors = pos[j] - pos[i]
-            if d["periodic"]:
-                vectors = vectors + torch.einsum("ei,eij->ej", d["shifts"], d["cell"][d["batch"][i]])
+            vectors = edge_vectors(d, pos)
             idx_kj, idx_ji = triplets(d["edge_index"], vectors, n)
             dist = vectors.norm(dim=-1)
             # PyG's angle between (i - j) and (j - k): the edge vectors j -> i and k -> j, reversed
@@ -239,6 +373,34 @@ def reference_dimenet(inputs: dict, repeats: int) -> dict:
 
         results[("dimenet", name)] = time_steps(energy_fn, d["positions"], d["energy"], d["forces"],
                                                 list(model.parameters()), repeats)
+    return results
+
+
+def reference_visnet(inputs: dict, repeats: int) -> dict:
+    """PyTorch Geometric's ViSNet at the same hyperparameters, on the same edges: ``{("visnet", input): times}``.
+
+    Its whole ``forward`` runs (embedding, ViS-MP blocks, ``EquivariantScalar``
+    head, sum per structure), with its radius graph replaced by :class:`GivenEdges`.
+    """
+    from torch_geometric.nn.models import ViSNet as RefViSNet
+
+    h = VISNET
+    torch.manual_seed(0)
+    model = RefViSNet(
+        lmax=1, vecnorm_type=None, trainable_vecnorm=False, num_heads=h["num_heads"], num_layers=h["num_layers"],
+        hidden_channels=h["channels"], num_rbf=h["num_basis"], trainable_rbf=False, max_z=max_z(), cutoff=CUTOFF,
+        vertex=False, reduce_op="sum", derivative=False,
+    ).float()
+    results = {}
+    for name, d in inputs.items():
+        edges = GivenEdges(d)
+
+        def energy_fn(pos, d=d, edges=edges):
+            model.representation_model.distance = edges
+            return model(d["numbers"], pos, d["batch"])[0][:, 0]
+
+        results[("visnet", name)] = time_steps(energy_fn, d["positions"], d["energy"], d["forces"],
+                                               list(model.parameters()), repeats)
     return results
 
 
@@ -267,7 +429,6 @@ def worker_mace(inputs: dict, repeats: int) -> dict:
     ).float()
     results = {}
     for name, d in inputs.items():
-        n = d["positions"].shape[0]
         counts = torch.bincount(d["batch"], minlength=d["num_graphs"])
         ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
         # mace's vectors are pos[edge_index[1]] - pos[edge_index[0]] + shifts: the same edges, reversed
@@ -301,13 +462,42 @@ def worker_nequip(inputs: dict, repeats: int) -> dict:
         radial_mlp_width=NEQUIP["radial_hidden"], num_bessels=NEQUIP["num_basis"],
         polynomial_cutoff_p=NEQUIP["polynomial_p"], avg_num_neighbors=AVG_NEIGHBORS, do_derivatives=False,
     )
+    return _nequip_style(model, inputs, repeats)
+
+
+def worker_allegro(inputs: dict, repeats: int) -> dict:
+    from allegro.model import AllegroModel
+    from ase.data import chemical_symbols
+    from nequip.utils.global_state import set_global_state
+
+    set_global_state()
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    h = ALLEGRO
+    model = AllegroModel(
+        seed=0, model_dtype="float32", r_max=CUTOFF, type_names=[chemical_symbols[z] for z in SPECIES],
+        l_max=h["lmax"], parity=h["parity"], num_layers=h["num_layers"],
+        num_scalar_features=h["latent_dim"], num_tensor_features=h["num_tensor_features"],
+        radial_chemical_embed={"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": h["num_basis"],
+                               "bessel_trainable": h["trainable_basis"], "polynomial_cutoff_p": h["polynomial_p"]},
+        scalar_embed_mlp_hidden_layers_depth=1, scalar_embed_mlp_hidden_layers_width=h["two_body_hidden"],
+        allegro_mlp_hidden_layers_depth=1, allegro_mlp_hidden_layers_width=h["latent_hidden"],
+        readout_mlp_hidden_layers_depth=1, readout_mlp_hidden_layers_width=h["readout_hidden"],
+        avg_num_neighbors=AVG_NEIGHBORS, do_derivatives=False, **ALLEGRO_REF,
+    )
+    return _nequip_style(model, inputs, repeats)
+
+
+def _nequip_style(model, inputs: dict, repeats: int) -> dict:
+    """Time a nequip-framework model (nequip, nequip-allegro) fed with our edges and cell shifts."""
     results = {}
     for name, d in inputs.items():
         types = torch.tensor([SPECIES.index(int(z)) for z in d["numbers"]])
         counts = torch.bincount(d["batch"], minlength=d["num_graphs"])
         base = {"atom_types": types, "edge_index": d["edge_index"], "batch": d["batch"], "num_atoms": counts}
         if d["periodic"]:
-            base.update({"cell": d["cell"], "edge_cell_shift": -d["shifts"], "pbc": torch.ones(d["num_graphs"], 3, dtype=torch.bool)})
+            base.update({"cell": d["cell"], "edge_cell_shift": -d["shifts"],
+                         "pbc": torch.ones(d["num_graphs"], 3, dtype=torch.bool)})
 
         def energy_fn(pos, base=base):
             return model({**base, "pos": pos})["total_energy"].reshape(-1)
@@ -315,6 +505,74 @@ def worker_nequip(inputs: dict, repeats: int) -> dict:
         results[name] = time_steps(energy_fn, d["positions"], d["energy"], d["forces"],
                                    list(model.parameters()), repeats)
     return results
+
+
+def _torchmdnet(representation, inputs: dict, repeats: int) -> dict:
+    """Time a torchmd-net representation inside its ``TorchMD_Net`` wrapper with the ``Scalar`` head.
+
+    The wrapper's ``forward`` runs whole; the representation's neighbour list
+    (``.distance``) is replaced by :class:`GivenEdges` for each input.
+    """
+    from torchmdnet.models.model import TorchMD_Net
+    from torchmdnet.models.output_modules import Scalar
+
+    model = TorchMD_Net(representation, Scalar(representation.hidden_channels, activation="silu"),
+                        derivative=False).float()
+    results = {}
+    for name, d in inputs.items():
+        edges = GivenEdges(d)
+
+        def energy_fn(pos, d=d, edges=edges):
+            model.representation_model.distance = edges
+            return model(d["numbers"], pos, d["batch"], num_systems=d["num_graphs"])[0][:, 0]
+
+        results[name] = time_steps(energy_fn, d["positions"], d["energy"], d["forces"],
+                                   list(model.parameters()), repeats)
+    return results
+
+
+def worker_tensornet(inputs: dict, repeats: int, warp: bool = True) -> dict:
+    """torchmd-net's TensorNet; ``warp=False`` swaps its Warp kernels for its plain-PyTorch operations."""
+    import torchmdnet.models.tensornet as tn
+
+    if not warp:  # the fallback torchmd-net itself uses when warp-lang is missing
+        tn.OPT = False
+        tn.compose_tensor, tn.decompose_tensor = tn._compose_tensor, tn._decompose_tensor
+        tn.tensor_matmul_o3, tn.tensor_matmul_so3 = tn._tensor_matmul_o3, tn._tensor_matmul_so3
+    elif not tn.OPT:
+        raise RuntimeError("torchmd-net's Warp kernels are not available (is warp-lang installed?)")
+    h = TENSORNET
+    torch.manual_seed(0)
+    representation = tn.TensorNet(
+        hidden_channels=h["channels"], num_layers=h["num_layers"], num_rbf=h["num_basis"], rbf_type="expnorm",
+        trainable_rbf=False, activation="silu", cutoff_lower=0.0, cutoff_upper=CUTOFF, max_z=max_z(),
+        equivariance_invariance_group="O(3)", static_shapes=False,
+    )
+    return _torchmdnet(representation, inputs, repeats)
+
+
+def worker_et(inputs: dict, repeats: int) -> dict:
+    from torchmdnet.models.torchmd_et import TorchMD_ET
+
+    h = ET
+    torch.manual_seed(0)
+    representation = TorchMD_ET(
+        hidden_channels=h["channels"], num_layers=h["num_layers"], num_rbf=h["num_basis"], rbf_type="expnorm",
+        trainable_rbf=False, activation="silu", attn_activation="silu", neighbor_embedding=True,
+        num_heads=h["num_heads"], distance_influence="both", cutoff_lower=0.0, cutoff_upper=CUTOFF,
+        max_z=max_z(), vector_cutoff=True,
+    )
+    return _torchmdnet(representation, inputs, repeats)
+
+
+WORKER_FUNCTIONS = {
+    "mace": lambda inputs, repeats: worker_mace(inputs, repeats),
+    "nequip": lambda inputs, repeats: worker_nequip(inputs, repeats),
+    "allegro": lambda inputs, repeats: worker_allegro(inputs, repeats),
+    "tensornet": lambda inputs, repeats: worker_tensornet(inputs, repeats, warp=True),
+    "tensornet_torch": lambda inputs, repeats: worker_tensornet(inputs, repeats, warp=False),
+    "et": lambda inputs, repeats: worker_et(inputs, repeats),
+}
 
 
 def run_reference(kind: str, python: str, inputs_file: str, repeats: int, threads: int) -> dict | None:
@@ -325,7 +583,41 @@ def run_reference(kind: str, python: str, inputs_file: str, repeats: int, thread
     if proc.returncode != 0:
         print(f"[{kind}] reference failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
         return None
-    return {tuple(k.split("/")): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+IN_PROCESS = {"dimenet": ("PyG", reference_dimenet), "visnet": ("PyG", reference_visnet)}
+VENV_OPTIONS = {"mace": "mace", "nequip": "nequip", "allegro": "allegro", "torchmdnet": "torchmdnet"}
+
+
+def print_table(ours: dict, refs: dict, peak: float, threads: int) -> None:
+    """Times, rates and ratios; ``refs[(family, input)]`` maps reference labels to their times."""
+    print(f"\nfp32 matrix-multiply peak measured here ({threads} thread(s), 2048 x 2048): {peak / 1e9:.1f} GFLOP/s")
+    print(f"\n{'model':>9} {'input':>8} {'step':>6} {'clebsch ms':>11} {'GFLOP/s':>8} {'of peak':>8} "
+          f"{'reference':>24} {'ref ms':>9} {'ref/clebsch':>12}")
+    for (family, name), times in ours.items():
+        for step in ("train", "infer"):
+            t = times[step] * 1e3
+            rate = times[f"{step}_flop"] / times[step]
+            left = f"{family:>9} {name:>8} {step:>6} {t:11.1f} {rate / 1e9:8.2f} {100 * rate / peak:7.1f}%"
+            found = refs.get((family, name), {})
+            if not found:
+                print(f"{left} {'-':>24} {'-':>9} {'-':>12}")
+            for k, (label, ref) in enumerate(found.items()):
+                lead = left if k == 0 else " " * len(left)
+                print(f"{lead} {label:>24} {ref[step] * 1e3:9.1f} {ref[step] / times[step]:12.2f}")
+    print(f"\n{'model':>9} {'clebsch params':>15} {'reference':>24} {'ref params':>11} {'ref/clebsch':>12}")
+    seen = set()
+    for (family, name), times in ours.items():
+        if family in seen:
+            continue
+        seen.add(family)
+        found = refs.get((family, name), {})
+        if not found:
+            print(f"{family:>9} {times['params']:15,d} {'-':>24} {'-':>11} {'-':>12}")
+        for label, ref in found.items():
+            print(f"{family:>9} {times['params']:15,d} {label:>24} {ref['params']:11,d} "
+                  f"{ref['params'] / times['params']:12.2f}")
 
 
 def main() -> None:
@@ -334,13 +626,15 @@ def main() -> None:
     parser.add_argument("--box", type=int, default=1000, help="atoms in the periodic box (0: skip)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)")
-    parser.add_argument("--models", default="nequip,mace,dimenet", help="comma-separated families to time")
+    parser.add_argument("--models", default="nequip,mace,dimenet",
+                        help=f"comma-separated families to time, from {', '.join(FAMILIES)}")
     parser.add_argument("--species", type=int, default=3, help="elements the models know (3 to 89; the inputs have H, C, O)")
     bench = Path(os.environ.get("CLEBSCH_BENCH_DIR", Path.home() / ".cache" / "clebsch-bench"))
-    parser.add_argument("--mace-python", default=os.environ.get("CLEBSCH_MACE_PYTHON", str(bench / "mace/bin/python")))
-    parser.add_argument("--nequip-python", default=os.environ.get("CLEBSCH_NEQUIP_PYTHON",
-                                                                  str(bench / "nequip/bin/python")))
-    parser.add_argument("--worker", choices=["mace", "nequip"], help=argparse.SUPPRESS)
+    for venv in VENV_OPTIONS:
+        parser.add_argument(f"--{venv}-python", default=os.environ.get(f"CLEBSCH_{venv.upper()}_PYTHON",
+                                                                       str(bench / venv / "bin" / "python")),
+                            help=f"interpreter of the {venv} reference's virtual environment")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.frames < 0 or args.box < 0 or args.frames + args.box == 0 or args.repeats < 1 or args.threads < 1:
@@ -354,47 +648,42 @@ def main() -> None:
     SPECIES = species_list(args.species)
     if args.worker:
         inputs = torch.load(args.inputs)
-        res = (worker_mace if args.worker == "mace" else worker_nequip)(inputs, args.repeats)
-        print(json.dumps({f"{args.worker}/{k}": v for k, v in res.items()}))
+        res = WORKER_FUNCTIONS[args.worker](inputs, args.repeats)
+        print(json.dumps(res))
         return
 
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(FAMILIES))
+    if unknown or not models:
+        parser.error(f"--models: unknown {unknown or models}; choose from {', '.join(FAMILIES)}")
     inputs = make_inputs(args.frames, args.box)
     for name, d in inputs.items():
         print(f"{name}: {d['positions'].shape[0]} atoms, {d['edge_index'].shape[1]} edges, {d['num_graphs']} structure(s)")
     print(f"models know {len(SPECIES)} elements")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(models) - {"nequip", "mace", "dimenet"})
-    if unknown:
-        parser.error(f"--models: unknown {unknown}; choose from nequip, mace, dimenet")
     ours = run_clebsch(inputs, args.repeats, models)
-    refs = {}
-    if "dimenet" in models:
+    refs: dict = {}
+    for family, (label, reference) in IN_PROCESS.items():
+        if family not in models:
+            continue
         try:
-            refs.update(reference_dimenet(inputs, args.repeats))
+            for key, times in reference(inputs, args.repeats).items():
+                refs.setdefault(key, {})[label] = times
         except ImportError as err:
-            print(f"[dimenet] PyTorch Geometric is not installed ({err}); skipped", file=sys.stderr)
+            print(f"[{family}] PyTorch Geometric is not installed ({err}); skipped", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "inputs.pt")
         torch.save(inputs, path)
-        for kind, python in (("nequip", args.nequip_python), ("mace", args.mace_python)):
-            if kind not in models:
+        for kind, (venv, family, label) in WORKERS.items():
+            if family not in models:
                 continue
-            if python and Path(python).exists():
-                refs.update(run_reference(kind, python, path, args.repeats, args.threads) or {})
-            else:
+            python = getattr(args, f"{venv}_python")
+            if not (python and Path(python).exists()):
                 print(f"[{kind}] no reference interpreter at {python!r}; skipped", file=sys.stderr)
+                continue
+            for name, times in (run_reference(kind, python, path, args.repeats, args.threads) or {}).items():
+                refs.setdefault((family, name), {})[label] = times
 
-    peak = matmul_peak(args.threads)
-    print(f"\nfp32 matrix-multiply peak measured here ({args.threads} thread(s), 2048 x 2048): {peak / 1e9:.1f} GFLOP/s")
-    print(f"\n{'model':>7} {'input':>8} {'step':>6} {'clebsch ms':>11} {'GFLOP/s':>8} {'of peak':>8} "
-          f"{'reference ms':>13} {'ref/clebsch':>12}")
-    for (family, name), times in ours.items():
-        for step in ("train", "infer"):
-            t = times[step] * 1e3
-            rate = times[f"{step}_flop"] / times[step]
-            ref = refs.get((family, name), {}).get(step)
-            r = f"{ref * 1e3:13.1f} {ref / times[step]:12.2f}" if ref else f"{'-':>13} {'-':>12}"
-            print(f"{family:>7} {name:>8} {step:>6} {t:11.1f} {rate / 1e9:8.2f} {100 * rate / peak:7.1f}% {r}")
+    print_table(ours, refs, matmul_peak(args.threads), args.threads)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def _potential(model, tmp_path, name="m"):
         return pickle.load(f)
 
 
-@pytest.mark.parametrize("family,layers", [("schnet", 1), ("schnet", 2), ("mace", 2), ("dimenet", 1), ("visnet", 2),
+@pytest.mark.parametrize("family,layers", [("schnet", 1), ("schnet", 2), ("dimenet", 1), ("visnet", 2),
                                            ("allegro", 2), ("tensornet", 2)])
 def test_emulated_lammps_equals_ase(tmp_path, copper_box, family, layers):
     """Exact for every kind of receptive field (node messages, edge messages, triplets, strictly local pairs),
