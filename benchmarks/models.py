@@ -70,8 +70,10 @@ Matched hyperparameters (``NEQUIP``, ``MACE``, ... below):
 torchmd-net and PyG embed atomic numbers up to ``max_z``; it is set to the
 largest atomic number the models know plus one, so their embedding tables
 have a few more rows than clebsch's (one per element). Parameter counts of
-both sides are printed; they agree within ~20% except where noted above
-(Allegro: see the printed counts and the differences listed).
+both sides are printed. TensorNet, ET and ViSNet agree within ~10%;
+nequip-allegro has ~25% more than clebsch's Allegro: its dense latent MLP
+inputs, its per-pair readout on all layers' scalars and its first
+projection that also makes the environment weights.
 
 *Same graph.* The references whose ``forward`` builds its own neighbour list
 (torchmd-net's ``TensorNet`` and ``TorchMD_ET``, PyG's ``ViSNet``) keep their
