@@ -135,7 +135,8 @@ class PartLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight[self.parts] / math.sqrt(self.weight.shape[1])  # [9, C, C']
-        return torch.einsum("nck,kcd->ndk", x, w)
+        # contiguous: gathers and scatters of [E, C, 9] gradients are much slower on strided tensors
+        return torch.einsum("nck,kcd->ndk", x, w).contiguous()
 
 
 class TensorAlgebra(torch.nn.Module):
@@ -147,6 +148,7 @@ class TensorAlgebra(torch.nn.Module):
         basis = tensor_basis()
         self.register_buffer("basis", basis.to(dtype), persistent=False)
         self.register_buffer("spread", _spread(dtype), persistent=False)
+        self.register_buffer("parts", torch.tensor(PARTS), persistent=False)
         self.register_buffer("constants", symmetric_product_constants(basis).to(dtype), persistent=False)
 
     def part_norms(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +157,7 @@ class TensorAlgebra(torch.nn.Module):
 
     def weigh(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``w_I I + w_A A + w_S S`` for weights ``[..., 3]``."""
-        return x * (w @ self.spread)
+        return x * w.index_select(-1, self.parts)
 
     def symmetric_product(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """Coordinates of ``YM + MY``."""
