@@ -67,7 +67,9 @@ def lammps_rate(lmp_file, atoms, ranks, steps, tmp):
     driver.write_text(DRIVER)
     cmd = [str(CACHE / "tools/bin/mpiexec"), "-n", str(ranks), sys.executable, str(driver),
            json.dumps({"setup": setup, "steps": steps})]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if out.returncode:
+        raise RuntimeError(f"LAMMPS on {ranks} rank(s), {len(atoms)} atoms failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])["steps_per_s"]
 
 
