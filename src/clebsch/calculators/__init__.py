@@ -14,6 +14,8 @@
   (the calculator's ``stresses``).
 - :class:`CommitteeCalculator` — several models on one neighbour list: the mean
   and standard deviation of energy and forces (:mod:`clebsch.uncertainty`).
+- :func:`vibrational_frequencies`, :func:`phonopy_force_constants` — harmonic
+  vibrations and phonons from the exact Hessian (:mod:`clebsch.calculators._vibrations`).
 - :func:`write_lammps` — the files LAMMPS's ``pair_style mliap unified`` needs
   (:mod:`clebsch.calculators.lammps`).
 """
@@ -25,6 +27,7 @@ from ._dynamics import md, relax
 from ._batched import relax_many
 from ._export import ExportedPotential, export, load_exported
 from ._virials import atomic_virials
+from ._vibrations import hessian, phonopy_force_constants, vibrational_frequencies
 from .lammps import write_lammps
 from ..graph.verlet import VerletList
 
@@ -34,6 +37,9 @@ __all__ = [
     "CompiledPotential",
     "ExportedPotential",
     "atomic_virials",
+    "hessian",
+    "phonopy_force_constants",
+    "vibrational_frequencies",
     "VerletList",
     "export",
     "load_exported",
