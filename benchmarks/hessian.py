@@ -99,16 +99,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--systems", nargs="+", default=None, help="a subset of: " + ", ".join(systems()))
-    parser.add_argument("--delta", type=float, default=0.01, help="finite-difference step in Å (ase.vibrations': 0.01)")
+    parser.add_argument("--delta", type=float, default=0.01,
+                        help="finite-difference step in Å (ase.vibrations': 0.01)")
     parser.add_argument("--cutoff", type=float, default=4.0)
-    parser.add_argument("--chunk", type=int, default=96, help="Hessian rows per backward pass")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="Hessian rows per backward pass (default: clebsch.calculators.hessian's, 8 on the CPU)")
     parser.add_argument("--repeats", type=int, default=1, help="best of this many Hessians")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     chosen = {k: v for k, v in systems().items() if args.systems is None or k in args.systems}
     print(f"float64, cutoff {args.cutoff} Å, torch threads {torch.get_num_threads()}, finite-difference step "
-          f"{args.delta} Å (6N force evaluations), Hessian rows {args.chunk} per backward pass")
+          f"{args.delta} Å (6N force evaluations), Hessian rows per backward pass: {args.chunk or 'default'}")
     header = (f"{'family':8s} {'system':16s} {'atoms':>5s} {'exact ms':>10s} {'FD ms':>10s} {'FD/exact':>9s} "
               f"{'max |dH| eV/Å²':>15s} {'relative':>9s} {'rows':>8s}")
     print(header)

@@ -27,7 +27,8 @@ from ._dynamics import md, relax
 from ._batched import relax_many
 from ._export import ExportedPotential, export, load_exported
 from ._virials import atomic_virials
-from ._vibrations import hessian, phonopy_force_constants, vibrational_frequencies
+from ._vibrations import (NormalModes, external_modes, hessian, normal_modes, phonopy_finite_displacements,
+                          phonopy_force_constants, phonopy_from_atoms, vibrational_frequencies)
 from .lammps import write_lammps
 from ..graph.verlet import VerletList
 
@@ -38,6 +39,11 @@ __all__ = [
     "ExportedPotential",
     "atomic_virials",
     "hessian",
+    "NormalModes",
+    "external_modes",
+    "normal_modes",
+    "phonopy_finite_displacements",
+    "phonopy_from_atoms",
     "phonopy_force_constants",
     "vibrational_frequencies",
     "VerletList",

@@ -108,14 +108,14 @@ def _potential(model_or_calculator, dtype: str = "float64"):
                          f"its energy does not change when atoms move, so it has no Hessian, vibrations or phonons")
     have = _model_dtype(model)
     if want == torch.float32:
-        warnings.warn("a float32 Hessian carries rounding errors of about 1e-4 of its largest entries, enough to turn "
-                      "the translations, rotations and acoustic modes into spurious modes of tens of cm^-1; "
-                      "Hessians want dtype='float64'", UserWarning, stacklevel=3)
+        warnings.warn("a float32 Hessian has rounding errors of about 1e-6 of its largest entries, which blur soft "
+                      "modes and the zero modes of translations, rotations and acoustic phonons (by a fraction of a "
+                      "cm^-1 on a small molecule, more on large ones); Hessians want dtype='float64'",
+                      UserWarning, stacklevel=3)
     if have != want:
         if have == torch.float32:
-            warnings.warn(f"{what} is float32; its Hessian is taken on a {dtype} copy (Hessians want float64: "
-                          f"float32 second derivatives turn zero modes into spurious modes of tens of cm^-1)",
-                          UserWarning, stacklevel=3)
+            warnings.warn(f"{what} is float32; its Hessian is taken on a {dtype} copy (the weights cast up; "
+                          f"dtype='float32' evaluates it as it is)", UserWarning, stacklevel=3)
         model = copy.deepcopy(model).to(want)
     return model
 
@@ -129,7 +129,7 @@ def _graph(model, atoms: Atoms) -> AtomicGraph:
     return graph.to(_model_device(model))
 
 
-def hessian(model, atoms: Atoms, *, indices=None, chunk: int = 96, dtype: str = "float64") -> np.ndarray:
+def hessian(model, atoms: Atoms, *, indices=None, chunk: int | None = None, dtype: str = "float64") -> np.ndarray:
     """The exact Hessian ``d^2 E / dr_ia dr_jb`` [3N, 3N] of ``atoms`` (eV/Å²), by autograd.
 
     Row ``3 i + a`` is minus the change of all forces when atom ``i`` moves along ``a``.
@@ -145,8 +145,10 @@ def hessian(model, atoms: Atoms, *, indices=None, chunk: int = 96, dtype: str = 
     indices : sequence of int, optional
         Only the rows of these atoms: a [3 len(indices), 3N] block (each row costs about
         one force evaluation, so a few atoms of a large cell cost a few rows).
-    chunk : int
-        Rows per backward pass (see :meth:`clebsch.models.Potential.hessian`).
+    chunk : int, optional
+        Rows per backward pass (see :meth:`clebsch.models.Potential.hessian`); default
+        8 on the CPU, where a larger batch of rows is bound by memory traffic and
+        slower, and 96 on a GPU.
     dtype : {"float64", "float32"}
         Precision; a model in another one is evaluated on a cast copy (with a warning
         when that is float32 or the model is float32).
@@ -175,6 +177,8 @@ def hessian(model, atoms: Atoms, *, indices=None, chunk: int = 96, dtype: str = 
     """
     model = _potential(model, dtype)
     graph = _graph(model, atoms)
+    if chunk is None:
+        chunk = 8 if graph.positions.device.type == "cpu" else 96
     if indices is None:
         return model.hessian(graph, chunk=chunk).cpu().double().numpy()
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -193,13 +197,17 @@ def _hessian_rows(model, graph: AtomicGraph, indices: np.ndarray, chunk: int) ->
         forces = model(graph, compute_forces=True, compute_stress=False, training=True)["forces"].reshape(-1)
         seeds = torch.zeros(rows.numel(), forces.numel(), dtype=forces.dtype, device=forces.device)
         seeds[torch.arange(rows.numel()), rows] = 1.0
-        blocks = []
+        blocks, batched = [], True
         for start in range(0, rows.numel(), max(1, chunk)):
             block = seeds[start:start + max(1, chunk)]
-            try:
-                grads = torch.autograd.grad(forces, positions, grad_outputs=block, is_grads_batched=True,
-                                            retain_graph=True, allow_unused=True)[0]
-            except RuntimeError:  # an operation without a batching rule: one row at a time
+            grads = None
+            if batched:
+                try:
+                    grads = torch.autograd.grad(forces, positions, grad_outputs=block, is_grads_batched=True,
+                                                retain_graph=True, allow_unused=True)[0]
+                except RuntimeError:  # an operation without a batching rule: one row at a time from now on
+                    batched = False
+            if not batched:
                 grads = torch.stack([_or_zeros(torch.autograd.grad(forces, positions, grad_outputs=seed,
                                                                    retain_graph=True, allow_unused=True)[0],
                                                positions) for seed in block])
@@ -340,7 +348,7 @@ def normal_modes(atoms: Atoms, hessian_matrix, *, project: bool = True) -> Norma
                        external_cm=_frequencies(external_values) / units.invcm, hessian=h, atoms=atoms.copy())
 
 
-def vibrational_frequencies(model, atoms: Atoms, *, project: bool = True, chunk: int = 96,
+def vibrational_frequencies(model, atoms: Atoms, *, project: bool = True, chunk: int | None = None,
                             dtype: str = "float64") -> NormalModes:
     """Harmonic vibrations of ``atoms`` from the model's exact Hessian (:func:`hessian`, :func:`normal_modes`).
 
@@ -392,7 +400,7 @@ def phonopy_from_atoms(atoms: Atoms, supercell_matrix, primitive_matrix="auto", 
     return phonopy.Phonopy(unitcell, supercell_matrix=supercell_matrix, primitive_matrix=primitive_matrix, **kwargs)
 
 
-def phonopy_force_constants(model, phonon, *, compact: bool = True, chunk: int = 96,
+def phonopy_force_constants(model, phonon, *, compact: bool = True, chunk: int | None = None,
                             dtype: str = "float64") -> np.ndarray:
     """Set ``phonon.force_constants`` from the exact Hessian of its supercell; return them.
 
