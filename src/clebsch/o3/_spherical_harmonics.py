@@ -485,8 +485,9 @@ class _SphericalHarmonics(torch.autograd.Function):
         lmax = max(ls)
         if lmax == 0:
             return torch.zeros_like(x), None, None, None
-        if torch.is_grad_enabled():
-            # create_graph=True: the same formula from differentiable pieces, so it has derivatives too
+        if torch.is_grad_enabled() or _is_batched(grad):
+            # create_graph=True: the same formula from differentiable pieces, so it has derivatives too;
+            # so do gradients batched by vmap (Hessian rows), which the native kernel cannot read
             _, bt = _tables_as(ls, normalization, grad.dtype, grad.device)
             u, inv = _unit(x, normalize)
             return _vjp(grad, u, inv, _monomial_rows(u, lmax - 1), bt, normalize), None, None, None
@@ -501,6 +502,11 @@ class _SphericalHarmonics(torch.autograd.Function):
         _, bt = _tables_as(ls, normalization, grad.dtype, grad.device)
         u = m[1:4] if lmax > 1 else x.T * inv
         return _vjp(grad, u, inv, m, bt, normalize), None, None, None
+
+
+def _is_batched(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a functorch batched tensor (a ``vmap`` over gradients), which has no data pointer."""
+    return bool(torch._C._functorch.is_batchedtensor(t) or torch._C._functorch.is_legacy_batchedtensor(t))
 
 
 def _parse_ls(ls) -> tuple[int, ...]:
