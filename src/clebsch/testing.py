@@ -18,7 +18,8 @@ import torch
 
 from .o3 import Irreps, rand_matrix
 
-__all__ = ["equivariance_error", "assert_equivariant", "finite_difference_forces", "check_potential", "float64_model", "CONTRACT", "POSITIONS"]
+__all__ = ["equivariance_error", "assert_equivariant", "finite_difference_forces", "finite_difference_hessian",
+           "check_potential", "float64_model", "CONTRACT", "POSITIONS"]
 
 #: Marker for an input or output that is a set of Cartesian positions (rotated and translated).
 POSITIONS = "positions"
@@ -148,6 +149,29 @@ def finite_difference_forces(energy_fn: Callable, positions: torch.Tensor, eps: 
             flat[k] = old
             forces.view(-1)[k] = -(ep - em) / (2 * eps)
     return forces
+
+
+def finite_difference_hessian(forces_fn: Callable, positions: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """The Hessian ``d^2E/dx dx`` [3N, 3N] by central differences of the forces ``forces_fn(positions) -> [N, 3]``.
+
+    Examples
+    --------
+    >>> pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    >>> hessian = finite_difference_hessian(lambda p: -2 * p, pos)     # E = |x|^2
+    >>> torch.allclose(hessian, 2 * torch.eye(6, dtype=torch.float64))
+    True
+    """
+    pos = positions.detach().to(torch.float64)
+    n = pos.numel()
+    hessian = torch.empty(n, n, dtype=torch.float64)
+    for k in range(n):
+        plus, minus = pos.clone(), pos.clone()
+        plus.view(-1)[k] += eps
+        minus.view(-1)[k] -= eps
+        f_plus = forces_fn(plus).detach().reshape(-1).to(torch.float64)
+        f_minus = forces_fn(minus).detach().reshape(-1).to(torch.float64)
+        hessian[k] = -(f_plus - f_minus) / (2 * eps)
+    return hessian
 
 
 # ---------------------------------------------------------------- the model contract

@@ -20,7 +20,7 @@ from clebsch.graph import AtomicGraph  # noqa: E402
 from clebsch.models import build_model  # noqa: E402
 from clebsch.models._dispersion import D3_KEYS, D3Dispersion, check_d3, d3_functionals, d3_parameters  # noqa: E402
 from clebsch.models._physics import check_physics, fitting  # noqa: E402
-from clebsch.testing import check_potential  # noqa: E402
+from clebsch.testing import check_potential, finite_difference_hessian  # noqa: E402
 
 from .conftest import small_model  # noqa: E402
 
@@ -217,15 +217,7 @@ def test_hessian_equals_finite_differences_of_the_forces():
     pos = torch.tensor(ETHANOL[:5])
     numbers = torch.tensor(ETHANOL_Z[:5])
     hessian = model.hessian(AtomicGraph.from_tensors(pos, numbers, 3.0))
-    h = 1e-5
-    fd = torch.empty(15, 15, dtype=torch.float64)
-    for k in range(15):
-        plus, minus = pos.clone(), pos.clone()
-        plus.view(-1)[k] += h
-        minus.view(-1)[k] -= h
-        f_plus = model(AtomicGraph.from_tensors(plus, numbers, 3.0))["forces"].detach().reshape(-1)
-        f_minus = model(AtomicGraph.from_tensors(minus, numbers, 3.0))["forces"].detach().reshape(-1)
-        fd[k] = -(f_plus - f_minus) / (2 * h)
+    fd = finite_difference_hessian(lambda p: model(AtomicGraph.from_tensors(p, numbers, 3.0))["forces"], pos)
     assert float((hessian - fd).abs().max()) <= 1e-6 * max(1.0, float(fd.abs().max()))
 
 

@@ -16,7 +16,7 @@ from clebsch.graph import AtomicGraph, radius_graph
 from clebsch.models import build_model
 from clebsch.models._physics import (COULOMB_CONSTANT, check_physics, coulomb_open, ewald_parameters,
                                      ewald_periodic, smooth_switch)
-from clebsch.testing import check_potential
+from clebsch.testing import check_potential, finite_difference_hessian
 
 from .conftest import small_model
 
@@ -406,15 +406,7 @@ def test_hessian_equals_finite_differences_of_the_forces():
     g = AtomicGraph.from_tensors(pos, NUMBERS, 3.0)
     hessian = model.hessian(g)
     assert hessian.shape == (27, 27)
-    h = 1e-5
-    fd = torch.empty(27, 27, dtype=torch.float64)
-    for k in range(27):
-        plus, minus = pos.clone(), pos.clone()
-        plus.view(-1)[k] += h
-        minus.view(-1)[k] -= h
-        f_plus = model(AtomicGraph.from_tensors(plus, NUMBERS, 3.0))["forces"].detach().reshape(-1)
-        f_minus = model(AtomicGraph.from_tensors(minus, NUMBERS, 3.0))["forces"].detach().reshape(-1)
-        fd[k] = -(f_plus - f_minus) / (2 * h)
+    fd = finite_difference_hessian(lambda p: model(AtomicGraph.from_tensors(p, NUMBERS, 3.0))["forces"], pos)
     assert float((hessian - fd).abs().max()) <= 1e-6 * max(1.0, float(fd.abs().max()))
     assert float((hessian - hessian.T).abs().max()) <= 1e-10 * float(hessian.abs().max())
     # translation invariance: rows sum to zero over the atoms
