@@ -15,8 +15,10 @@ key                         place       content
 ``homo_lumo_gap``           info        e(LUMO) - e(HOMO), eV
 ``scf_cycles``              info        SCF iterations from PySCF's default (minao) guess
 ``density_fit_error``       info        int |rho_fit - rho_scf| / int rho_scf on the DFT grid
-``config_type``             info        monomer, dimer, trimer, tetramer, pentamer or ethanol
+``config_type``             info        monomer, dimer, trimer, tetramer, pentamer, ethanol, ring_dimer or
+                                        ring_trimer (consecutive molecules cut from a perturbed ring)
 ``source_frame``            info        ethanol only: the frame's index in the rMD17 file
+``ring_size``               info        ring fragments only: the size of the ring they were cut from
 ``density_coefficients``    arrays      density fitted in the auxiliary basis, [N, width]
 ==========================  ==========  ====================================================
 
@@ -43,7 +45,13 @@ Run from the repository root::
 
 With the defaults (231 structures) this takes about 21 minutes on one shared core
 and writes a 3.2 MB file (13.3 MB uncompressed); examples/water_clusters.md is its
-data card. Seeded and deterministic; each structure has its own random stream
+data card. The ring fragments of ``examples/water_fragments.xyz.xz`` (8 minutes)::
+
+    OMP_NUM_THREADS=1 python scripts/make_electronic_dataset.py --digits 10 \
+        --counts monomer=0,dimer=0,trimer=0,tetramer=0,pentamer=0,ethanol=0,ring_dimer=120,ring_trimer=60 \
+        --out examples/water_fragments.xyz.xz
+
+Seeded and deterministic; each structure has its own random stream
 ([seed, config_type, index]), so asking for more structures of one kind with
 ``--counts`` keeps the ones already made.
 """
@@ -75,7 +83,12 @@ EV_PER_HARTREE = nist.HARTREE2EV
 """PySCF's Hartree in eV (27.21138602)."""
 
 CLUSTER_SIZES = {"monomer": 1, "dimer": 2, "trimer": 3, "tetramer": 4, "pentamer": 5}
-DEFAULT_COUNTS = {"monomer": 100, "dimer": 80, "trimer": 15, "tetramer": 8, "pentamer": 8, "ethanol": 20}
+RING_FRAGMENTS = {"ring_dimer": (2, (3, 4, 5)), "ring_trimer": (3, (4, 5))}
+"""Fragments of perturbed rings: kind -> (molecules kept, ring sizes drawn from). Two neighbouring molecules of
+a 3- to 5-ring, or three consecutive molecules (an open chain) of a 4- or 5-ring: the hydrogen bonds of the
+cyclic clusters without any whole ring, so that a model trained on them meets the rings only at test time."""
+DEFAULT_COUNTS = {"monomer": 100, "dimer": 80, "trimer": 15, "tetramer": 8, "pentamer": 8, "ethanol": 20,
+                  "ring_dimer": 0, "ring_trimer": 0}
 ELEMENTS = ("H", "C", "O")
 """Elements whose basis sets go to the JSON file (and set the width of ``density_coefficients``)."""
 
@@ -192,6 +205,21 @@ def perturbed_cluster(n: int, rng: np.random.Generator, sigma_range: tuple[float
     atoms.positions -= atoms.get_center_of_mass()
     atoms.positions = atoms.positions @ random_rotation(rng).T
     atoms.positions -= atoms.get_center_of_mass()
+    return atoms
+
+
+def ring_fragment(kind: str, rng: np.random.Generator, sigma_range: tuple[float, float], rot_deg: float,
+                  shift: float) -> Atoms:
+    """``RING_FRAGMENTS[kind]``: a perturbed ring of a random size (as :func:`perturbed_cluster` makes it)
+    cut to consecutive molecules starting at a random one, re-centred on its centre of mass;
+    ``info["ring_size"]`` is the size of the ring it was cut from."""
+    keep, sizes = RING_FRAGMENTS[kind]
+    n = int(rng.choice(sizes))
+    ring = perturbed_cluster(n, rng, sigma_range, rot_deg, shift)
+    first = int(rng.integers(n))
+    atoms = ring[[3 * ((first + m) % n) + k for m in range(keep) for k in range(3)]]
+    atoms.positions -= atoms.get_center_of_mass()
+    atoms.info["ring_size"] = n
     return atoms
 
 
@@ -430,6 +458,9 @@ def main(argv=None) -> None:
     for config_type, count in args.counts.items():
         if config_type == "ethanol":
             structures = ethanol_frames(args.ethanol, count, np.random.default_rng([args.seed, config_key("ethanol")]))
+        elif config_type in RING_FRAGMENTS:
+            structures = [ring_fragment(config_type, np.random.default_rng([args.seed, config_key(config_type), i]),
+                                        tuple(args.sigma), args.rotation, args.shift) for i in range(count)]
         else:
             structures = [perturbed_cluster(CLUSTER_SIZES[config_type],
                                             np.random.default_rng([args.seed, config_key(config_type), i]),
@@ -443,8 +474,9 @@ def main(argv=None) -> None:
             info = {"config_type": config_type, "energy": r["energy"], "dipole": r["dipole"],
                     "homo_lumo_gap": r["homo_lumo_gap"], "n_electrons": r["n_electrons"],
                     "scf_cycles": r["scf_cycles"], "density_fit_error": r["density_fit_error"]}
-            if "source_frame" in atoms.info:
-                info["source_frame"] = atoms.info["source_frame"]
+            for key in ("source_frame", "ring_size"):
+                if key in atoms.info:
+                    info[key] = atoms.info[key]
             info["orbital_energies"] = r["orbital_energies"]
             info["fock"] = r["fock"]
             if args.with_overlap:

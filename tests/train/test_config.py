@@ -71,3 +71,32 @@ def test_cli_reports_config_error(capsys, tmp_path):
 
     assert main(["train", "--set", "loss.kind=l1", "--set", f"run_dir={tmp_path}"]) == 2
     assert "loss.kind: 'l1' is not allowed; allowed values: 'mse', 'huber'" in capsys.readouterr().err
+
+
+def test_data_files_may_be_lists(tmp_path):
+    """data.train/valid/test take one file or a list, read in order; an empty list is refused."""
+    import ase.io
+    from ase.build import molecule
+    from ase.calculators.singlepoint import SinglePointCalculator
+    import torch
+
+    from clebsch.train.data import load_run_data
+
+    paths = []
+    for k, name in enumerate(("H2O", "CH4")):
+        frames = []
+        for i in range(3 + k):
+            atoms = molecule(name)
+            atoms.rattle(0.01, seed=i)
+            atoms.calc = SinglePointCalculator(atoms, energy=float(10 * k + i))
+            frames.append(atoms)
+        paths.append(str(tmp_path / f"{name}.xyz"))
+        ase.io.write(paths[-1], frames)
+    cfg = load_config(None, overrides=[f"data.train=['{paths[0]}', '{paths[1]}@1:']", "data.valid_fraction=0"])
+    assert cfg.data.train == [paths[0], f"{paths[1]}@1:"]
+    data = load_run_data(cfg.data, 3.0, torch.float64, seed=0, keys={"energy": "energy"})
+    energies = sorted(float(g.targets["energy"]) for g in data.train)
+    assert energies == [0.0, 1.0, 2.0, 11.0, 12.0, 13.0]
+    assert load_config(None, overrides=[f"data.train=[{paths[0]}]"]).data.train == paths[0]
+    with pytest.raises(ConfigError, match="data.train"):
+        load_config(None, overrides=["data.train=[]"])

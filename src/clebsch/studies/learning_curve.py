@@ -297,6 +297,10 @@ def prepare_subsets(cfg, repeats: int, out_dir, seed: int = 0, valid=None, test=
 
     if cfg.data.train is None:
         raise ValueError("data.train is not set: a learning curve needs a training file (--set data.train=FILE)")
+    for key in ("train", "valid", "test"):
+        if isinstance(getattr(cfg.data, key), list):
+            raise ValueError(f"data.{key} is a list of files; a learning curve reads one file for each set "
+                             f"(join them into one file first)")
     source = Path(cfg.data.train)
     valid = _fraction_or_count(valid, "valid")
     test = _fraction_or_count(test, "test")

@@ -84,8 +84,9 @@ def _shared_data(cfg: TrainConfig, run_dir: Path, resume: bool, log) -> dict:
     import ase.io
 
     from ..data.io import read_structures
+    from .data import file_list
 
-    frames = read_structures(d.train, index=":")
+    frames = [f for path in file_list(d.train) for f in read_structures(path, index=":")]
     split = split_indices(len(frames), valid=float(valid_size), test=float(test_size), seed=cfg.seed)
     if d.max_train is not None:
         split["train"] = split["train"][: d.max_train]

@@ -228,9 +228,13 @@ def _import_families() -> None:
 class DataSection(_Section):
     """Where the structures come from and how they are batched."""
 
-    train: Optional[str] = Field(None, description="training structures (any ASE-readable file, e.g. extxyz)")
-    valid: Optional[str] = Field(None, description="validation structures; if null, valid_fraction of train")
-    test: Optional[str] = Field(None, description="test structures; if null, test_fraction of train")
+    train: Optional[Union[str, list[str]]] = Field(
+        None, description="training structures: any ASE-readable file (e.g. extxyz; 'file@0:100' for a slice), or a "
+                          "list of them, read in order")
+    valid: Optional[Union[str, list[str]]] = Field(
+        None, description="validation structures (a file or a list); if null, valid_fraction of train")
+    test: Optional[Union[str, list[str]]] = Field(
+        None, description="test structures (a file or a list); if null, test_fraction of train")
     valid_fraction: float = Field(0.05, ge=0, lt=1, description="fraction of train held out for validation")
     test_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of train held out for testing")
     max_train: Optional[int] = Field(None, gt=0, description="use at most this many training structures")
@@ -252,6 +256,16 @@ class DataSection(_Section):
         "none", description="rotations: rotate every training structure (and its vector and tensor targets) by a "
                             "random rotation each time it is drawn, for models that are not equivariant"
     )
+
+    @field_validator("train", "valid", "test")
+    @classmethod
+    def _check_files(cls, value):
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list of files; give at least one file or null")
+            if len(value) == 1:
+                return value[0]
+        return value
 
     @field_validator("config_type_weights")
     @classmethod

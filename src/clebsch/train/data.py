@@ -38,8 +38,22 @@ def read_file(path, cutoff: float, keys: dict, dtype: torch.dtype, required=("en
     """Graphs of every frame of ``path``; errors name the file, the frame and the key."""
     keys = {k: v for k, v in keys.items() if v is not None}
     required = tuple(r for r in required if r in keys)
-    return list(AtomicDataset.from_file(path, cutoff, keys=keys, required=required, dtype=dtype, targets=targets,
-                                        allow_nonfinite=allow_nonfinite).graphs)
+    return [g for one in file_list(path)
+            for g in AtomicDataset.from_file(one, cutoff, keys=keys, required=required, dtype=dtype, targets=targets,
+                                             allow_nonfinite=allow_nonfinite).graphs]
+
+
+def file_list(spec) -> list[str]:
+    """The files of a ``data.train`` / ``valid`` / ``test`` entry: one file or a list of them."""
+    return [str(p) for p in spec] if isinstance(spec, (list, tuple)) else [str(spec)]
+
+
+def describe_files(spec) -> str:
+    """``'a.xyz'`` or ``'a.xyz' + 'b.xyz' (frames numbered across the files in order)`` for messages."""
+    files = file_list(spec)
+    if len(files) == 1:
+        return f"file '{files[0]}'"
+    return "files " + " + ".join(f"'{f}'" for f in files) + " (frames numbered across the files in order)"
 
 
 def load_run_data(data_cfg, cutoff: float, dtype: torch.dtype, seed: int, run_dir=None, required=("energy",),
@@ -62,7 +76,8 @@ def load_run_data(data_cfg, cutoff: float, dtype: torch.dtype, seed: int, run_di
     if data_cfg.max_train is not None:
         split["train"] = split["train"][: data_cfg.max_train]
     if run_dir is not None:
-        save_split(Path(run_dir) / "split.json", split, seed=seed, file=str(data_cfg.train))
+        save_split(Path(run_dir) / "split.json", split, seed=seed,
+                   file=str(data_cfg.train) if isinstance(data_cfg.train, str) else file_list(data_cfg.train))
     out = RunData(
         train=[graphs[i] for i in split["train"]],
         valid=[graphs[i] for i in split["valid"]],

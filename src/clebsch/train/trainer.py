@@ -38,7 +38,8 @@ from ase.data import chemical_symbols
 
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
 from .config import ConfigError, TrainConfig, _import_families, load_config
-from .data import RunData, batches, epoch_order, isolated_atom_energies, load_run_data, species_of, statistics
+from .data import (RunData, batches, describe_files, epoch_order, isolated_atom_energies, load_run_data, species_of,
+                   statistics)
 from ..models._physics import fitting
 from .ema import ExponentialMovingAverage
 from .evaluate import evaluate
@@ -99,7 +100,7 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
             parts.append((graphs, own or config.data.train, None if own else data.split.get(part), False))
         for graphs, path, frames, warn in parts:
             try:
-                check_conditioning_data(graphs, m.conditioning, where=f"file '{path}'", frames=frames, warn=warn)
+                check_conditioning_data(graphs, m.conditioning, where=describe_files(path), frames=frames, warn=warn)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
     stats = statistics(data.train, zs)
