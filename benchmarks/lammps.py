@@ -43,8 +43,9 @@ for c in spec["setup"]:
     lmp.command(c)
 lmp.command("run 1")
 t = time.perf_counter(); lmp.command(f"run {spec['steps']}"); t = time.perf_counter() - t
-if lmp.extract_setting("world_rank") == 0:
-    print(json.dumps({"steps_per_s": spec["steps"] / t}))
+import resource
+print(json.dumps({"rank": lmp.extract_setting("world_rank"), "steps_per_s": spec["steps"] / t,
+                  "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
 '''
 
 
@@ -70,7 +71,9 @@ def lammps_rate(lmp_file, atoms, ranks, steps, tmp):
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     if out.returncode:
         raise RuntimeError(f"LAMMPS on {ranks} rank(s), {len(atoms)} atoms failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["steps_per_s"]
+    ranks_out = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    rate = next(r["steps_per_s"] for r in ranks_out if r["rank"] == 0)
+    return rate, sum(r["maxrss_kib"] for r in ranks_out) / 2**20
 
 
 def ase_rate(model, atoms, steps):
@@ -95,15 +98,16 @@ def main():
     print(f"{args.family} {sizes}, 2 layers, cutoff 4.5 Å, float64, {args.steps} steps per rate")
     with tempfile.TemporaryDirectory() as tmp:
         _, lmp_file = write_lammps(model, Path(tmp) / "cu")
-        print("atoms   ASE steps/s   LAMMPS 1 rank   LAMMPS 2 ranks   2x atoms on 2 ranks")
+        print("steps/s (peak memory of all ranks together, GiB)")
+        print("atoms   ASE steps/s   LAMMPS 1 rank          LAMMPS 2 ranks         2x atoms on 2 ranks")
         for n in args.atoms:
             atoms = box(n)
             a = ase_rate(model, atoms, args.steps)
-            one = lammps_rate(lmp_file, atoms, 1, args.steps, tmp)
-            two = lammps_rate(lmp_file, atoms, 2, args.steps, tmp)
-            weak = lammps_rate(lmp_file, box(2 * n), 2, args.steps, tmp)
-            print(f"{len(atoms):6d}  {a:11.2f}  {one:13.2f} ({one / a:.2f}x)  {two:13.2f} ({two / one:.2f}x)  "
-                  f"{weak:10.2f}")
+            one, m1 = lammps_rate(lmp_file, atoms, 1, args.steps, tmp)
+            two, m2 = lammps_rate(lmp_file, atoms, 2, args.steps, tmp)
+            weak, mw = lammps_rate(lmp_file, box(2 * n), 2, args.steps, tmp)
+            print(f"{len(atoms):6d}  {a:11.3f}  {one:7.3f} ({one / a:.2f}x, {m1:4.1f})  "
+                  f"{two:7.3f} ({two / one:.2f}x, {m2:4.1f})  {weak:7.3f} ({mw:4.1f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,10 @@ def _block_reduction(formula: str, irreps: str):
     return ReducedTensorProducts(formula, i=irreps, j=irreps)
 
 
+LOSS_METRICS = ("overlap",)
+"""What a density target's loss can measure besides its coefficients (``Target.loss_metric``)."""
+
+
 @dataclass(frozen=True)
 class Target:
     """One quantity: where it lives, how it transforms, its unit, how it is made.
@@ -90,6 +94,13 @@ class Target:
         ``[U, U]`` with rows and columns laid out by the union irreps.
     matrix : bool
         See ``basis``.
+    loss_metric : {"overlap"}, optional
+        For a density (a basis target without ``matrix``): the loss measures
+        the density rather than its coefficients, ``dc^T S dc`` per atom with
+        ``S`` the overlap of the atom's own functions, i.e. the squared L2 error
+        of the atom's part of the density (cross terms between atoms left out).
+        Near-linearly-dependent functions, whose coefficients can trade off
+        without changing the density, are then not fitted one by one.
     unit : str
         The unit of the stored value (files, outputs, metrics).
     extensive : bool
@@ -121,6 +132,7 @@ class Target:
     cartesian: Optional[str] = None
     basis: Optional[object] = None
     matrix: bool = False
+    loss_metric: Optional[str] = None
     unit: str = ""
     extensive: bool = True
     source: str = "head"
@@ -144,6 +156,13 @@ class Target:
                               f"{self.level}")
         if self.matrix and self.basis is None:
             raise TargetError(f"target {self.name!r}: matrix: true needs a basis")
+        if self.loss_metric is not None:
+            if self.loss_metric not in LOSS_METRICS:
+                raise TargetError(f"target {self.name!r}: loss_metric {self.loss_metric!r} is not allowed; allowed "
+                                  f"values: {', '.join(LOSS_METRICS)}")
+            if self.basis is None or self.matrix:
+                raise TargetError(f"target {self.name!r}: loss_metric is for a density (a basis target without "
+                                  f"matrix: true)")
         if self.source not in ("head", "response", "energy"):
             raise TargetError(f"target {self.name!r}: source must be head, response or energy, got {self.source!r}")
         if self.source == "response" and not self.of:
@@ -276,7 +295,8 @@ register_target(Target("born_charges", "atom", cartesian="ij", unit="e", source=
 
 
 # ---------------------------------------------------------------- declared targets
-_DECLARE_KEYS = {"level", "irreps", "cartesian", "basis", "matrix", "unit", "reduce", "extensive", "description"}
+_DECLARE_KEYS = {"level", "irreps", "cartesian", "basis", "matrix", "loss_metric", "unit", "reduce", "extensive",
+                 "description"}
 
 # metrics of declared targets in these units are shown scaled
 _METRIC_UNITS = {"Ha": (1e6, "µHa"), "Hartree": (1e6, "µHa")}
@@ -340,6 +360,7 @@ def declare(name: str, spec: dict, base_dir=None) -> Target:
             cartesian=None if spec.get("cartesian") is None else str(spec["cartesian"]),
             basis=basis,
             matrix=bool(spec.get("matrix", False)),
+            loss_metric=None if spec.get("loss_metric") is None else str(spec["loss_metric"]),
             unit=unit,
             extensive=extensive,
             metric_factor=factor,
@@ -373,6 +394,8 @@ def as_declarations(targets: dict[str, Target]) -> dict:
             entry["basis"] = t.basis.to_dict()
             if t.matrix:
                 entry["matrix"] = True
+            if t.loss_metric:
+                entry["loss_metric"] = t.loss_metric
         else:
             entry["cartesian" if t.cartesian else "irreps"] = t.cartesian or t.irreps
         if t.unit:

@@ -97,3 +97,61 @@ def test_grid_integrates_basis_overlap():
     s = chi.T @ (weights[:, None] * chi)
     np.testing.assert_allclose(torch.diagonal(s).numpy(), 1.0, atol=2e-6)
     assert torch.allclose(s, s.T)
+
+
+def test_atom_overlap_matches_quadrature_and_factors_embed_it():
+    """The analytic one-atom overlap equals the grid integral of the atom's functions (clebsch order), and the
+    union-layout factors reproduce c^T S c for a random density."""
+    basis = GaussianBasis({"O": DEF2_SVP_O, "H": [[0, [3.4, 0.2], [0.6, 0.5], [0.16, 0.3]], [1, [0.8, 1.0]],
+                                                  [1, [0.3, 1.0]], [2, [1.1, 1.0]]]})
+    for z in (8, 1):
+        points, weights = molecular_grid([z], [[0.0, 0.0, 0.0]], 80, 24)
+        chi = basis.values([z], [[0.0, 0.0, 0.0]], points)
+        numeric = (chi.T @ (weights[:, None] * chi)).numpy()
+        analytic = basis.atom_overlap(z)
+        np.testing.assert_allclose(analytic, numeric, atol=2e-6)
+        assert np.abs(analytic - np.diag(np.diag(analytic))).max() > 0.1  # shells of one l do overlap
+    factors = basis.overlap_factors((1, 8))
+    rng = np.random.default_rng(0)
+    for k, z in enumerate((1, 8)):
+        c = rng.normal(size=basis.size(z))
+        union = basis.native_to_union([z], (c @ basis.native_to_clebsch(z).T)[None]).squeeze(0)
+        clebsch = c  # the native row above maps back to these clebsch-order coefficients
+        assert torch.allclose((union @ factors[k]).square().sum(), torch.tensor(clebsch @ basis.atom_overlap(z) @ clebsch))
+
+
+def test_overlap_loss_metric_measures_the_density():
+    """A density target with loss_metric: overlap has as its loss the atoms' dc^T S dc (not |dc|^2)."""
+    import types
+
+    from clebsch.targets import TargetError, declare
+    from clebsch.train.losses import WeightedLoss
+
+    spec = {"level": "atom", "basis": {"elements": {"O": DEF2_SVP_O, "H": [[0, [3.4, 0.2], [0.6, 0.5]],
+                                                                              [1, [0.8, 1.0]]]}}}
+    plain = declare("rho", spec)
+    metric = declare("rho", {**spec, "loss_metric": "overlap"})
+    basis = metric.basis
+    numbers = torch.tensor([8, 1, 1])
+    rng = np.random.default_rng(1)
+    ref = torch.stack([basis.native_to_union([int(z)], torch.as_tensor(
+        rng.normal(size=(1, basis.max_size)) * (np.arange(basis.max_size) < basis.size(int(z)))))[0]
+        for z in numbers])
+    mask = torch.stack([basis.union_mask((1, 8))[0 if z == 1 else 1] for z in numbers])
+    ref = torch.where(mask, ref, torch.full_like(ref, float("nan")))  # functions an element lacks are missing
+    pred = torch.nan_to_num(ref) + torch.as_tensor(rng.normal(size=ref.shape)) * 0.1
+    graph = types.SimpleNamespace(targets={"rho": ref}, numbers=numbers, n_atoms=torch.tensor([3]),
+                                  positions=torch.zeros(3, 3), config_type=["Default"])
+    delta = []
+    for i, z in enumerate(numbers.tolist()):
+        _, slots = basis._order(z)
+        d = (pred[i] - torch.nan_to_num(ref[i]))[torch.as_tensor(slots)].numpy()
+        delta.append(d @ basis.atom_overlap(z) @ d)
+    loss, _ = WeightedLoss({"rho": 1.0}, targets={"rho": metric})({"rho": pred}, graph)
+    assert np.isclose(float(loss) * ref.shape[0] * ref.shape[1], sum(delta))
+    plain_loss, _ = WeightedLoss({"rho": 1.0}, targets={"rho": plain})({"rho": pred}, graph)
+    assert not np.isclose(float(plain_loss), float(loss))
+    with pytest.raises(TargetError, match="loss_metric"):
+        declare("rho", {**spec, "loss_metric": "coulomb"})
+    with pytest.raises(TargetError, match="loss_metric"):
+        declare("fock", {**spec, "matrix": True, "loss_metric": "overlap"})

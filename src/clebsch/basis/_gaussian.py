@@ -269,6 +269,46 @@ class GaussianBasis:
         return self._order(self._z(element))[1]
 
     @functools.lru_cache(maxsize=None)
+    def atom_overlap(self, element) -> np.ndarray:
+        """The overlap ``S`` [n, n] of one atom's own functions (clebsch order), analytic.
+
+        Functions of different ``l`` or ``m`` are orthogonal; two shells of one
+        ``l`` overlap by their radial parts. ``c^T S c`` is ``int rho^2`` of the
+        atom's part of a density with coefficients ``c``.
+        """
+        z = self._z(element)
+        m, _ = self._order(z)
+        shells = self._shells[z]
+        n = m.shape[0]
+        native = np.zeros((n, n))
+        start = np.cumsum([0] + [2 * l + 1 for l, *_ in shells])[:-1]
+        for a, (la, ea, ca) in enumerate(shells):
+            for b, (lb, eb, cb) in enumerate(shells):
+                if la != lb:
+                    continue
+                s = np.asarray(ea)[:, None] + np.asarray(eb)[None, :]
+                radial = np.exp(math.lgamma(la + 1.5) - (la + 1.5) * np.log(s)) / 2.0
+                value = float(np.asarray(ca) @ radial @ np.asarray(cb))
+                d = 2 * la + 1
+                native[start[a]:start[a] + d, start[b]:start[b] + d] = value * np.eye(d)
+        return m.T @ native @ m
+
+    @functools.lru_cache(maxsize=None)
+    def overlap_factors(self, species: tuple) -> torch.Tensor:
+        """``L`` [S, U, U] (float64) in the union layout with ``L[s] L[s]^T`` the atom overlap of species ``s``
+        (:meth:`atom_overlap`; zero where the species has no function): ``|c L|^2 = c^T S c``."""
+        u = self.union_irreps.dim
+        out = torch.zeros(len(species), u, u, dtype=torch.float64)
+        for k, z in enumerate(species):
+            if z not in self._shells:
+                continue
+            _, slots = self._order(z)
+            chol = np.linalg.cholesky(self.atom_overlap(z))
+            idx = torch.as_tensor(slots)
+            out[k, idx[:, None], idx[None, :]] = torch.as_tensor(chol)
+        return out
+
+    @functools.lru_cache(maxsize=None)
     def embedding(self, species: tuple) -> torch.Tensor:
         """``P`` [S, n_max, U] (float64): native, zero-padded coefficients of species ``s`` times ``P[s]``
         give the union layout; ``P[s].T`` maps back. ``species`` are atomic numbers."""

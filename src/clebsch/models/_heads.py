@@ -407,8 +407,11 @@ class StructureHead(AtomHead):
 class EdgeHead(torch.nn.Module):
     """A declared per-edge target (e.g. a Hamiltonian block between atoms i and j): irreps per edge.
 
-    ``out_ij = Linear(h_i) + Linear(h_j) + TP(x_i, x_j) + R(r_ij, h_i, h_j) Y(r_ij)``,
-    with ``x`` a few copies of each irrep of the features; equivariant, and it
+    ``out_ij = g(r_ij) * [Linear(h_i) + Linear(h_j) + TP(x_i, x_j)] + R(r_ij, h_i, h_j) Y(r_ij)``,
+    with ``x`` a few copies of each irrep of the features and ``g`` one learned
+    radial function per output irrep, ``(1 + MLP(r)) u(r)`` with the smooth
+    envelope ``u``: every term (the target's mean included) goes to zero at the
+    cutoff, as the matrix elements between distant atoms do. Equivariant, and it
     tells ``i -> j`` from ``j -> i``.
     """
 
@@ -429,6 +432,10 @@ class EdgeHead(torch.nn.Module):
         self.geometry = EdgeConvolution(irreps_in, out, cutoff, hidden)
         n_scalars = irreps_in.count(Irrep("0e"))
         self.geometry.weights = ScalarMLP([8 + 2 * n_scalars, max(hidden, 1), max(self.geometry.reach.num_irreps, 1)])
+        self.gate = ScalarMLP([8, max(hidden, 1), out.num_irreps], bias=True)
+        self.register_buffer("_gate_index", torch.as_tensor(
+            [k for k, d in enumerate(d for mul_ir in out for d in [mul_ir.ir.dim] * mul_ir.mul) for _ in range(d)],
+            dtype=torch.long), persistent=False)
 
     def forward(self, features: torch.Tensor, ctx: HeadContext) -> dict:
         sender, receiver = ctx.edge_index[0], ctx.edge_index[1]
@@ -437,15 +444,19 @@ class EdgeHead(torch.nn.Module):
             x = self.small(features, ctx)
             out = out + self.product(x[receiver], x[sender])
         g = self.geometry
+        lengths = torch.linalg.norm(ctx.edge_vectors, dim=-1)
+        bessel = g.basis(lengths)
+        envelope = g.envelope(lengths)[:, None]
+        gate = (1.0 + self.gate(bessel)) * envelope
+        out = self.standard(out, torch.zeros_like(receiver)) * gate[:, self._gate_index]
         if g.ls and sender.numel():
-            lengths = torch.linalg.norm(ctx.edge_vectors, dim=-1)
             y = spherical_harmonics(g.ls, ctx.edge_vectors, normalize=True)
             s = irrep_block(features, self.irreps_in, "0e")[..., 0]
-            radial = torch.cat([g.basis(lengths), s[receiver], s[sender]], dim=-1)
-            w = g.weights(radial) * g.envelope(lengths)[:, None]
+            radial = torch.cat([bessel, s[receiver], s[sender]], dim=-1)
+            w = g.weights(radial) * envelope
             geo = out.new_zeros(out.shape).index_copy(1, g._place, y[:, g._y] * w[:, g._w])
-            out = out + geo
-        out = self.target.to_cartesian(self.standard(out, torch.zeros_like(receiver)))
+            out = out + geo * self.standard.scale.to(geo.dtype)
+        out = self.target.to_cartesian(out)
         if self.target.matrix:  # the block of j -> i is the transpose of that of i -> j
             out = 0.5 * (out + out[reverse_edges(ctx.edge_index, ctx.edge_vectors)].transpose(-1, -2))
         return {self.target.name: out}

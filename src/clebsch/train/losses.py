@@ -56,11 +56,27 @@ def term_values(output: dict, graph, targets: dict[str, Target] | None = None) -
         if t is None or not t.trainable or name not in refs:
             continue
         ref = refs[name].to(pred.dtype)
+        if t.loss_metric == "overlap":  # per atom: |dc L|^2 = dc^T S dc, the atom's squared L2 density error
+            pred, ref = _density_metric(t, graph.numbers, pred, ref)
         if t.per_atom:
             out[name] = (pred / n_atoms, ref / n_atoms, t.level)
         else:
             out[name] = (pred, ref, t.level)
     return out
+
+
+def _density_metric(target: Target, numbers: torch.Tensor, pred: torch.Tensor, ref: torch.Tensor):
+    """``(pred L_z, ref L_z)`` per atom, ``L_z`` the Cholesky factor of its element's atom overlap."""
+    species = tuple(sorted(int(z) for z in numbers.unique().tolist()))
+    factors = target.basis.overlap_factors(species).to(device=pred.device, dtype=pred.dtype)
+    index = torch.searchsorted(torch.as_tensor(species, device=numbers.device), numbers)
+    per_atom = factors[index]
+    # a missing reference row stays missing (NaN); the rest are transformed alike
+    missing = ~torch.isfinite(ref).any(dim=-1, keepdim=True)
+    ref = torch.nan_to_num(ref)
+    pred = torch.einsum("nu,nuv->nv", pred, per_atom)
+    ref = torch.einsum("nu,nuv->nv", ref, per_atom)
+    return pred, torch.where(missing, torch.full_like(ref, float("nan")), ref)
 
 
 def _item_weights(weights: torch.Tensor | None, level: str, graph, like: torch.Tensor) -> torch.Tensor | None:
