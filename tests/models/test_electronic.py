@@ -105,3 +105,18 @@ def test_reading_basis_targets_checks_sizes_and_elements():
     atoms.info["fock"] = np.zeros(4)
     with pytest.raises(ValueError, match=r"atom 0: basis 'def2-svp' has no functions for N"):
         graph_from_atoms(atoms, 4.0, keys={"fock": "fock"}, targets=targets)
+
+
+def test_pair_blocks_vanish_smoothly_at_the_cutoff(model):
+    """A pair block, mean included, goes to zero as the pair reaches the cutoff (no jump when an edge appears)."""
+    def pair_block(distance):
+        positions = torch.tensor([[0.0, 0.0, 0.0], [distance, 0.0, 0.0]], dtype=torch.float64)
+        graph = AtomicGraph.from_tensors(positions, torch.tensor([8, 1]), 4.0)
+        graph.positions = graph.positions.double()
+        return model(graph)["fock"]
+
+    near = pair_block(2.0)
+    assert near.abs().max() > 1e-3
+    edge = pair_block(4.0 - 1e-3)
+    assert edge.shape[0] == 2
+    assert edge.abs().max() < 1e-9 * max(1.0, float(near.abs().max()))
