@@ -1,7 +1,9 @@
 """MD steps/s in LAMMPS (ML-IAP unified, 1 and 2 MPI ranks) vs the ASE calculator, same model.
 
     scripts/build_lammps.sh        # once
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lammps.py [--atoms 1372 10000] [--steps 20]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lammps.py [--atoms 1372 10000] [--steps 20] [--family allegro]
+
+Peak memory is the sum over ranks of each process's peak resident memory.
 
 Copper fcc boxes (1,372 atoms = 7x7x7 cells; 10,000 atoms ~ 14x14x13); a 2-layer
 NequIP (16 channels, lmax 1, cutoff 4.5 Å) in float64, or a strictly local Allegro
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -71,7 +74,8 @@ def lammps_rate(lmp_file, atoms, ranks, steps, tmp):
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     if out.returncode:
         raise RuntimeError(f"LAMMPS on {ranks} rank(s), {len(atoms)} atoms failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    ranks_out = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    # one JSON object per rank; ranks print at once, so objects may share a line
+    ranks_out = [json.loads(m) for m in re.findall(r"\{[^{}]*\}", out.stdout)]
     rate = next(r["steps_per_s"] for r in ranks_out if r["rank"] == 0)
     return rate, sum(r["maxrss_kib"] for r in ranks_out) / 2**20
 
