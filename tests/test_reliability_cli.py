@@ -221,7 +221,10 @@ def test_ctrl_c_during_md_is_one_line_exit_130_and_keeps_the_frames(files, tmp_p
     proc = subprocess.Popen(
         [sys.executable, "-m", "clebsch", "md", files["model"], files["sparse"], "--trajectory", str(traj),
          "--log", str(tmp_path / "md.log"), "--steps", "1000000", "--interval", "1", "--timestep", "0.1",
-         "--temperature", "1"], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         "--temperature", "1"], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # as from a shell: Ctrl-C at its default, whatever an earlier test in this worker left SIGINT at (a child
+        # inherits an ignored signal, and Python then keeps ignoring it)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 90
     while not (os.path.exists(f"{traj}.tmp") and os.path.getsize(f"{traj}.tmp") > 3000):
         assert proc.poll() is None, proc.stderr.read()
