@@ -20,6 +20,10 @@ Two inputs, float32, ``torch.set_num_threads(2)`` (``--threads``):
 * a batch of ethanol frames (default 16 from ../shared/data/ethanol/train.xyz);
 * a periodic water-like box of 1,000 atoms (density 0.1 atoms/Å³).
 
+With ``--compile``, each family is timed again through ``training.compile``'s
+path (rows ``FAMILY+c``): the forces captured as forward operations, compiled
+with TorchInductor, so that a training step is one forward and one backward.
+
 Two steps per model and input: *train* (energy + forces by autograd with
 ``create_graph``, an energy + forces loss, backward, an optimiser step) and
 *infer* (energy + forces). Every model sees the same graph: the same edges and
@@ -336,6 +340,60 @@ def run_clebsch(inputs: dict, repeats: int, models=("nequip", "mace", "dimenet")
     return results
 
 
+def run_clebsch_compiled(inputs: dict, repeats: int, models) -> dict:
+    """The same steps through ``training.compile``'s path (:class:`clebsch.train.compiled.CompiledForces`).
+
+    The full model on an :class:`~clebsch.graph.AtomicGraph` (isolated atoms of every element it
+    knows, per-structure sums), its forces captured as forward operations and compiled with
+    TorchInductor: a training step is one forward and one backward; inference is the forward
+    under ``no_grad``. Compilation is paid once per family (cached on disk) and reported.
+    """
+    from clebsch.graph import AtomicGraph
+    from clebsch.models import build_model
+    from clebsch.train.compiled import CompiledForces
+
+    results = {}
+    for family in models:
+        name_in_registry, hyper = FAMILIES[family]
+        torch.manual_seed(0)
+        model = build_model({"name": name_in_registry, "species": SPECIES, "cutoff": CUTOFF, **hyper()}).float()
+        compiled = CompiledForces(model)
+        params = list(model.parameters())
+        for name, d in inputs.items():
+            n = d["positions"].shape[0]
+            pbc = torch.full((d["num_graphs"], 3), d["periodic"])
+            graph = AtomicGraph(positions=d["positions"], numbers=d["numbers"], edge_index=d["edge_index"],
+                                shifts=d["shifts"], cell=d["cell"], pbc=pbc, batch=d["batch"],
+                                n_atoms=torch.bincount(d["batch"], minlength=d["num_graphs"]),
+                                n_edges=torch.bincount(d["batch"][d["edge_index"][1]], minlength=d["num_graphs"]),
+                                cutoff=CUTOFF)
+            start = time.perf_counter()
+            if compiled(graph) is None:
+                print(f"[{family} compiled] {compiled.failed}; skipped", file=sys.stderr)
+                break
+            first = time.perf_counter() - start
+            opt = torch.optim.SGD(params, lr=1e-9)
+            assert n == graph.num_atoms
+
+            def train(graph=graph, d=d):
+                opt.zero_grad()
+                out = compiled(graph)
+                loss = ((out["energy"] - d["energy"]) ** 2).mean() + ((out["forces"] - d["forces"]) ** 2).mean()
+                loss.backward()
+                opt.step()
+
+            def infer(graph=graph):
+                with torch.no_grad():
+                    compiled(graph)
+
+            results[(f"{family}+c", name)] = {
+                "train": best_time(train, repeats), "infer": best_time(infer, repeats),
+                "train_flop": count_flops(train), "infer_flop": count_flops(infer),
+                "params": sum(p.numel() for p in params), "compile_s": first,
+            }
+    return results
+
+
 # ----------------------------------------------------------------------------- reference in this process
 def reference_dimenet(inputs: dict, repeats: int) -> dict:
     """PyTorch Geometric's DimeNet++ at the same hyperparameters, on the same edges: ``{("dimenet", input): times}``."""
@@ -602,7 +660,7 @@ def print_table(ours: dict, refs: dict, peak: float, threads: int) -> None:
             t = times[step] * 1e3
             rate = times[f"{step}_flop"] / times[step]
             left = f"{family:>9} {name:>8} {step:>6} {t:11.1f} {rate / 1e9:8.2f} {100 * rate / peak:7.1f}%"
-            found = refs.get((family, name), {})
+            found = refs.get((family.removesuffix("+c"), name), {})
             if not found:
                 print(f"{left} {'-':>24} {'-':>9} {'-':>12}")
             for k, (label, ref) in enumerate(found.items()):
@@ -636,6 +694,9 @@ def main() -> None:
         parser.add_argument(f"--{venv}-python", default=os.environ.get(f"CLEBSCH_{venv.upper()}_PYTHON",
                                                                        str(bench / venv / "bin" / "python")),
                             help=f"interpreter of the {venv} reference's virtual environment")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the compiled training step (training.compile: rows 'FAMILY+c'; the first "
+                             "compilation of a family takes minutes, then it is cached)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -663,6 +724,11 @@ def main() -> None:
         print(f"{name}: {d['positions'].shape[0]} atoms, {d['edge_index'].shape[1]} edges, {d['num_graphs']} structure(s)")
     print(f"models know {len(SPECIES)} elements")
     ours = run_clebsch(inputs, args.repeats, models)
+    if args.compile:
+        compiled = run_clebsch_compiled(inputs, args.repeats, models)
+        for key, times in compiled.items():
+            print(f"{key[0]} on {key[1]}: first call (tracing, compiling or reading the cache) {times['compile_s']:.0f} s")
+        ours.update(compiled)
     refs: dict = {}
     for family, (label, reference) in IN_PROCESS.items():
         if family not in models:

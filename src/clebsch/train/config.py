@@ -381,6 +381,9 @@ class TrainingSection(_Section):
     plots: bool = Field(True, description="write parity plots and learning curves as PNG")
     committee: int = Field(1, ge=1, description="train this many models (seeds seed, seed+1, ...) into run_dir/member_K "
                                                 "and package them as a committee with uncertainties; 1: one model")
+    compile: bool = Field(False, description="capture energy and forces as one graph and compile it with TorchInductor "
+                                             "(one backward instead of a double backward; the first step compiles, "
+                                             "1-5 min on a CPU, cached on disk); falls back to eager with one warning")
 
     @field_validator("max_time", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -353,6 +354,15 @@ class Trainer:
             self._restore(self.checkpoint)
         self.loss_fn = self._loss_for_stage(self.stage)
         self.replay_loss_fn = self._replay_loss_for_stage(self.stage)
+        self.compiled = None
+        if cfg.training.compile:
+            from .compiled import CompiledForces, compile_unsupported
+
+            why = compile_unsupported(self.model, self.loss_fn.weights, replay=self.replay_loss_fn is not None)
+            if why is not None:
+                warnings.warn(f"training.compile: {why}; training eagerly instead", RuntimeWarning, stacklevel=2)
+            else:
+                self.compiled = CompiledForces(self.model)
         if self.csv_header is None:  # a new run: the columns are fixed now, whatever the first row holds
             self.csv_header = self._csv_columns()
             if self.is_main:
@@ -581,7 +591,9 @@ class Trainer:
                     g = augment_batch(g, self.model.targets)
                 if head is None:
                     n_graphs = g.num_graphs
-                out = forward_with_head(self.model, g, head)
+                out = self._compiled_forward(g) if head is None else None
+                if out is None:
+                    out = forward_with_head(self.model, g, head)
                 counts = loss_fn.counts(out, g)
             else:
                 out, counts = None, {}
@@ -624,6 +636,20 @@ class Trainer:
             self.ema.update(self.model)
         self.step += 1
         return value, n_graphs
+
+    def _compiled_forward(self, graph) -> dict | None:
+        """Energy, forces (and stress) of ``graph`` from the compiled graph; None when training eagerly."""
+        compiled = self.compiled
+        if compiled is None or compiled.failed is not None:
+            return None
+        weights = self.loss_fn.weights
+        stress = ("stress" in weights or "virial" in weights) and bool(graph.pbc.any())
+        first = stress not in compiled.compile_seconds
+        out = compiled(graph, compute_stress=stress)
+        if out is not None and first and stress in compiled.compile_seconds:
+            self.log(f"compiled the training step in {compiled.compile_seconds[stress]:.0f} s "
+                     f"(tracing {compiled.trace_seconds:.0f} s)")
+        return out
 
     def _replay_batches(self, steps: int):
         """This rank's share of each step's replayed structures in the current epoch (None without replay)."""
