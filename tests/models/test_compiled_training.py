@@ -84,6 +84,23 @@ def test_aot_autograd_backward_gives_eager_weight_gradients():
     test_captured_graph_gives_eager_values_and_weight_gradients("schnet", True, backend="aot_eager")
 
 
+def test_a_batch_of_one_structure_uses_the_same_compiled_graph():
+    """The last batch of an epoch can hold one structure: no second compilation, the same numbers as eager."""
+    from clebsch.calculators._compiled import _graphs_compiled
+
+    model = small_model("schnet", outputs=["energy", "forces"]).train()
+    compiled = CompiledForces(model, backend="aot_eager")
+    assert compiled(_batch(False)) is not None
+    count = _graphs_compiled()
+    one = batch([AtomicGraph.from_ase(molecule("CH3CH2OH"), cutoff=3.0, dtype=torch.float64)])
+    out = compiled(one)
+    assert _graphs_compiled() == count
+    ref = model(one, compute_forces=True, training=True)
+    assert out["energy"].shape == (1,)
+    assert torch.allclose(out["energy"], ref["energy"], rtol=1e-12)
+    assert torch.allclose(out["forces"], ref["forces"], rtol=1e-9, atol=1e-12)
+
+
 def test_without_removing_detach_the_weight_gradients_would_be_wrong():
     """The reason the captured graph loses its detach nodes: kept, the second-order paths vanish."""
     from torch.fx.experimental import _config as fx_config

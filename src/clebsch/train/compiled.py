@@ -89,6 +89,12 @@ def _without_detach(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
+def _no_duck_shapes():
+    from torch.fx.experimental import _config as fx_config
+
+    return fx_config.patch(use_duck_shape=False)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
@@ -199,10 +205,15 @@ class CompiledForces:
     def _inputs(self, graph):
         dtype = graph.positions.dtype
         species = self.model.species_index(graph.numbers, graph.batch)  # unknown elements raise here, as in eager
-        graphs = torch.zeros(graph.num_graphs, dtype=torch.long, device=graph.positions.device)
-        inputs = (graph.positions.detach(), species, graph.edge_index, graph.shifts.to(dtype), graph.cell.to(dtype),
-                  graph.batch, graphs)
-        return tuple(t.contiguous() for t in inputs)
+        cell = graph.cell.to(dtype)
+        if graph.num_graphs == 1:
+            # a batch of one structure gets an empty second one: a size of 1 would make Dynamo compile a
+            # second graph for it (sizes 0 and 1 are specialised), minutes in the middle of an epoch
+            cell = torch.cat([cell, torch.eye(3, dtype=dtype, device=cell.device)[None]])
+        graphs = torch.zeros(cell.shape[0], dtype=torch.long, device=graph.positions.device)
+        inputs = (graph.positions.detach(), species, graph.edge_index, graph.shifts.to(dtype), cell, graph.batch,
+                  graphs)
+        return tuple(t.clone(memory_format=torch.contiguous_format) for t in inputs)
 
     def __call__(self, graph, compute_stress: bool = False):
         if self.failed is not None:
@@ -215,7 +226,8 @@ class CompiledForces:
             start = time.perf_counter()
             if stress not in self._graphs:
                 self._graphs[stress] = self._build(stress, graph.positions.dtype, graph.positions.device)
-            results = self._graphs[stress](*self._inputs(graph))
+            with _no_duck_shapes():  # Dynamo, too, would tie a batch of 3 structures to the 3 of xyz
+                results = self._graphs[stress](*self._inputs(graph))
         except Exception as err:  # tracing and Inductor raise many kinds
             self._fail(f"the model could not be compiled for training ({_first_line(err)})")
             return None
@@ -231,9 +243,10 @@ class CompiledForces:
 
     @staticmethod
     def _named(graph, results, stress: bool) -> dict:
-        out = {"energy": results[0], "atomic_energies": results[1], "forces": results[2]}
+        b = graph.num_graphs  # without the empty structure a batch of one was given (see _inputs)
+        out = {"energy": results[0][:b], "atomic_energies": results[1], "forces": results[2]}
         if stress:
-            virial = results[3]
+            virial = results[3][:b]
             volume = torch.linalg.det(graph.cell.to(virial.dtype)).abs()
             periodic = graph.pbc.any(dim=1)
             safe = torch.where(periodic, volume, torch.ones_like(volume))
@@ -255,10 +268,14 @@ class CompiledForces:
             if not torch.allclose(a, b, rtol=rtol, atol=rtol * max(scale, 1.0)):
                 return f"the compiled {key} differs from eager by {float((a - b).abs().max()):.3g} on this batch"
 
+        if not torch.is_grad_enabled():  # called for values only (validation, inference): nothing to differentiate
+            return None
+
         def probe(o):
             return sum((o[k] * o[k].detach().sign()).sum() for k in keys)  # touches every output's gradient
 
-        again = self._named(graph, self._graphs[stress](*self._inputs(graph)), stress)  # a compiled backward runs once
+        with _no_duck_shapes():
+            again = self._named(graph, self._graphs[stress](*self._inputs(graph)), stress)  # a compiled backward runs once
         ga = torch.autograd.grad(probe(again), params, allow_unused=True)
         gb = torch.autograd.grad(probe(ref), params, allow_unused=True)
         for q, a, b in zip(params, ga, gb):
