@@ -144,3 +144,12 @@ def test_a_graph_that_does_not_compile_falls_back_to_eager_with_one_warning():
     with pytest.warns(RuntimeWarning, match="could not be compiled for training"):
         assert compiled(_batch(False)) is None
     assert compiled.failed and compiled(_batch(False)) is None  # off for good, no second warning
+
+
+def test_an_unknown_element_raises_as_in_eager_and_keeps_the_compiled_path():
+    model = small_model("schnet", outputs=["energy", "forces"]).train()
+    compiled = CompiledForces(model, backend=None)
+    ammonia = batch([AtomicGraph.from_ase(molecule("NH3"), cutoff=3.0, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="N"):
+        compiled(ammonia)
+    assert compiled.failed is None

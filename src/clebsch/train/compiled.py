@@ -221,13 +221,14 @@ class CompiledForces:
         stress = bool(compute_stress)
         from ..calculators._compiled import _graphs_compiled
 
+        inputs = self._inputs(graph)  # outside the try: a user's error (an unknown element) raises as in eager
         count = _graphs_compiled()
         try:
             start = time.perf_counter()
             if stress not in self._graphs:
                 self._graphs[stress] = self._build(stress, graph.positions.dtype, graph.positions.device)
             with _no_duck_shapes():  # Dynamo, too, would tie a batch of 3 structures to the 3 of xyz
-                results = self._graphs[stress](*self._inputs(graph))
+                results = self._graphs[stress](*inputs)
         except Exception as err:  # tracing and Inductor raise many kinds
             self._fail(f"the model could not be compiled for training ({_first_line(err)})")
             return None
