@@ -103,18 +103,13 @@ def test_a_batch_of_one_structure_uses_the_same_compiled_graph():
 
 def test_without_removing_detach_the_weight_gradients_would_be_wrong():
     """The reason the captured graph loses its detach nodes: kept, the second-order paths vanish."""
-    from torch.fx.experimental import _config as fx_config
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    from clebsch.calculators._compiled import _compiling
+    from clebsch.calculators._compiled import capture
     from clebsch.train.compiled import _without_detach
 
     model = small_model("nequip", outputs=["energy", "forces"]).train()
     graph = _batch(False)
     compiled = CompiledForces(model)
-    with torch.enable_grad(), _compiling(), fx_config.patch(use_duck_shape=False):
-        traced = make_fx(compiled._function(False), tracing_mode="symbolic",
-                         _allow_non_fake_inputs=True)(*compiled._example(torch.float64, "cpu"))
+    traced = capture(compiled._function(False), compiled._example(torch.float64, "cpu"))
     params = [p for p in model.parameters() if p.requires_grad]
     ref = model(graph, compute_forces=True, training=True)
     gb = torch.autograd.grad(_probe_loss(ref, ["forces"]), params, allow_unused=True)

@@ -70,6 +70,19 @@ def _compiling():
         torch.compiler._is_compiling_flag = old
 
 
+def capture(fn, inputs) -> torch.fx.GraphModule:
+    """``fn(*inputs)`` (autograd calls included) as one ATen graph with symbolic sizes (``make_fx``).
+
+    Traced with the compiling flag set (layers take their traceable paths) and without duck
+    shapes, so that no size is tied to another that happens to be equal in ``inputs``.
+    """
+    from torch.fx.experimental import _config as fx_config
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with torch.enable_grad(), _compiling(), fx_config.patch(use_duck_shape=False):
+        return make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)
+
+
 def _sum_into_single_rows(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Rewrite ``index_add`` into a tensor of one row (per-structure sums of one structure) as a plain sum.
 
@@ -237,13 +250,8 @@ class CompiledPotential:
         )
 
     def _build(self, stress: bool, dtype, device):
-        from torch.fx.experimental import _config as fx_config
-        from torch.fx.experimental.proxy_tensor import make_fx
-
         start = time.perf_counter()
-        with torch.enable_grad(), _compiling(), fx_config.patch(use_duck_shape=False):
-            traced = make_fx(self._energy_and_gradients(stress), tracing_mode="symbolic",
-                             _allow_non_fake_inputs=True)(*self._example(dtype, device))
+        traced = capture(self._energy_and_gradients(stress), self._example(dtype, device))
         self.trace_seconds = time.perf_counter() - start
         return torch.compile(_sum_into_single_rows(traced), dynamic=True)
 

@@ -177,15 +177,10 @@ class CompiledForces:
         )
 
     def _build(self, stress: bool, dtype, device):
-        from torch.fx.experimental import _config as fx_config
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        from ..calculators._compiled import _compiling
+        from ..calculators._compiled import capture
 
         start = time.perf_counter()
-        with torch.enable_grad(), _compiling(), fx_config.patch(use_duck_shape=False):
-            traced = make_fx(self._function(stress), tracing_mode="symbolic",
-                             _allow_non_fake_inputs=True)(*self._example(dtype, device))
+        traced = capture(self._function(stress), self._example(dtype, device))
         self.trace_seconds = time.perf_counter() - start
         if self.backend is None:
             return _without_detach(traced)
