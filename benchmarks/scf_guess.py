@@ -1,16 +1,22 @@
-"""SCF iterations saved by a predicted Kohn-Sham matrix as PySCF's initial guess.
+"""SCF iterations saved by a model's prediction as PySCF's initial guess.
 
 For each structure, PySCF runs the data's own level of theory (restricted
-Kohn-Sham, PBE, def2-SVP, ``conv_tol`` 1e-9) three ways: from its default guess
-(``minao``), from a superposition of atomic densities (``atom``), and from the
-density matrix of the model's Hamiltonian (``H C = S C e`` with PySCF's own
-overlap, the lowest orbitals doubly occupied). Prints the iterations of each and
-the energy differences of the converged results (all three must reach the same
-state).
+Kohn-Sham, PBE, def2-SVP, ``conv_tol`` 1e-9) from its default guess
+(``minao``), from a superposition of atomic densities (``atom``), and from each
+prediction the model makes (``clebsch.basis.pyscf.initial_guess``):
+``hamiltonian``, the density matrix of the predicted Kohn-Sham matrix
+(``H C = S C e`` with PySCF's own overlap, the lowest orbitals doubly occupied),
+and ``density``, that of the Kohn-Sham matrix the predicted density defines
+(``T + V_nuc + J[rho] + V_xc[rho]``). With ``--reference KEY`` it also starts
+from the Kohn-Sham matrix of the reference density stored under ``KEY``
+(``reference``): the best a density guess can do, whatever the model. Prints
+the iterations of each and the energy differences of the converged results (all
+must reach the same state).
 
-Needs PySCF beside clebsch (``pip install pyscf``):
+Needs PySCF beside clebsch (``pip install pyscf``)::
 
-    python benchmarks/scf_guess.py runs/water-clusters/model.pt "examples/water_clusters.xyz.xz@180:211"
+    python benchmarks/scf_guess.py runs/water-clusters/model.pt "examples/water_clusters.xyz.xz@180:211" \
+        --reference density_coefficients
 """
 
 from __future__ import annotations
@@ -23,39 +29,23 @@ import numpy as np
 import torch
 
 
-def predicted_density_matrix(model, atoms, pair: str, onsite: str, overlap: np.ndarray) -> np.ndarray:
-    from clebsch.basis import assemble_matrix
-    from clebsch.data.targets import graph_from_atoms
-
-    graph = graph_from_atoms(atoms, model.cutoff, keys={}, dtype=model.atomic_energies.dtype)
-    with torch.enable_grad():
-        out = model(graph)
-    basis = model.targets[pair].basis
-    z = atoms.numbers.tolist()
-    h = assemble_matrix(basis, z, out[onsite].detach().double(), out[pair].detach().double(), graph.edge_index)
-    h = basis.matrix_to_native(z, h).numpy()
-    s_vals, s_vecs = np.linalg.eigh(overlap)
-    x = s_vecs / np.sqrt(s_vals)
-    _, c = np.linalg.eigh(x.T @ h @ x)
-    c = x @ c
-    occupied = (sum(z) - int(atoms.info.get("charge", 0))) // 2
-    return 2.0 * c[:, :occupied] @ c[:, :occupied].T
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="packaged model with on-site and pair blocks of a Kohn-Sham matrix")
+    parser.add_argument("model", help="packaged model with a density target and/or a Kohn-Sham matrix")
     parser.add_argument("data", help="structures (e.g. 'examples/water_clusters.xyz.xz@180:211')")
     parser.add_argument("--xc", default="pbe")
-    parser.add_argument("--basis", default="def2-svp")
+    parser.add_argument("--reference", metavar="KEY",
+                        help="per-atom reference density coefficients in the data (PySCF order, e.g. "
+                             "density_coefficients): adds a guess from the reference density")
     parser.add_argument("--max", type=int, default=None, help="at most this many structures")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     try:
-        from pyscf import dft, gto, lib
+        from pyscf import dft, lib
     except ImportError:
         print("benchmarks/scf_guess.py needs PySCF (pip install pyscf); skipped", file=sys.stderr)
         return 0
+    from clebsch.basis.pyscf import aux_mole, density_matrix, fock_from_density, initial_guess, mole
     from clebsch.data.io import read_structures
     from clebsch.models.package import load
     from clebsch.train.electronic import basis_targets
@@ -63,41 +53,55 @@ def main(argv=None) -> int:
     lib.num_threads(args.threads)
     torch.set_num_threads(args.threads)
     model = load(args.model)
-    _, matrices = basis_targets({n: model.targets[n] for n in model.outputs})
+    densities, matrices = basis_targets({n: model.targets[n] for n in model.outputs})
     if not matrices:
-        print(f"{args.model} predicts no Kohn-Sham matrix (on-site and pair blocks of one basis)", file=sys.stderr)
+        print(f"{args.model} predicts no Kohn-Sham matrix (on-site and pair blocks of one basis): the SCF needs "
+              f"its AO basis", file=sys.stderr)
         return 1
-    onsite, pair = matrices[0]
+    ao = model.targets[matrices[0][1]].basis
+    guesses = ["minao", "atom", "hamiltonian"] + (["density"] if densities else [])
+    if args.reference:
+        if not densities:
+            print("--reference needs a model with a density target (its auxiliary basis)", file=sys.stderr)
+            return 1
+        guesses.append("reference")
     frames = read_structures(args.data)[: args.max]
     rows = []
     for k, atoms in enumerate(frames):
-        mol = gto.M(atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
-                    basis=args.basis, unit="Angstrom", verbose=0)
+        mol = mole(atoms, ao)
         runs = {}
-        for guess in ("minao", "atom", "model"):
+        for guess in guesses:
             mf = dft.RKS(mol, xc=args.xc)
             mf.conv_tol = 1e-9
             t = time.perf_counter()
-            if guess == "model":
-                dm0 = predicted_density_matrix(model, atoms, pair, onsite, mol.intor("int1e_ovlp"))
-                energy = mf.kernel(dm0=dm0)
+            if guess in ("hamiltonian", "density"):
+                energy = mf.kernel(dm0=initial_guess(model, atoms, mol, source=guess, xc=args.xc))
+            elif guess == "reference":
+                if args.reference not in atoms.arrays:
+                    raise SystemExit(f"{args.data}, frame {k}: no per-atom key {args.reference!r}; it has "
+                                     f"{sorted(atoms.arrays)}")
+                aux = model.targets[densities[0]].basis
+                native = atoms.arrays[args.reference]
+                c = np.concatenate([native[i, :aux.size(int(z))] for i, z in enumerate(atoms.numbers)])
+                fock = fock_from_density(mol, aux_mole(mol, aux), c, args.xc)
+                energy = mf.kernel(dm0=density_matrix(fock, mol.intor_symmetric("int1e_ovlp"), mol.nelectron))
             else:
                 mf.init_guess = guess
                 energy = mf.kernel()
             runs[guess] = (int(mf.cycles), float(energy), time.perf_counter() - t, bool(mf.converged))
         rows.append((atoms.info.get("config_type", "Default"), runs))
         line = "  ".join(f"{g} {c:3d} it" for g, (c, *_rest) in runs.items())
-        print(f"{k:3d} {rows[-1][0]:>10}  {line}  |dE(model-minao)| {abs(runs['model'][1] - runs['minao'][1]):.1e} Ha",
-              flush=True)
+        spread = max(abs(r[1] - runs["minao"][1]) for r in runs.values())
+        print(f"{k:3d} {rows[-1][0]:>11}  {line}  max |dE| {spread:.1e} Ha", flush=True)
     print()
-    print(f"{'config_type':>12} {'n':>3} {'minao':>7} {'atom':>7} {'model':>7} {'saved vs minao':>15} "
-          f"{'saved vs atom':>14}")
-    groups = sorted({g for g, _ in rows}) + ["all"]
-    for group in groups:
+    print(f"mean SCF iterations ({args.xc}, conv_tol 1e-9); saved: 1 - guess / minao")
+    print(f"{'config_type':>12} {'n':>3} " + " ".join(f"{g:>11}" for g in guesses) + "  "
+          + " ".join(f"{'saved ' + g:>17}" for g in guesses[2:]))
+    for group in sorted({g for g, _ in rows}) + ["all"]:
         sel = [r for g, r in rows if group in ("all", g)]
-        mean = {guess: np.mean([r[guess][0] for r in sel]) for guess in ("minao", "atom", "model")}
-        print(f"{group:>12} {len(sel):3d} {mean['minao']:7.1f} {mean['atom']:7.1f} {mean['model']:7.1f} "
-              f"{100 * (1 - mean['model'] / mean['minao']):14.0f}% {100 * (1 - mean['model'] / mean['atom']):13.0f}%")
+        mean = {guess: np.mean([r[guess][0] for r in sel]) for guess in guesses}
+        print(f"{group:>12} {len(sel):3d} " + " ".join(f"{mean[g]:11.1f}" for g in guesses) + "  "
+              + " ".join(f"{100 * (1 - mean[g] / mean['minao']):16.0f}%" for g in guesses[2:]))
     unconverged = sum(not r[g][3] for _, r in rows for g in r)
     if unconverged:
         print(f"{unconverged} SCF runs did not converge", file=sys.stderr)
