@@ -56,5 +56,8 @@ def test_density_errors_name_what_is_wrong(model_file, tmp_path, capsys):
     assert "--target 'fock' is not a density target of this model; it has ['density']" in capsys.readouterr().err
     assert main(["density", str(model_file), str(ROOT / "examples" / "ethanol_xtb.xyz"),
                  "--cube", str(tmp_path / "y.cube")]) == 2
-    assert "C (Z=6), an element this model was not trained on" in capsys.readouterr().err
+    assert "ethanol_xtb.xyz', frame 0, atom 0: C (Z=6) is an element this model was not trained on" \
+        in capsys.readouterr().err
     assert not (tmp_path / "y.cube").exists()
+    assert main(["evaluate", str(model_file), str(ROOT / "examples" / "ethanol_xtb.xyz")]) == 2
+    assert "ethanol_xtb.xyz', frame 0, atom 0: C (Z=6)" in capsys.readouterr().err

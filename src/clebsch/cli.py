@@ -175,7 +175,7 @@ def _evaluate(args) -> int:
 
     from ._atomic import atomic_write_text, check_output_path
     from .data.dataset import AtomicDataset
-    from .data.io import read_structures
+    from .data.io import check_elements, read_structures
     from .models.package import load
     from .train.evaluate import evaluate, evaluate_keys, write_predictions
 
@@ -209,6 +209,7 @@ def _evaluate(args) -> int:
     graphs = AtomicDataset.from_file(args.data, model.cutoff, keys=keys, required=(), dtype=dtype,
                                      targets=model.config.get("targets"),
                                      allow_nonfinite=args.skip_nonfinite).graphs
+    check_elements(graphs, model.species, args.data)
     from .train.electronic import basis_targets, electronic_report, format_electronic
 
     electronic = any(basis_targets({n: model.targets[n] for n in model.outputs}))
@@ -247,7 +248,7 @@ def _density(args) -> int:
 
     from ._atomic import check_output_path
     from .basis import density_report, write_density_cube
-    from .data.io import read_structure
+    from .data.io import check_elements, read_structure
     from .data.targets import graph_from_atoms
     from .models.package import load
     from .train.electronic import basis_targets
@@ -266,6 +267,7 @@ def _density(args) -> int:
         raise ValueError(f"model {args.model} has several density targets {densities}; choose one with --target")
     name = args.target or densities[0]
     atoms = read_structure(args.structure, args.frame)
+    check_elements([atoms], model.species, args.structure, args.frame)
     keys = {name: args.reference} if args.reference else {}
     graph = graph_from_atoms(atoms, model.cutoff, keys=keys, required=tuple(keys), targets=model.targets,
                              dtype=model.atomic_energies.dtype, where=f"{args.structure}, frame {args.frame}")

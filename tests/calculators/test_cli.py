@@ -59,8 +59,18 @@ def test_errors_are_clear(tmp_path, model_file):
     with pytest.raises(ValueError, match="NPT needs a structure periodic"):
         run_md(_parse(add_md_arguments, [model_file, str(structure), "--ensemble", "npt"]))
     write(tmp_path / "salt.xyz", bulk("NaCl", "rocksalt", a=5.6))
-    with pytest.raises(ValueError, match="atom 0 is Na"):
+    with pytest.raises(ValueError, match=r"file '.*salt.xyz', frame 0, atom 0: Na \(Z=11\) is an element this model "
+                                         r"was not trained on"):
         run_relax(_parse(add_relax_arguments, [model_file, str(tmp_path / "salt.xyz")]))
+    # the file, the frame and the atom, before any output is written
+    write(tmp_path / "mixed.xyz", [molecule("H2O"), molecule("NH3")])
+    for run, add, extra in ((run_md, add_md_arguments, ["--trajectory", str(tmp_path / "t.xyz")]),
+                            (run_relax, add_relax_arguments, ["--output", str(tmp_path / "r.xyz")]),
+                            (run_relax, add_relax_arguments, ["--batch", "--output", str(tmp_path / "r.xyz")])):
+        frame = [] if "--batch" in extra else ["--frame", "1"]
+        with pytest.raises(ValueError, match=r"file '.*mixed.xyz', frame 1, atom 0: N \(Z=7\)"):
+            run(_parse(add, [model_file, str(tmp_path / "mixed.xyz"), *frame, *extra]))
+        assert not (tmp_path / "t.xyz").exists() and not (tmp_path / "r.xyz").exists()
     (tmp_path / "broken.xyz").write_text("3\n\nH 0 0\n")
     with pytest.raises(ValueError, match=r"cannot read .*broken.xyz.*: frame 0 .*line 1: truncated"):
         run_md(_parse(add_md_arguments, [model_file, str(tmp_path / "broken.xyz")]))

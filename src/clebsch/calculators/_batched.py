@@ -44,7 +44,7 @@ def _evaluate(model, structures, dtype, device):
 
 
 def relax_many(model, structures, fmax: float = 0.05, steps: int = 500, device: str = "cpu",
-               dtype: str = "float64", **fire) -> list[bool]:
+               dtype: str = "float64", source: str = "structures", **fire) -> list[bool]:
     """Relax the positions of many independent structures (changed in place) with FIRE, batched.
 
     Parameters
@@ -59,6 +59,9 @@ def relax_many(model, structures, fmax: float = 0.05, steps: int = 500, device: 
         Most FIRE steps per structure (as ``ase.optimize.FIRE.run(steps=...)``).
     device, dtype
         Where and in which precision the model runs.
+    source : str
+        What an error names the structures by (e.g. their file): an element the model does not know raises
+        naming it, the frame and the atom.
     **fire
         FIRE parameters overriding :data:`FIRE_DEFAULTS` (``dt``, ``maxstep``, ...).
 
@@ -94,6 +97,9 @@ def relax_many(model, structures, fmax: float = 0.05, steps: int = 500, device: 
     if not structures:
         return []
     model = load_model(model, device=device, dtype=dtype)
+    from ..data.io import check_elements
+
+    check_elements(structures, model.species, source)
     tdtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     b = len(structures)
     counts = torch.tensor([len(a) for a in structures])

@@ -23,6 +23,7 @@ import math
 import os
 
 from .._atomic import atomic_open, check_output_path
+from ..data.io import check_elements
 from ._dynamics import ENSEMBLES, OPTIMIZERS, check_md_parameters, check_relax_parameters, md, relax
 
 __all__ = [
@@ -155,6 +156,7 @@ def run_md(args: argparse.Namespace) -> int:
     if log not in (None, "-"):
         check_output_path(log, "log", inputs=inputs)
     calc = _load_calculator(args)
+    check_elements([atoms], calc.model.species, args.structure, args.frame)
     md(
         calc, atoms, ensemble=args.ensemble, temperature_K=args.temperature, timestep_fs=args.timestep,
         steps=args.steps, trajectory=args.trajectory or None, logfile=log, friction=args.friction, seed=args.seed,
@@ -188,6 +190,7 @@ def run_relax(args: argparse.Namespace) -> int:
     if args.trajectory:
         check_output_path(args.trajectory, "trajectory", inputs=inputs)
     calc = _load_calculator(args)
+    check_elements([atoms], calc.model.species, args.structure, args.frame)
     converged = relax(
         calc, atoms, fmax=args.fmax, optimizer=args.optimizer, cell=args.cell, steps=args.steps,
         trajectory=args.trajectory, skin=args.skin,
@@ -213,7 +216,8 @@ def _run_relax_batch(args: argparse.Namespace) -> int:
     frames = read_structures(args.structure)
     output = args.output or os.path.splitext(os.path.basename(args.structure))[0] + "_relaxed.xyz"
     check_output_path(output, "output", inputs={"model file": args.model, "structure file": args.structure})
-    converged = relax_many(args.model, frames, fmax=args.fmax, steps=args.steps, device=args.device, dtype=args.dtype)
+    converged = relax_many(args.model, frames, fmax=args.fmax, steps=args.steps, device=args.device, dtype=args.dtype,
+                           source=args.structure)
     from ase.io import write
 
     with atomic_open(output, "w") as handle:

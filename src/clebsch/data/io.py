@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ase.io
 
-__all__ = ["read_structures", "read_structure"]
+__all__ = ["read_structures", "read_structure", "check_elements"]
 
 _XYZ_FORMATS = ("extxyz", "xyz")
 _SNIFF_BYTES = 65536
@@ -259,3 +259,20 @@ def read_structure(path, frame: int = 0, format: str | None = None):
     if len(atoms) == 0:
         raise ValueError(f"structure file '{path}', frame {frame}, has no atoms")
     return atoms
+
+
+def check_elements(frames, species, path, first_frame: int = 0) -> None:
+    """Raise ``ValueError`` naming the file, frame, atom and element of the first atom whose element is not in
+    ``species`` (the atomic numbers a model knows). ``frames``: ASE ``Atoms`` or graphs (anything with
+    ``numbers``), frame ``k`` of the list being frame ``first_frame + k`` of the file."""
+    from ase.data import chemical_symbols
+
+    known = {int(z) for z in species}
+    for k, frame in enumerate(frames):
+        numbers = [int(z) for z in (frame.numbers.tolist() if hasattr(frame.numbers, "tolist") else frame.numbers)]
+        bad = next((i for i, z in enumerate(numbers) if z not in known), None)
+        if bad is not None:
+            z = numbers[bad]
+            name = chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"atomic number {z}"
+            raise ValueError(f"file '{path}', frame {first_frame + k}, atom {bad}: {name} (Z={z}) is an element "
+                             f"this model was not trained on; it knows {[chemical_symbols[s] for s in sorted(known)]}")
