@@ -119,7 +119,10 @@ Or point at other interpreters with ``--mace-python``, ``--nequip-python``,
 ``--allegro-python``, ``--torchmdnet-python`` (CLEBSCH_MACE_PYTHON, ...);
 a missing one is skipped. PyG (ViSNet, DimeNet++) is imported here.
 
-Prints milliseconds per step, the arithmetic rate of the step's matrix
+Prints milliseconds per step, the peak memory a step needs (the rise of the
+process's peak resident memory during one step, after freed heap is returned
+to the kernel; "MiB ratio" is the reference's over clebsch's: above 1 means
+clebsch needs less), the arithmetic rate of the step's matrix
 products against the machine's measured fp32 matrix-multiply peak (how far
 from the hardware limit a step is, not only from a peer), ratios (reference
 time / clebsch time: > 1 means clebsch is faster), and the parameter counts
@@ -212,6 +215,34 @@ def best_time(fn, repeats: int, warmup: int = 1) -> float:
     return best
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def peak_rise_mib(fn) -> float:
+    """The rise of the process's peak resident memory during one call of ``fn``, MiB (Linux; NaN elsewhere).
+
+    Freed heap is handed back to the kernel first (``malloc_trim``) and the peak mark is reset
+    (``/proc/self/clear_refs``), so that the figure is what the call needs on top of what is held
+    (weights, inputs), not memory the allocator kept from an earlier call. Run alike for clebsch and the
+    references (each reference in its own process)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        before = _status_kib("VmRSS")
+        fn()
+        return (_status_kib("VmHWM") - before) / 1024.0
+    except (OSError, AttributeError):
+        return float("nan")
+
+
 def time_steps(energy_fn, positions, energy_ref, forces_ref, params, repeats):
     """``energy_fn(positions) -> energy [B]``; returns {"train": s, "infer": s}."""
     opt = torch.optim.SGD(params, lr=1e-9)
@@ -232,6 +263,7 @@ def time_steps(energy_fn, positions, energy_ref, forces_ref, params, repeats):
 
     return {"train": best_time(train, repeats), "infer": best_time(infer, repeats),
             "train_flop": count_flops(train), "infer_flop": count_flops(infer),
+            "train_mib": peak_rise_mib(train), "infer_mib": peak_rise_mib(infer),
             "params": sum(p.numel() for p in params)}
 
 
@@ -408,6 +440,7 @@ def run_clebsch_compiled(inputs: dict, repeats: int, models) -> dict:
             results[(f"{family}+c", name)] = {
                 "train": best_time(train, repeats), "infer": best_time(infer, repeats),
                 "train_flop": count_flops(train), "infer_flop": count_flops(infer),
+                "train_mib": peak_rise_mib(train), "infer_mib": peak_rise_mib(infer),
                 "params": sum(p.numel() for p in params), "compile_s": first,
             }
     return results
@@ -672,19 +705,23 @@ VENV_OPTIONS = {"mace": "mace", "nequip": "nequip", "allegro": "allegro", "torch
 def print_table(ours: dict, refs: dict, peak: float, threads: int) -> None:
     """Times, rates and ratios; ``refs[(family, input)]`` maps reference labels to their times."""
     print(f"\nfp32 matrix-multiply peak measured here ({threads} thread(s), 2048 x 2048): {peak / 1e9:.1f} GFLOP/s")
-    print(f"\n{'model':>9} {'input':>8} {'step':>6} {'clebsch ms':>11} {'GFLOP/s':>8} {'of peak':>8} "
-          f"{'reference':>24} {'ref ms':>9} {'ref/clebsch':>12}")
+    print("(MiB: the rise of the peak resident memory during one step, over what the process held before it)")
+    print(f"\n{'model':>9} {'input':>8} {'step':>6} {'clebsch ms':>11} {'GFLOP/s':>8} {'of peak':>8} {'MiB':>7} "
+          f"{'reference':>24} {'ref ms':>9} {'ref/clebsch':>12} {'ref MiB':>8} {'MiB ratio':>9}")
     for (family, name), times in ours.items():
         for step in ("train", "infer"):
             t = times[step] * 1e3
             rate = times[f"{step}_flop"] / times[step]
-            left = f"{family:>9} {name:>8} {step:>6} {t:11.1f} {rate / 1e9:8.2f} {100 * rate / peak:7.1f}%"
+            mib = times.get(f"{step}_mib", float("nan"))
+            left = f"{family:>9} {name:>8} {step:>6} {t:11.1f} {rate / 1e9:8.2f} {100 * rate / peak:7.1f}% {mib:7.0f}"
             found = refs.get((family.removesuffix("+c"), name), {})
             if not found:
                 print(f"{left} {'-':>24} {'-':>9} {'-':>12}")
             for k, (label, ref) in enumerate(found.items()):
                 lead = left if k == 0 else " " * len(left)
-                print(f"{lead} {label:>24} {ref[step] * 1e3:9.1f} {ref[step] / times[step]:12.2f}")
+                ref_mib = ref.get(f"{step}_mib", float("nan"))
+                print(f"{lead} {label:>24} {ref[step] * 1e3:9.1f} {ref[step] / times[step]:12.2f} {ref_mib:8.0f} "
+                      f"{ref_mib / mib if mib > 0 else float('nan'):9.2f}")
     print(f"\n{'model':>9} {'clebsch params':>15} {'reference':>24} {'ref params':>11} {'ref/clebsch':>12}")
     seen = set()
     for (family, name), times in ours.items():
