@@ -6,12 +6,13 @@ Trains every config of ``examples/learning_curves/`` at each training-set size,
 ``force MAE = A N^(-beta)`` and writes ``learning_curve.csv``, ``fits.csv`` and
 ``learning_curve.png`` (the README figure) into ``--out``::
 
-    OMP_NUM_THREADS=2 python benchmarks/learning_curves.py --out runs/learning-curves
+    OMP_NUM_THREADS=1 python benchmarks/learning_curves.py --threads 1 --out runs/learning-curves
 
-The full study (5 models x 4 sizes x 3 repeats, each run up to its config's
-2-minute budget) takes one to two hours on two CPU cores; ``--quick`` runs
-two tiny sizes once for three epochs, to check that everything works
-(one CPU-minute; four minutes of wall time on two busy cores). Not a test. A study that is stopped continues where it
+Each run trains until its validation loss stops improving (learning rate halved after 5 epochs without
+progress, stopped after 20) or 12 minutes pass, so that the curve compares converged models, not
+budgets. The full study (5 models x 4 sizes x 3 repeats) takes about five hours on one CPU core (NequIP
+l <= 2 at N = 200: 8 to 12 minutes a run); ``--quick`` runs two tiny sizes once for three epochs, to check
+that everything works (one CPU-minute; four minutes of wall time on two busy cores). Not a test. A study that is stopped continues where it
 stopped when started again with the same arguments.
 """
 
