@@ -18,12 +18,12 @@ dependency of clebsch: it is imported when these functions run
 (see :meth:`GaussianBasis.matrix_to_native`); lengths of PySCF molecules in
 Bohr as PySCF keeps them, structures (ASE ``Atoms``) in Å.
 
-Examples
---------
->>> from pyscf import dft                                             # doctest: +SKIP
->>> mol = mole(atoms, model.targets["fock"].basis)                    # doctest: +SKIP
->>> mf = dft.RKS(mol, xc="pbe")                                       # doctest: +SKIP
->>> mf.kernel(dm0=initial_guess(model, atoms, mol, source="density"))  # doctest: +SKIP
+With a trained ``model`` and a structure ``atoms`` (the README's tour runs this)::
+
+    from pyscf import dft
+    mol = mole(atoms, model.targets["fock"].basis)
+    mf = dft.RKS(mol, xc="pbe")
+    mf.kernel(dm0=initial_guess(model, atoms, mol, source="density"))
 """
 
 from __future__ import annotations
