@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     except ImportError:
         print("benchmarks/scf_guess.py needs PySCF (pip install pyscf); skipped", file=sys.stderr)
         return 0
-    from clebsch.basis.pyscf import aux_mole, density_matrix, fock_from_density, initial_guess, mole
+    from clebsch.basis.pyscf import (aux_mole, density_matrix, fock_from_density, initial_guess, mole,
+                                     native_coefficients)
     from clebsch.data.io import read_structures
     from clebsch.models.package import load
     from clebsch.train.electronic import basis_targets
@@ -81,8 +82,8 @@ def main(argv=None) -> int:
                     raise SystemExit(f"{args.data}, frame {k}: no per-atom key {args.reference!r}; it has "
                                      f"{sorted(atoms.arrays)}")
                 aux = model.targets[densities[0]].basis
-                native = atoms.arrays[args.reference]
-                c = np.concatenate([native[i, :aux.size(int(z))] for i, z in enumerate(atoms.numbers)])
+                c = native_coefficients(aux, atoms.numbers, aux.native_to_union(atoms.numbers,
+                                                                               atoms.arrays[args.reference]))
                 fock = fock_from_density(mol, aux_mole(mol, aux), c, args.xc)
                 energy = mf.kernel(dm0=density_matrix(fock, mol.intor_symmetric("int1e_ovlp"), mol.nelectron))
             else:
