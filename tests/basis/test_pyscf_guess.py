@@ -16,7 +16,6 @@ from pyscf import dft, scf  # noqa: E402
 from pyscf.df import incore  # noqa: E402
 
 from clebsch import o3  # noqa: E402
-from clebsch.basis import GaussianBasis  # noqa: E402
 from clebsch.basis.pyscf import (aux_mole, density_matrix, fock_from_density, initial_guess, mole,  # noqa: E402
                                  native_coefficients)
 from clebsch.testing import float64_model  # noqa: E402
@@ -26,16 +25,6 @@ AO = {"file": str(BASIS_FILE), "key": "ao"}
 AUX = {"file": str(BASIS_FILE), "key": "aux"}
 WATER_DIMER = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0],
                         [2.9, 0.1, 0.2], [3.3, 0.9, 0.5], [3.3, -0.6, 0.7]])
-
-
-@pytest.fixture(scope="module")
-def ao():
-    return GaussianBasis.from_file(BASIS_FILE, "ao")
-
-
-@pytest.fixture(scope="module")
-def aux():
-    return GaussianBasis.from_file(BASIS_FILE, "aux")
 
 
 def _fit(mol, auxmol, dm):
@@ -69,11 +58,11 @@ def test_fock_of_the_fitted_scf_density_is_pyscfs(ao, aux, xc):
     assert again.cycles <= minao_cycles - 2, (again.cycles, minao_cycles)
 
 
-def test_native_coefficients_are_pyscfs_order(aux):
+def test_native_coefficients_are_pyscfs_order(ao, aux):
     """Union-layout coefficients turned into PySCF's vector give, through PySCF's auxiliary functions, the
     density clebsch's own basis functions give."""
     atoms = Atoms("OHHOHH", positions=WATER_DIMER)
-    mol = mole(atoms, GaussianBasis.from_file(BASIS_FILE, "ao"))
+    mol = mole(atoms, ao)
     auxmol = aux_mole(mol, aux)
     rng = np.random.default_rng(0)
     union = torch.as_tensor(rng.normal(size=(6, aux.union_irreps.dim)))

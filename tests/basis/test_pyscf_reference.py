@@ -7,27 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from clebsch.basis import (BOHR, GaussianBasis, assemble_matrix, density_report, molecular_grid, orbital_energies,
-                           overlap_matrix)
+from clebsch.basis import BOHR, assemble_matrix, density_report, molecular_grid, orbital_energies, overlap_matrix
 
 ROOT = Path(__file__).parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "pyscf_water_reference.npz"
-BASIS = ROOT / "examples" / "water_clusters.basis.json"
 
 
 @pytest.fixture(scope="module")
 def ref():
     return {k: v for k, v in np.load(FIXTURE).items()}
-
-
-@pytest.fixture(scope="module")
-def ao():
-    return GaussianBasis.from_file(BASIS, "ao")
-
-
-@pytest.fixture(scope="module")
-def aux():
-    return GaussianBasis.from_file(BASIS, "aux")
 
 
 def test_ao_and_aux_values_match_pyscf(ref, ao, aux):
