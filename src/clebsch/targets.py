@@ -63,7 +63,7 @@ def _block_reduction(formula: str, irreps: str):
     return ReducedTensorProducts(formula, i=irreps, j=irreps)
 
 
-LOSS_METRICS = ("overlap",)
+LOSS_METRICS = ("overlap", "coulomb")
 """What a density target's loss can measure besides its coefficients (``Target.loss_metric``)."""
 
 
@@ -94,13 +94,17 @@ class Target:
         ``[U, U]`` with rows and columns laid out by the union irreps.
     matrix : bool
         See ``basis``.
-    loss_metric : {"overlap"}, optional
+    loss_metric : {"overlap", "coulomb"}, optional
         For a density (a basis target without ``matrix``): the loss measures
         the density rather than its coefficients, ``dc^T S dc`` per atom with
         ``S`` the overlap of the atom's own functions, i.e. the squared L2 error
         of the atom's part of the density (cross terms between atoms left out).
         Near-linearly-dependent functions, whose coefficients can trade off
-        without changing the density, are then not fitted one by one.
+        without changing the density, are then not fitted one by one. With
+        ``"coulomb"``, ``S`` is the Coulomb matrix of the atom's functions
+        (the metric of density fitting, in Hartree per electron squared): the
+        loss is the error's Coulomb self-interaction, which weighs the diffuse,
+        long-range part of the density that the Coulomb potential depends on.
     unit : str
         The unit of the stored value (files, outputs, metrics).
     extensive : bool

@@ -120,8 +120,10 @@ def test_atom_overlap_matches_quadrature_and_factors_embed_it():
         assert torch.allclose((union @ factors[k]).square().sum(), torch.tensor(clebsch @ basis.atom_overlap(z) @ clebsch))
 
 
-def test_overlap_loss_metric_measures_the_density():
-    """A density target with loss_metric: overlap has as its loss the atoms' dc^T S dc (not |dc|^2)."""
+@pytest.mark.parametrize("name", ["overlap", "coulomb"])
+def test_loss_metric_measures_the_density(name):
+    """A density target with loss_metric: overlap (coulomb) has as its loss the atoms' dc^T S dc (dc^T J dc),
+    not |dc|^2."""
     import types
 
     from clebsch.targets import TargetError, declare
@@ -130,8 +132,9 @@ def test_overlap_loss_metric_measures_the_density():
     spec = {"level": "atom", "basis": {"elements": {"O": DEF2_SVP_O, "H": [[0, [3.4, 0.2], [0.6, 0.5]],
                                                                               [1, [0.8, 1.0]]]}}}
     plain = declare("rho", spec)
-    metric = declare("rho", {**spec, "loss_metric": "overlap"})
+    metric = declare("rho", {**spec, "loss_metric": name})
     basis = metric.basis
+    matrix = basis.atom_overlap if name == "overlap" else basis.atom_coulomb
     numbers = torch.tensor([8, 1, 1])
     rng = np.random.default_rng(1)
     ref = torch.stack([basis.native_to_union([int(z)], torch.as_tensor(
@@ -146,12 +149,12 @@ def test_overlap_loss_metric_measures_the_density():
     for i, z in enumerate(numbers.tolist()):
         _, slots = basis._order(z)
         d = (pred[i] - torch.nan_to_num(ref[i]))[torch.as_tensor(slots)].numpy()
-        delta.append(d @ basis.atom_overlap(z) @ d)
+        delta.append(d @ matrix(z) @ d)
     loss, _ = WeightedLoss({"rho": 1.0}, targets={"rho": metric})({"rho": pred}, graph)
     assert np.isclose(float(loss) * ref.shape[0] * ref.shape[1], sum(delta))
     plain_loss, _ = WeightedLoss({"rho": 1.0}, targets={"rho": plain})({"rho": pred}, graph)
     assert not np.isclose(float(plain_loss), float(loss))
     with pytest.raises(TargetError, match="loss_metric"):
-        declare("rho", {**spec, "loss_metric": "coulomb"})
+        declare("rho", {**spec, "loss_metric": "hartree"})
     with pytest.raises(TargetError, match="loss_metric"):
         declare("fock", {**spec, "matrix": True, "loss_metric": "overlap"})

@@ -58,6 +58,23 @@ def test_fock_of_the_fitted_scf_density_is_pyscfs(ao, aux, xc):
     assert again.cycles <= minao_cycles - 2, (again.cycles, minao_cycles)
 
 
+def test_atom_coulomb_is_pyscfs_one_centre_int2c2e(ao, aux):
+    """The analytic one-atom Coulomb matrix (the `coulomb` loss metric) equals PySCF's 2-centre Coulomb
+    integrals of the auxiliary functions on one atom, after the native -> clebsch reordering."""
+    water = molecule("H2O")
+    auxmol = aux_mole(mole(water, ao), aux)
+    full = auxmol.intor("int2c2e")
+    start = 0
+    for z in water.numbers.tolist():
+        n = aux.size(z)
+        m = aux.native_to_clebsch(z)
+        np.testing.assert_allclose(aux.atom_coulomb(z), m.T @ full[start:start + n, start:start + n] @ m,
+                                   rtol=1e-10, atol=1e-10)
+        start += n
+    assert start == full.shape[0]
+    assert np.abs(aux.atom_coulomb(8) - np.diag(np.diag(aux.atom_coulomb(8)))).max() > 0.1
+
+
 def test_native_coefficients_are_pyscfs_order(ao, aux):
     """Union-layout coefficients turned into PySCF's vector give, through PySCF's auxiliary functions, the
     density clebsch's own basis functions give."""

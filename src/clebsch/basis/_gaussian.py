@@ -128,6 +128,19 @@ def _symbol(element) -> str:
     return chemical_symbols[int(element)]
 
 
+def _overlap_radial(l: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``int r^(2l+2) exp(-(a+b) r^2) dr`` for every pair of exponents."""
+    s = a[:, None] + b[None, :]
+    return np.exp(math.lgamma(l + 1.5) - (l + 1.5) * np.log(s)) / 2.0
+
+
+def _coulomb_radial(l: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The Coulomb integral of ``r^l exp(-a r^2) Y_lm`` with ``r^l exp(-b r^2) Y_lm``, every pair of exponents."""
+    ab = a[:, None] * b[None, :]
+    g = (a[:, None] + b[None, :]) / (4.0 * ab)
+    return (math.pi / 4.0) * math.gamma(l + 0.5) * 4.0 ** (-l) * ab ** (-(l + 1.5)) * g ** (-(l + 0.5))
+
+
 class GaussianBasis:
     """An atom-centred Gaussian basis for a set of elements.
 
@@ -276,7 +289,22 @@ class GaussianBasis:
         ``l`` overlap by their radial parts. ``c^T S c`` is ``int rho^2`` of the
         atom's part of a density with coefficients ``c``.
         """
+        return self._atom_metric(self._z(element), _overlap_radial)
+
+    @functools.lru_cache(maxsize=None)
+    def atom_coulomb(self, element) -> np.ndarray:
+        """The Coulomb matrix ``J`` [n, n] of one atom's own functions (clebsch order), analytic, in Hartree
+        for coefficients in electrons (atomic units): ``J_ab = int int f_a(r) f_b(r') / |r - r'|``.
+
+        For two primitives ``r^l exp(-a r^2) Y_lm`` and ``r^l exp(-b r^2) Y_lm`` (orthonormal real ``Y``) it is
+        ``(pi / 4) Gamma(l + 1/2) 4^-l (ab)^-(l + 3/2) g^-(l + 1/2)`` with ``g = (a + b) / (4ab)``; functions of
+        different ``l`` or ``m`` do not interact. ``c^T J c`` is the atom's part of the density's Coulomb
+        self-energy (times two), the metric of density fitting.
+        """
         z = self._z(element)
+        return self._atom_metric(z, _coulomb_radial)
+
+    def _atom_metric(self, z: int, radial) -> np.ndarray:
         m, _ = self._order(z)
         shells = self._shells[z]
         n = m.shape[0]
@@ -286,24 +314,31 @@ class GaussianBasis:
             for b, (lb, eb, cb) in enumerate(shells):
                 if la != lb:
                     continue
-                s = np.asarray(ea)[:, None] + np.asarray(eb)[None, :]
-                radial = np.exp(math.lgamma(la + 1.5) - (la + 1.5) * np.log(s)) / 2.0
-                value = float(np.asarray(ca) @ radial @ np.asarray(cb))
+                value = float(np.asarray(ca) @ radial(la, np.asarray(ea), np.asarray(eb)) @ np.asarray(cb))
                 d = 2 * la + 1
                 native[start[a]:start[a] + d, start[b]:start[b] + d] = value * np.eye(d)
         return m.T @ native @ m
 
-    @functools.lru_cache(maxsize=None)
     def overlap_factors(self, species: tuple) -> torch.Tensor:
         """``L`` [S, U, U] (float64) in the union layout with ``L[s] L[s]^T`` the atom overlap of species ``s``
         (:meth:`atom_overlap`; zero where the species has no function): ``|c L|^2 = c^T S c``."""
+        return self.metric_factors(species, "overlap")
+
+    @functools.lru_cache(maxsize=None)
+    def metric_factors(self, species: tuple, metric: str = "overlap") -> torch.Tensor:
+        """``L`` [S, U, U] (float64) in the union layout with ``L[s] L[s]^T`` the one-atom ``metric`` of species
+        ``s`` (``"overlap"``: :meth:`atom_overlap`, ``"coulomb"``: :meth:`atom_coulomb`; zero where the species
+        has no function): ``|c L|^2 = c^T S c``."""
+        matrices = {"overlap": self.atom_overlap, "coulomb": self.atom_coulomb}
+        if metric not in matrices:
+            raise ValueError(f"unknown metric {metric!r}; known: {', '.join(matrices)}")
         u = self.union_irreps.dim
         out = torch.zeros(len(species), u, u, dtype=torch.float64)
         for k, z in enumerate(species):
             if z not in self._shells:
                 continue
             _, slots = self._order(z)
-            chol = np.linalg.cholesky(self.atom_overlap(z))
+            chol = np.linalg.cholesky(matrices[metric](z))
             idx = torch.as_tensor(slots)
             out[k, idx[:, None], idx[None, :]] = torch.as_tensor(chol)
         return out

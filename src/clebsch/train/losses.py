@@ -56,7 +56,7 @@ def term_values(output: dict, graph, targets: dict[str, Target] | None = None) -
         if t is None or not t.trainable or name not in refs:
             continue
         ref = refs[name].to(pred.dtype)
-        if t.loss_metric == "overlap":  # per atom: |dc L|^2 = dc^T S dc, the atom's squared L2 density error
+        if t.loss_metric is not None:  # per atom: |dc L|^2 = dc^T S dc (S: the atom's overlap or Coulomb matrix)
             pred, ref = _density_metric(t, graph.numbers, pred, ref)
         if t.per_atom:
             out[name] = (pred / n_atoms, ref / n_atoms, t.level)
@@ -66,9 +66,9 @@ def term_values(output: dict, graph, targets: dict[str, Target] | None = None) -
 
 
 def _density_metric(target: Target, numbers: torch.Tensor, pred: torch.Tensor, ref: torch.Tensor):
-    """``(pred L_z, ref L_z)`` per atom, ``L_z`` the Cholesky factor of its element's atom overlap."""
+    """``(pred L_z, ref L_z)`` per atom, ``L_z`` the Cholesky factor of its element's one-atom metric."""
     species = tuple(sorted(int(z) for z in numbers.unique().tolist()))
-    factors = target.basis.overlap_factors(species).to(device=pred.device, dtype=pred.dtype)
+    factors = target.basis.metric_factors(species, target.loss_metric).to(device=pred.device, dtype=pred.dtype)
     index = torch.searchsorted(torch.as_tensor(species, device=numbers.device), numbers)
     per_atom = factors[index]
     # a missing reference row stays missing (NaN); the rest are transformed alike
