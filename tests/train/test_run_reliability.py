@@ -50,6 +50,71 @@ def test_nonfinite_loss_stops_at_once_and_packages_the_last_good_checkpoint(tiny
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def _train_with_weights_zeroed_from(epoch, config, messages):
+    """Train ``config``; from ``epoch`` on, every weight is set to zero after each step (a dead network whose
+    energy no longer depends on the positions)."""
+    from clebsch.train import trainer as trainer_module
+
+    models = []
+    original = trainer_module.Trainer.setup
+
+    def setup(self):
+        original(self)
+        models.append(self.model)
+
+    def on_step(e, step):
+        if e >= epoch:
+            with torch.no_grad():
+                for p in models[0].parameters():
+                    p.zero_()
+
+    trainer_module.Trainer.setup = setup
+    try:
+        return train(config, on_step=on_step, log=messages.append)
+    finally:
+        trainer_module.Trainer.setup = original
+
+
+def test_a_dead_model_stops_with_a_message_and_keeps_what_was_written(tiny_xyz, tmp_path):
+    """Forces exactly zero through a whole epoch (where the reference's are not) stop the run at that epoch,
+    with a message that says why and what to change; the best model so far is packaged."""
+    run = tmp_path / "run"
+    config = tiny_config(tiny_xyz, run, training={"max_epochs": 30, "progress": False, "plots": False,
+                                                  "ema_decay": None})
+    messages = []
+    result = _train_with_weights_zeroed_from(1, config, messages)  # epochs count from 0: the second one dies
+    assert result["stopped"] == "dead_model"
+    assert result["epochs"] == 3, "the dead epoch is the third: its first step still saw the second's weights"
+    text = "\n".join(messages)
+    assert "forces were exactly zero in every step of epoch 3" in text and "Lower optimizer.lr (now 0.005)" in text
+    assert (run / "model.pt").exists() and (run / "checkpoints" / "best.pt").exists()
+    with open(run / "metrics.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 2
+
+
+def test_zero_reference_forces_are_not_a_dead_model(tmp_path):
+    """Structures whose reference forces are all zero (e.g. perfect crystals) do not trip the check."""
+    frames = make_frames(12)
+    for atoms in frames:
+        atoms.calc.results["forces"] = 0.0 * atoms.calc.results["forces"]
+    path = tmp_path / "still.xyz"
+    ase.io.write(path, frames)
+    config = tiny_config(path, tmp_path / "run", training={"max_epochs": 4, "progress": False, "plots": False})
+    result = _train_with_weights_zeroed_from(1, config, [])
+    assert result["stopped"] == "max_epochs" and result["epochs"] == 4
+
+
+def test_family_training_defaults_apply_where_the_config_is_silent():
+    """DimeNet++ trains with lr 0.001 unless the config (or --set) says otherwise; other families keep 0.01."""
+    from clebsch.train.config import default_config_yaml, load_config
+
+    assert load_config(None, base={"model": {"name": "dimenet"}}).optimizer.lr == 0.001
+    assert load_config(None, base={"model": {"name": "dimenet"}, "optimizer": {"lr": 0.02}}).optimizer.lr == 0.02
+    assert load_config(None, ["optimizer.lr=0.03"], base={"model": {"name": "dimenet"}}).optimizer.lr == 0.03
+    assert load_config(None, base={"model": {"name": "schnet"}}).optimizer.lr == 0.01
+    assert "  lr: 0.001" in default_config_yaml("dimenet").splitlines()
+
+
 def test_a_huge_learning_rate_ends_with_a_message_not_a_budget(tiny_xyz, tmp_path):
     run = tmp_path / "run"
     config = tiny_config(tiny_xyz, run, optimizer={"lr": 1e12, "clip_grad_norm": None},

@@ -27,7 +27,7 @@ from ._heads import (
 )
 from ._potential import OUTPUTS, Potential
 from ._registry import (REPRESENTATIONS, Representation, build_model, families, hyperparameters, is_equivariant,
-                        is_topological, register)
+                        is_topological, register, training_defaults)
 
 
 def _import_families() -> None:
@@ -54,6 +54,7 @@ __all__ = [
     "Representation",
     "is_topological",
     "is_equivariant",
+    "training_defaults",
     "REPRESENTATIONS",
     "build_model",
     "families",

@@ -25,7 +25,7 @@ import torch
 from ._potential import Potential
 
 __all__ = ["REPRESENTATIONS", "Representation", "register", "families", "is_topological", "is_equivariant",
-           "hyperparameters", "build_model", "POTENTIAL_KEYS"]
+           "training_defaults", "hyperparameters", "build_model", "POTENTIAL_KEYS"]
 
 REPRESENTATIONS: dict[str, type] = {}
 
@@ -123,6 +123,19 @@ def is_equivariant(name: str) -> bool:
     (True, False)
     """
     return bool(getattr(_lookup(name), "equivariant", True))
+
+
+def training_defaults(name: str) -> dict:
+    """Training settings a family needs other than the trainer's defaults (class attribute ``training_defaults``,
+    dotted config keys), applied where a config does not set them; e.g. a deep network that a first Adam step of
+    the default learning rate breaks.
+
+    >>> training_defaults("dimenet")
+    {'optimizer.lr': 0.001}
+    >>> training_defaults("nequip")
+    {}
+    """
+    return dict(getattr(_lookup(name), "training_defaults", {}))
 
 
 def hyperparameters(name: str) -> dict:

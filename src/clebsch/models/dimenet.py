@@ -369,6 +369,10 @@ class DimeNetPlusPlus(torch.nn.Module):
     num_output_layers : int
         Dense layers of each output block.
 
+    Trained with a learning rate of 0.001 unless the config sets one (the paper's; the
+    trainer's default 0.01 breaks it in the first Adam steps: the outputs saturate and
+    the forces become exactly zero).
+
     Examples
     --------
     >>> net = DimeNetPlusPlus(2, 4.0, num_layers=1, hidden_channels=8, int_emb_size=4, basis_emb_size=2,
@@ -381,6 +385,8 @@ class DimeNetPlusPlus(torch.nn.Module):
     >>> net(species, edge_index, vectors).shape
     torch.Size([3, 8])
     """
+
+    training_defaults = {"optimizer.lr": 1e-3}
 
     limits = {"hidden_channels": (1, 4096), "int_emb_size": (1, 4096), "basis_emb_size": (1, 4096),
               "out_emb_channels": (1, 4096), "num_spherical": (1, 12), "num_radial": (1, 64),

@@ -479,6 +479,20 @@ class TrainConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _family_training_defaults(self):
+        """Settings a family needs (``clebsch.models.training_defaults``) where the config does not set them."""
+        if self.model.name not in _families():
+            return self
+        from ..models._registry import training_defaults
+
+        for key, value in training_defaults(self.model.name).items():
+            section, field = key.split(".")
+            part = getattr(self, section)
+            if field not in part.model_fields_set:
+                setattr(part, field, value)
+        return self
+
+    @model_validator(mode="after")
     def _check_target_names(self):
         known = set(self.model.known_targets())
         bad_keys = sorted(set(self.data.keys) - known - {"weight"})

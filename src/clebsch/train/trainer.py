@@ -53,6 +53,10 @@ __all__ = ["Trainer", "train", "resolve_model_config", "TrainResult"]
 _Z = {s: z for z, s in enumerate(chemical_symbols)}
 
 
+class DeadModelError(RuntimeError):
+    """The model's forces stayed exactly zero for a whole epoch of force training."""
+
+
 class TrainResult(dict):
     """What :func:`train` returns: ``run_dir``, ``model_path``, ``test_metrics``, ``epochs``, ``stopped``."""
 
@@ -248,6 +252,7 @@ class Trainer:
         self.device = _device(config.device)
         self.rank, self.world = init_distributed(self.device)
         self.is_main = self.rank == 0
+        self._force_check = None  # see _check_forces
 
     # -------------------------------------------------------------- setup
     def _prepare_run_dir(self) -> None:
@@ -595,6 +600,8 @@ class Trainer:
                 if out is None:
                     out = forward_with_head(self.model, g, head)
                 counts = loss_fn.counts(out, g)
+                if self._force_check is not None and head is None and "forces" in out and "forces" in g.targets:
+                    self._check_forces(out["forces"], g.targets["forces"])
             else:
                 out, counts = None, {}
             evaluated.append((g, out, loss_fn, weight, names))
@@ -636,6 +643,16 @@ class Trainer:
             self.ema.update(self.model)
         self.step += 1
         return value, n_graphs
+
+    def _check_forces(self, predicted: torch.Tensor, reference: torch.Tensor) -> None:
+        """Count a step whose reference forces are not all zero, and note when a predicted force is not exactly
+        zero; after that the epoch's check is done (no more synchronisation)."""
+        if self._force_check[1]:
+            return
+        if not bool(torch.nan_to_num(reference.detach()).abs().max() > 1e-6):
+            return
+        self._force_check[0] += 1
+        self._force_check[1] = int(bool(predicted.detach().abs().max() > 0))
 
     def _compiled_forward(self, graph) -> dict | None:
         """Energy, forces (and stress) of ``graph`` from the compiled graph; None when training eagerly."""
@@ -711,6 +728,12 @@ class Trainer:
             self.log(f"stopping: {err}. The step was not taken. Lower optimizer.lr (now {cfg.optimizer.lr:g}), "
                      "set optimizer.clip_grad_norm, or check the data; the model is packaged from the last good "
                      "checkpoint.")
+        except DeadModelError as err:
+            stopped = "dead_model"
+            warmup = "" if cfg.scheduler.warmup_epochs else " or set scheduler.warmup_epochs"
+            self.log(f"stopping: {err} Training on would not change it. Lower optimizer.lr (now "
+                     f"{cfg.optimizer.lr:g}){warmup} and train again; the best model so far is packaged, the "
+                     f"checkpoints in {self.run_dir / 'checkpoints'} are kept.")
         finally:
             if bar is not None:
                 bar.close()
@@ -733,6 +756,8 @@ class Trainer:
             self._maybe_switch_stage()
             progress = self.elapsed() / tr.max_time if tr.max_time else None
             lr = self.schedule.start_epoch(self.epoch, progress)
+            # [steps checked, whether a predicted force was non-zero]; None: not force training
+            self._force_check = [0, 0] if self.loss_fn.weights.get("forces", 0.0) > 0 else None
             order = epoch_order(n_train, cfg.seed, self.epoch)
             loss_sum, n_sum, step_in_epoch = 0.0, 0, 0
             out_of_time = False
@@ -758,6 +783,15 @@ class Trainer:
                     break
             train_loss = loss_sum / max(n_sum, 1)
             self.epoch += 1
+            if self._force_check is not None and not out_of_time:
+                counts = torch.tensor(self._force_check, dtype=torch.float64)
+                self._reduce_([counts])
+                checked, moved = counts.tolist()
+                if checked > 0 and moved == 0:
+                    raise DeadModelError(
+                        f"the model's forces were exactly zero in every step of epoch {self.epoch}, where the "
+                        f"reference forces are not: its energy no longer depends on the positions (activations "
+                        f"saturated, usually after a step too large for this model; training loss {train_loss:.4g}).")
             row = {"epoch": self.epoch, "stage": self.stage, "time_s": self.elapsed(), "lr": lr,
                    "train_loss": train_loss}
             improved = False
