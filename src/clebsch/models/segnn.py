@@ -19,14 +19,18 @@ One layer (eqs. 9-10 of the paper) computes
     h_i <- h_i + MLP_{a_i}(h_i, m_i)                            (steerable layer, gate, steerable layer)
 
 with ``e(r)`` a Bessel expansion of the distance (input to both message layers). The input embedding is a
-steerable linear map of the one-hot element with the node attribute.
+steerable linear map of the one-hot element with the node attribute. With ``norm`` (the default), each
+layer reads its features through a per-atom equivariant layer norm (the reference code's instance norm):
+without it the tensor-product MLPs grow the features by about 1.5x each, ~600x over the default four
+layers, and the untrained model's forces on a small molecule are ~1e5 eV/Å, which the first training steps
+cannot recover from.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..nn import BesselBasis, FullyConnectedTensorProduct, PolynomialCutoff, make_gate
+from ..nn import BesselBasis, FullyConnectedTensorProduct, LayerNorm, PolynomialCutoff, make_gate
 from ..o3 import Irreps, spherical_harmonics
 from ._registry import register
 
@@ -102,6 +106,8 @@ class SEGNN(torch.nn.Module):
         Degree of the polynomial envelope on messages and node attributes.
     avg_num_neighbors : float
         The sums of messages and of neighbour harmonics are divided by its square root.
+    norm : bool
+        Per-atom equivariant layer norm of the features at the start of each layer (residual kept raw).
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class SEGNN(torch.nn.Module):
         radial_basis: str = "bessel",
         polynomial_p: int = 6,
         avg_num_neighbors: float = 10.0,
+        norm: bool = True,
     ):
         super().__init__()
         if radial_basis != "bessel":
@@ -148,6 +155,7 @@ class SEGNN(torch.nn.Module):
                      SteerableLayer(hidden, self.irreps_sh, hidden, gate=False)]
                 )
             )
+        self.norms = torch.nn.ModuleList([LayerNorm(hidden) for _ in range(num_layers)] if norm else [])
         self.irreps_out = hidden
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
@@ -166,11 +174,12 @@ class SEGNN(torch.nn.Module):
         basis_irreps = Irreps(f"{self.num_basis}x0e")
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
         h = self.embedding(onehot, node_attr)
-        for (msg1, msg2), (upd1, upd2) in zip(self.message, self.update):
+        for k, ((msg1, msg2), (upd1, upd2)) in enumerate(zip(self.message, self.update)):
+            x = self.norms[k](h) if len(self.norms) else h
             m = h.new_zeros(h.shape)
-            x = concatenate([h[receiver], h[sender], edge_basis], [self.hidden, self.hidden, basis_irreps])
-            m_ij = msg1(x, edge_attr)
+            m_ij = msg1(concatenate([x[receiver], x[sender], edge_basis], [self.hidden, self.hidden, basis_irreps]),
+                        edge_attr)
             m_ij = msg2(concatenate([m_ij, edge_basis], [self.hidden, basis_irreps]), edge_attr) * envelope
             m = m.index_add(0, receiver, m_ij) * self.inv_sqrt_avg
-            h = h + upd2(upd1(concatenate([h, m], [self.hidden, self.hidden]), node_attr), node_attr)
+            h = h + upd2(upd1(concatenate([x, m], [self.hidden, self.hidden]), node_attr), node_attr)
         return h
