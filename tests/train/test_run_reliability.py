@@ -104,6 +104,20 @@ def test_zero_reference_forces_are_not_a_dead_model(tmp_path):
     assert result["stopped"] == "max_epochs" and result["epochs"] == 4
 
 
+def test_an_untrained_model_with_huge_forces_is_named_before_it_diverges(tiny_xyz, tmp_path):
+    """SEGNN without its norm multiplies its features layer by layer: the first step says so; with the norm
+    (the default) nothing is said."""
+    said = {}
+    for norm in (False, True):
+        messages = []
+        model = {"name": "segnn", "cutoff": 5.0, "num_layers": 5, "channels": 8, "norm": norm}
+        train(tiny_config(tiny_xyz, tmp_path / f"run-{norm}", model=model,
+                          training={"max_epochs": 1, "progress": False, "plots": False}), log=messages.append)
+        said[norm] = [m for m in messages if "untrained segnn predicts forces" in m]
+    assert len(said[False]) == 1 and "times larger (RMS) than the data's" in said[False][0], said
+    assert said[True] == []
+
+
 def test_family_training_defaults_apply_where_the_config_is_silent():
     """DimeNet++ trains with lr 0.001 unless the config (or --set) says otherwise; other families keep 0.01."""
     from clebsch.train.config import default_config_yaml, load_config

@@ -649,8 +649,15 @@ class Trainer:
         zero; after that the epoch's check is done (no more synchronisation)."""
         if self._force_check[1]:
             return
-        if not bool(torch.nan_to_num(reference.detach()).abs().max() > 1e-6):
+        reference = torch.nan_to_num(reference.detach())
+        if not bool(reference.abs().max() > 1e-6):
             return
+        if self.step == 0 and self.is_main:  # the untrained model: a warning where its forces are far too large
+            ratio = float(predicted.detach().square().mean().sqrt() / reference.square().mean().sqrt())
+            if not ratio < 100.0:
+                self.log(f"warning: the untrained {self.model_config['name']} predicts forces {ratio:.3g} times "
+                         f"larger (RMS) than the data's on the first batch; its features grow through the layers "
+                         f"(fewer layers, or a smaller optimizer.lr, may be needed): training may diverge.")
         self._force_check[0] += 1
         self._force_check[1] = int(bool(predicted.detach().abs().max() > 0))
 
