@@ -9,8 +9,17 @@ training step (batch of 5; wall time over steps, validation included).
 
     OMP_NUM_THREADS=2 python benchmarks/families.py --budget 30m --out runs/bench-families
 
-Families run one after the other (a budget of 30 minutes and nine families is
-four and a half hours). Not a test.
+Families run one after the other (a budget of 30 minutes and thirteen families
+is six and a half hours). The README's table ran two single-threaded halves side
+by side, one per core:
+
+    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/families.py --budget 10m --threads 1 \
+        --families schnet,dimenet,painn,visnet,nequip,mace,allegro --out runs/families-a &
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/families.py --budget 10m --threads 1 \
+        --families egnn,equivariant_transformer,tensornet,segnn,equiformer,cartesian --out runs/families-b
+
+Each family trains with its own defaults (``clebsch.models.training_defaults``:
+DimeNet++ at lr 0.001) and the same loss, schedule and EMA. Not a test.
 """
 
 from __future__ import annotations
