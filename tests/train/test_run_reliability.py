@@ -90,6 +90,9 @@ def test_a_dead_model_stops_with_a_message_and_keeps_what_was_written(tiny_xyz, 
     assert (run / "model.pt").exists() and (run / "checkpoints" / "best.pt").exists()
     with open(run / "metrics.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2
+    from clebsch.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2  # not overwritten by the dead state
 
 
 def test_zero_reference_forces_are_not_a_dead_model(tmp_path):

@@ -746,7 +746,7 @@ class Trainer:
                 bar.close()
             if writer is not None:
                 writer.close()
-        if stopped != "nonfinite_loss":
+        if stopped not in ("nonfinite_loss", "dead_model"):  # the last checkpoint stays the last good state
             self.save_checkpoint()
         return self.finish(stopped)
 
