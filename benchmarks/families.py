@@ -10,7 +10,9 @@ training step (batch of 5; wall time over steps, validation included).
     OMP_NUM_THREADS=2 python benchmarks/families.py --budget 30m --out runs/bench-families
 
 Families run one after the other (a budget of 30 minutes and thirteen families
-is six and a half hours). The README's table ran two single-threaded halves side
+is six and a half hours). Rerunning the same command keeps the families already
+in ``OUT/families.json`` (measured with the same budget, threads and ``--set``)
+and trains the rest, so a long table can be run in parts; ``--fresh`` starts over. The README's table ran two single-threaded halves side
 by side, one per core:
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/families.py --budget 10m --threads 1 \
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -63,6 +66,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-test", type=int, default=None, help="test on the first N frames of test_MD.xyz")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="applied to every family")
+    parser.add_argument("--fresh", action="store_true",
+                        help="retrain every family (default: keep those already in OUT/families.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.out)
@@ -79,7 +84,24 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         ase.io.write(test, ase.io.read(data / "test_MD.xyz", f":{args.max_test}"))
     rows = []
+    done = out / "families.json"
+    if done.exists() and not args.fresh:  # resume a table: keep the families already measured the same way
+        kept = json.loads(done.read_text())
+        same = (kept.get("budget_s") == budget and kept.get("threads") == args.threads
+                and kept.get("overrides", []) == args.overrides)
+        if not same:
+            parser.error(f"{done} holds a table measured with other settings (budget {kept.get('budget_s')} s, "
+                         f"{kept.get('threads')} threads, --set {kept.get('overrides', [])}); "
+                         "give another --out or --fresh to start over")
+        rows = [r for r in kept["rows"] if r["family"] in names]
+        if rows:
+            print(f"kept from {done}: {', '.join(r['family'] for r in rows)}")
     for family in names:
+        if any(r["family"] == family for r in rows):
+            continue
+        run = out / family
+        if run.exists():  # an interrupted run of this family: put it aside, train from scratch
+            run.rename(run.with_name(f"{family}.interrupted-{int(time.time())}"))
         config = config_for(family, data, test, out, budget, args.overrides)
         result = train(config)
         import clebsch
@@ -92,8 +114,9 @@ def main(argv=None):
         rows.append({"family": family, "energy_mae": metrics["energy_mae"], "forces_mae": metrics["forces_mae"],
                      "weights": sum(p.numel() for p in model.parameters()), "epochs": result["epochs"],
                      "ms_per_step": 1000 * float(epochs[-1]["time_s"]) / max(steps, 1)})
-        (out / "families.json").write_text(json.dumps({"budget_s": budget, "threads": args.threads, "rows": rows},
-                                                      indent=2))
+        rows.sort(key=lambda r: names.index(r["family"]))
+        done.write_text(json.dumps({"budget_s": budget, "threads": args.threads, "overrides": args.overrides,
+                                    "rows": rows}, indent=2))
     print()
     span = f"{budget / 60:.0f} min" if budget >= 60 else f"{budget:.0f} s"
     print(f"rMD17 ethanol, {span} per family on {args.threads} CPU threads, test on {test.name}")
