@@ -33,8 +33,12 @@ def __getattr__(name):
         from .models.package import load
 
         return load
+    if name == "keep_freed_memory":
+        from ._memory import keep_freed_memory
+
+        return keep_freed_memory
     raise AttributeError(f"module 'clebsch' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBPACKAGES) + ["load"])
+    return sorted(list(globals()) + list(_SUBPACKAGES) + ["load", "keep_freed_memory"])

@@ -381,10 +381,13 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 1
+    from ._memory import keep_freed_memory
     from .models.package import PackageError
     from .train.config import ConfigError
 
     from .calculators._cli import run_md, run_relax
+
+    keep_freed_memory()  # large steps reuse the memory the last one freed (see clebsch._memory)
 
     handlers = {"train": _train, "evaluate": _evaluate, "info": _info, "density": _density, "md": run_md,
                 "relax": run_relax, "demo": _demo, "export": _export,

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from .._memory import keep_freed_memory
 from ..graph import AtomicGraph
 from ..graph.verlet import VerletList
 from ._compiled import CompiledPotential
@@ -187,6 +188,7 @@ class ClebschCalculator(Calculator):
     def __init__(self, model, device: str = "cpu", dtype: str = "float64", skin: float = 0.5, compile: bool = False,
                  head: str | None = None, **kwargs):
         super().__init__(**kwargs)
+        keep_freed_memory()  # each step reuses the memory the last one freed (see clebsch._memory)
         self.model = load_model(model, device, dtype, head=head)
         self.compiled = CompiledPotential(self.model) if compile else None
         self.device = _as_device(device)

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
+from .._memory import keep_freed_memory
+
 __all__ = ["LammpsPotential", "write_lammps", "receptive_hops", "check_lammps_settings"]
 
 ELEMENTS = list(chemical_symbols[1:])
@@ -169,6 +171,7 @@ class LammpsPotential:
     @property
     def model(self):
         if self._model is None:
+            keep_freed_memory()  # each LAMMPS step reuses the memory the last one freed (see clebsch._memory)
             self._model = self._load_program()
         return self._model
 

@@ -41,6 +41,7 @@ from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_sta
 from .config import ConfigError, TrainConfig, _import_families, load_config
 from .data import (RunData, batches, describe_files, epoch_order, isolated_atom_energies, load_run_data, species_of,
                    statistics)
+from .._memory import keep_freed_memory
 from ..models._physics import fitting
 from .ema import ExponentialMovingAverage
 from .evaluate import evaluate
@@ -253,6 +254,7 @@ class Trainer:
         self.rank, self.world = init_distributed(self.device)
         self.is_main = self.rank == 0
         self._force_check = None  # see _check_forces
+        keep_freed_memory()  # large steps reuse the memory the last one freed (see clebsch._memory)
 
     # -------------------------------------------------------------- setup
     def _prepare_run_dir(self) -> None:
