@@ -17,15 +17,17 @@ import torch
 import clebsch
 on = {call}
 
-def step():  # a model step in miniature: a 64 MB tensor made, used and freed
+def step():  # a model step in miniature: tensors of 64 to 128 MB made, used and freed
     x = torch.ones(16 * 2**20)
-    return float(x.sum())
+    y = torch.sin(x)
+    z = torch.cat([x, y])
+    return float((z * 2).sum())
 
-step()
-step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-step()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults = []
+for _ in range(12):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(json.dumps({{"on": on, "faults": faults}}))
 """
 
@@ -40,21 +42,23 @@ def test_second_step_reuses_memory():
     default = _run("None")
     kept = _run("clebsch.keep_freed_memory()")
     assert kept["on"] is True
-    # 64 MB freed and allocated again: 16,384 pages faulted back in by default, (almost) none when kept
-    assert default["faults"] > 12_000
-    assert kept["faults"] < 1_000
+    # 384 MB a step: by default every step faults its 98,304 pages back in; kept, the heap settles within a
+    # few steps (glibc's aligned blocks need a little more than a freed block of the same size) and then
+    # the steps fault (almost) nothing
+    assert min(default["faults"]) > 90_000
+    assert max(kept["faults"][-4:]) < 1_000
 
 
 def test_environment_opts_out():
     res = _run("clebsch.keep_freed_memory()", env={"CLEBSCH_KEEP_FREED_MEMORY": "0"})
     assert res["on"] is False
-    assert res["faults"] > 12_000
+    assert min(res["faults"][-4:]) > 90_000
 
 
 def test_disable_restores_defaults():
     res = _run("(clebsch.keep_freed_memory(), clebsch.keep_freed_memory(False))[1]")
     assert res["on"] is False
-    assert res["faults"] > 12_000
+    assert min(res["faults"][-4:]) > 90_000
 
 
 def test_calculator_switches_it_on():
