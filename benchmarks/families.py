@@ -10,9 +10,10 @@ training step (batch of 5; wall time over steps, validation included).
     OMP_NUM_THREADS=2 python benchmarks/families.py --budget 30m --out runs/bench-families
 
 Families run one after the other (a budget of 30 minutes and thirteen families
-is six and a half hours). Rerunning the same command keeps the families already
-in ``OUT/families.json`` (measured with the same budget, threads and ``--set``)
-and trains the rest, so a long table can be run in parts; ``--fresh`` starts over. The README's table ran two single-threaded halves side
+is six and a half hours). Rerunning the same command keeps the families
+already in ``OUT/families.json`` (measured with the same budget, threads and
+``--set``) and trains the rest, so a long table can be run in parts;
+``--fresh`` starts over. The README's table ran two single-threaded halves side
 by side, one per core:
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/families.py --budget 10m --threads 1 \

@@ -22,7 +22,9 @@ The reference is ``mace-torch``'s ``MACECalculator`` on a ``mace.modules.MACE``
 of the same hyperparameters, run in its own virtual environment (default
 ``~/.cache/clebsch-bench/mace``, or ``$CLEBSCH_MACE_VENV``; mace-torch needs e3nn 0.4) by re-running this file there
 with ``--reference-worker``. Ratios are steps/s of ours over MACE's, for the
-MACE rows.
+MACE rows. clebsch's calculator keeps the memory a step frees for the next one
+(:func:`clebsch.keep_freed_memory`), which matters on the Cu box;
+``--reference-keeps-memory`` gives the reference the same allocator settings.
 
 Usage::
 
@@ -232,13 +234,16 @@ def reference_worker(dtype: str, steps_list, warmup_list) -> dict:
     return out
 
 
-def reference(refvenv: str, dtype: str, steps_list, warmup_list):
+def reference(refvenv: str, dtype: str, steps_list, warmup_list, keep_memory: bool = False):
     python = os.path.join(refvenv, "bin", "python")
     if not os.path.exists(python):
         return None, f"no reference venv at {refvenv}"
     cmd = [python, os.path.abspath(__file__), "--reference-worker", dtype,
            "--steps", *map(str, steps_list), "--warmup", *map(str, warmup_list)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    if keep_memory:  # glibc's settings that clebsch.keep_freed_memory() makes, through the environment
+        env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**62))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return None, "reference failed: " + proc.stderr.strip().splitlines()[-1]
     return json.loads(proc.stdout.strip().splitlines()[-1]), None
@@ -261,6 +266,9 @@ def main(argv=None):
     parser.add_argument("--systems", nargs="+", type=int, default=[0, 1], help="0: the molecule, 1: the Cu box")
     parser.add_argument("--repeats", type=int, default=3, help="runs per row; steps/s are given as their range")
     parser.add_argument("--breakdown", action="store_true", help="where a step goes on the molecule, then stop")
+    parser.add_argument("--reference-keeps-memory", action="store_true",
+                        help="run the reference with the allocator settings of clebsch.keep_freed_memory(), "
+                             "which clebsch's calculator makes (through glibc's MALLOC_* environment variables)")
     parser.add_argument("--reference-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--steps", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
@@ -289,7 +297,7 @@ def main(argv=None):
     refs = {}
     if args.refvenv:
         for dtype in args.dtypes:
-            refs[dtype], why = reference(args.refvenv, dtype, steps, warmup)
+            refs[dtype], why = reference(args.refvenv, dtype, steps, warmup, args.reference_keeps_memory)
             if why:
                 print(f"MACE reference ({dtype}): {why}")
     print(f"{'system':<28} {'model':<8} {'dtype':<8} {'variant':<9} {'steps/s':>13} {'MACE ref':>9} {'ratio':>6}")
