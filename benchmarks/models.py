@@ -687,8 +687,13 @@ WORKER_FUNCTIONS = {
 }
 
 
+KEEP_MEMORY = False  # --keep-memory: every implementation reuses the memory its last step freed
+
+
 def run_reference(kind: str, python: str, inputs_file: str, repeats: int, threads: int) -> dict | None:
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": str(threads)}
+    if KEEP_MEMORY:  # glibc's settings that clebsch.keep_freed_memory() makes, through the environment
+        env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**62))
     cmd = [python, str(HERE), "--worker", kind, "--inputs", inputs_file, "--repeats", str(repeats),
            "--threads", str(threads), "--species", str(len(SPECIES))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -755,6 +760,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time the compiled training step (training.compile: rows 'FAMILY+c'; the first "
                              "compilation of a family takes minutes, then it is cached)")
+    parser.add_argument("--keep-memory", action="store_true",
+                        help="every implementation (ours, and the references in their processes) keeps the memory "
+                             "a step frees for the next one (clebsch.keep_freed_memory, as clebsch's trainer and "
+                             "calculator do; glibc's MALLOC_* settings for the references)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -768,8 +777,13 @@ def main() -> None:
         parser.error("--alloy must be >= 0")
     torch.set_num_threads(args.threads)
 
-    global THREADS, SPECIES
+    global THREADS, SPECIES, KEEP_MEMORY
     THREADS = args.threads
+    KEEP_MEMORY = args.keep_memory
+    if args.keep_memory and not args.worker:
+        import clebsch
+
+        print(f"freed memory kept for reuse: {clebsch.keep_freed_memory()}")
     SPECIES = species_list(args.species)
     if args.worker:
         inputs = torch.load(args.inputs)
