@@ -2,12 +2,16 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kept allocator is Linux only")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kept allocator is Linux only"),
+    pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler to build it"),
+]
 
 STEPS = """
 import json, random, resource
@@ -93,3 +97,19 @@ print(json.dumps({"on": m._state["on"], "forces": forces, "maps": m.memory_stats
     kept, plain = runs
     assert kept["on"] is True and kept["maps"] > 0 and plain["on"] is False
     assert kept["forces"] == plain["forces"]  # the allocator changes where tensors live, not what they hold
+
+
+def test_without_a_compiler_nothing_changes_with_one_warning(tmp_path):
+    code = """
+import json, warnings
+import clebsch
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    first, second = clebsch.keep_freed_memory(), clebsch.keep_freed_memory()
+print(json.dumps({"on": [first, second], "warnings": [str(w.message) for w in caught]}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, CXX="no-such-compiler", CLEBSCH_CACHE_DIR=str(tmp_path)))
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["on"] == [False, False]
+    assert len(res["warnings"]) == 1 and "no-such-compiler" in res["warnings"][0]
