@@ -113,3 +113,18 @@ print(json.dumps({"on": [first, second], "warnings": [str(w.message) for w in ca
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["on"] == [False, False]
     assert len(res["warnings"]) == 1 and "no-such-compiler" in res["warnings"][0]
+
+
+def test_a_block_freed_after_disabling_is_unmapped():
+    code = """
+import json, torch, clebsch
+from clebsch._memory import memory_stats
+clebsch.keep_freed_memory()
+x = torch.ones(4 * 2**20)
+clebsch.keep_freed_memory(False)
+del x
+print(json.dumps(memory_stats()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    assert stats["live"] == 0 and stats["kept"] == 0 and stats["unmapped"] == 16 * 2**20

@@ -71,6 +71,7 @@ std::set<std::pair<std::size_t, char*>> free_by_size;    // the same ranges, for
 std::unordered_map<void*, std::size_t> live;             // blocks in tensors
 std::size_t live_bytes = 0, free_bytes = 0, peak_bytes = 0, slack_permille = 0;
 std::uint64_t maps = 0, reuses = 0, unmapped = 0;
+bool installed = false;
 c10::Allocator* fallback = nullptr;
 
 void add_free(char* p, std::size_t n) {
@@ -121,6 +122,11 @@ void release(void* ptr) {
       std::size_t n = it->second;
       live.erase(it);
       live_bytes -= n;
+      if (!installed) {  // freed after the allocator was put away: nothing will reuse it
+        munmap(ptr, n);
+        unmapped += n;
+        return;
+      }
       free_bytes += n;
       add_free(static_cast<char*>(ptr), n);
       return;
@@ -180,12 +186,15 @@ int clebsch_keep_install(std::size_t min_bytes, std::size_t slack) {
   if (fallback == nullptr) fallback = c10::GetDefaultCPUAllocator();
   threshold = min_bytes;
   c10::SetCPUAllocator(&keeping, 100);
+  std::lock_guard<std::mutex> guard(mu);
+  installed = true;
   return 1;
 }
 
 int clebsch_keep_uninstall() {
   if (fallback != nullptr) c10::SetCPUAllocator(fallback, 100);
   std::lock_guard<std::mutex> guard(mu);
+  installed = false;
   for (auto& [p, n] : free_by_address) munmap(p, n);
   unmapped += free_bytes;
   free_by_address.clear();
