@@ -224,14 +224,14 @@ def _opted_out() -> bool:
     return os.environ.get("CLEBSCH_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off")
 
 
-def _build(target: Path, torch_dir: Path, abi: int) -> None:
+def _build(source: str, target: Path, torch_dir: Path, abi: int) -> None:
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
     lib = torch_dir / "lib"
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src, out = Path(tmp) / "keep.cpp", Path(tmp) / target.name
-        src.write_text(_SOURCE)
+        src.write_text(source)
         run = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
                               "-I", str(torch_dir / "include"), str(src), "-o", str(out), "-L", str(lib), "-lc10",
                               f"-Wl,-rpath,{lib}"], capture_output=True, text=True)
@@ -246,7 +246,7 @@ def _library():
         return _state["lib"]
     import torch
 
-    from .o3._native import cache_dir
+    from .o3._native import _built
 
     torch_dir = Path(torch.__file__).resolve().parent
     abi = int(bool(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True)))
@@ -255,11 +255,8 @@ def _library():
         if _state["lib"] is not None or _state["failed"] is not None:
             return _state["lib"]
         try:
-            folder = cache_dir()
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"keep-freed-memory-{digest}.so"
-            if not target.exists():
-                _build(target, torch_dir, abi)
+            target = _built(f"keep-freed-memory-{digest}.so", _SOURCE,
+                            compile=lambda source, path: _build(source, path, torch_dir, abi))
             lib = ctypes.CDLL(str(target))
             lib.clebsch_keep_install.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
             lib.clebsch_keep_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64)]

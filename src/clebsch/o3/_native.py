@@ -91,8 +91,10 @@ def _compile(source: str, target: Path) -> None:
         raise RuntimeError(f"{compiler} failed: {errors[-1]}")
 
 
-def _built(filename: str, source: str) -> Path:
-    """The compiled library, from the cache or built now; a temporary folder if the cache is not writable."""
+def _built(filename: str, source: str, compile=None) -> Path:
+    """The compiled library, from the cache or built now; a temporary folder if the cache is not writable.
+
+    ``compile(source, target)`` builds it (default: the C kernels' compiler and flags)."""
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"clebsch-{os.getuid() if hasattr(os, 'getuid') else 0}"):
         path = folder / filename
         if path.exists():
@@ -102,7 +104,7 @@ def _built(filename: str, source: str) -> Path:
         except OSError:
             continue
         if os.access(folder, os.W_OK):
-            _compile(source, path)
+            (compile or _compile)(source, path)
             return path
     raise RuntimeError(f"no writable folder for compiled kernels (tried {cache_dir()})")
 
