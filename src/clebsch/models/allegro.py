@@ -64,6 +64,7 @@ import math
 import torch
 
 from ..nn import BesselBasis, PolynomialCutoff, ScalarMLP
+from ..nn._sparse import sparse_bilinear
 from ..o3 import Irrep, Irreps, spherical_harmonics, wigner_3j
 from ._registry import register
 
@@ -94,7 +95,8 @@ def tensor_irreps(irs) -> list:
 class EnvironmentProduct(torch.nn.Module):
     """The tensor track's update: channel-wise tensor product with the environment, paths summed, channels mixed.
 
-    Tensor features are ``[E, n, D]``: ``n`` channels, each holding every irrep
+    Tensor features are ``[E, n, D]`` (read as rows ``[E * n, D]`` of any layout,
+    returned components first, ``[D_out, E, n]``): ``n`` channels, each holding every irrep
     of ``irs_in`` once (``D = sum(2l+1)``); the environment is ``[E, n, S]``, the
     harmonics' irreps ``0e, 1o, 2e, ...`` (``S = (lmax+1)^2``). Channel ``c`` of
     the output is
@@ -103,10 +105,9 @@ class EnvironmentProduct(torch.nn.Module):
 
     one learned weight per path ``(l1, p1) x (l2, p2) -> (l, p)``, shared by the
     channels (the Clebsch-Gordan blocks ``C_path`` in component normalisation,
-    ``1/sqrt(paths)`` per output irrep). The weighted blocks are summed into one
-    matrix ``[D * S, D_out]`` at each call (from the non-zero coefficients
-    only), so the product costs one outer
-    product ``[E, n, D * S]`` and one matmul whatever the number of paths.
+    ``1/sqrt(paths)`` per output irrep). Only the non-zero coefficients, times
+    their path's weight, are visited (:func:`clebsch.nn.sparse_bilinear`: no
+    outer product ``[E, n, D * S]`` is formed where the C kernels run).
     Then a linear layer mixes the channels of each output irrep
     (``1/sqrt(n)``), one batched matmul over the output components.
     """
@@ -135,22 +136,25 @@ class EnvironmentProduct(torch.nn.Module):
                 place.append(((s1 + i) * self.dim_sh + l2 * l2 + j) * self.dim_out + so + m)
         self.register_buffer("_values", torch.tensor(values, dtype=torch.get_default_dtype()), persistent=False)
         self.register_buffer("_path_of", torch.tensor(path_of, dtype=torch.long), persistent=False)
-        self.register_buffer("_place", torch.tensor(place, dtype=torch.long), persistent=False)
+        place = torch.tensor(place, dtype=torch.long)  # as (input, harmonic, output) component of each term
+        self.register_buffer("_input_of", place // (self.dim_sh * self.dim_out), persistent=False)
+        self.register_buffer("_harmonic_of", place // self.dim_out % self.dim_sh, persistent=False)
+        self.register_buffer("_output_of", place % self.dim_out, persistent=False)
         self.path_weights = torch.nn.Parameter(torch.randn(len(paths)))
         self.mix = torch.nn.Parameter(torch.randn(len(self.irs_out), channels, channels))
         self.register_buffer("_irrep_of", torch.tensor([k for k, ir in enumerate(self.irs_out) for _ in range(ir.dim)]),
                              persistent=False)
 
     def forward(self, v: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
-        e, n = v.shape[0], self.channels
-        weighted = self._values.to(v.dtype) * self.path_weights.to(v.dtype).index_select(0, self._path_of)
-        coupling = v.new_zeros(self.dim_in * self.dim_sh * self.dim_out).index_add(0, self._place, weighted)
-        coupling = coupling.reshape(self.dim_in * self.dim_sh, self.dim_out)
-        outer = (v.unsqueeze(-1) * env.unsqueeze(-2)).reshape(e * n, self.dim_in * self.dim_sh)
-        z = (outer @ coupling).reshape(e, n, self.dim_out)
+        """``v`` ``[E * n, D]`` (any strides), ``env`` ``[E, n, S]`` -> the new features, components first ``[D_out, E, n]``."""
+        e, n = env.shape[0], self.channels
+        coefficients = self._values.to(v.dtype) * self.path_weights.to(v.dtype).index_select(0, self._path_of)
+        terms = (self._input_of, self._harmonic_of, self._output_of)
+        z = sparse_bilinear(v, env.reshape(e * n, self.dim_sh), coefficients, terms, self.dim_out,
+                            components_major=True)  # [E * n, D_out], a view of [D_out, E * n]
         # mix the channels: [D_out, E, n] @ [D_out, n, n]
         mix = self.mix.to(v.dtype).index_select(0, self._irrep_of) / math.sqrt(n)
-        return torch.bmm(z.permute(2, 0, 1), mix).permute(1, 2, 0)
+        return torch.bmm(z.T.reshape(self.dim_out, e, n), mix)
 
 
 class AllegroLayer(torch.nn.Module):
@@ -167,10 +171,11 @@ class AllegroLayer(torch.nn.Module):
         self.latent_resnet = latent_resnet
 
     def forward(self, x, v, sh, envelope, receiver, num_atoms: int):
+        """``v`` ``[E * n, D]`` (any strides) -> ``(x, v)`` with the new ``v`` as ``[D_out, E, n]``."""
         w = self.environment(x, sh)  # [E, n, S]
         env = w.new_zeros((num_atoms,) + w.shape[1:]).index_add(0, receiver, w) * self.norm
         v = self.product(v, env.index_select(0, receiver))
-        scalars = v[:, :, 0]  # the 0e channels (0e x 0e -> 0e always exists, and comes first)
+        scalars = v[0]  # the 0e channels (0e x 0e -> 0e always exists, and comes first)
         update = self.latent(torch.cat([x, scalars], dim=-1)) * envelope
         x = (x + update) / math.sqrt(2.0) if self.latent_resnet else update
         return x, v
@@ -284,8 +289,11 @@ class Allegro(torch.nn.Module):
         pair = torch.cat([onehot[species[receiver]], onehot[species[sender]], self.basis(length)], dim=-1)
         x = self.two_body(pair) * envelope
         v = self.embedding(x, sh)  # [E, n, S], the harmonics' irreps
+        rows = v.reshape(-1, v.shape[-1])  # [E * n, S]
         for layer in self.layers:
-            x, v = layer(x, v, sh, envelope, receiver, num_atoms)
+            x, v = layer(x, rows, sh, envelope, receiver, num_atoms)  # v: [D, E, n], components first
+            rows = v.reshape(v.shape[0], -1).T  # [E * n, D], a view, for the next layer
+        v = v.permute(1, 2, 0)  # [E, n, D]
         tensors = v.reshape(v.shape[0], self._width).index_select(1, self._tensor_columns)  # channels-major -> mul_ir
         per_pair = torch.cat([x, tensors], dim=-1)
         out = per_pair.new_zeros(num_atoms, per_pair.shape[1]).index_add(0, receiver, per_pair)

@@ -8,6 +8,7 @@ import torch
 from torch.nn.functional import silu
 
 from ..nn import CosineCutoff
+from ..nn._message import Edges, edge_dot, message_sum
 from ..o3 import Irreps
 from ._registry import register
 
@@ -59,11 +60,11 @@ class NeighborEmbedding(torch.nn.Module):
         self.distance_projection = torch.nn.Linear(num_basis, channels)
         self.combine = torch.nn.Linear(2 * channels, channels)
 
-    def forward(self, species, sender, receiver, rbf, envelope):
+    def forward(self, species, edges: Edges, rbf, envelope):
         x = self.embedding(species).to(rbf.dtype)
         neighbor = self.neighbor_embedding(species).to(rbf.dtype)
-        messages = neighbor[sender] * self.distance_projection(rbf) * envelope[:, None]
-        neighbors = torch.zeros_like(x).index_add_(0, receiver, messages)
+        filters = self.distance_projection(rbf) * envelope[:, None]
+        neighbors = message_sum(filters[:, None], neighbor[:, None], edges)[:, 0]
         return self.combine(torch.cat([x, neighbors], dim=-1))
 
 
@@ -83,23 +84,25 @@ class AttentionLayer(torch.nn.Module):
         self.output = torch.nn.Linear(channels, 3 * channels)  # O
         self.vector_projection = torch.nn.Linear(channels, 3 * channels, bias=False)  # U1, U2, U3
 
-    def attention_weights(self, x, sender, receiver, rbf, envelope) -> torch.Tensor:
+    def attention_weights(self, x, edges: Edges, rbf, envelope) -> torch.Tensor:
         """``A_ij`` per edge and head, ``[E, num_heads]``, from the layer-normed scalars ``x``."""
         dk = silu(self.key_filter(rbf))
-        logits = (self.query(x)[receiver] * self.key(x)[sender] * dk).reshape(-1, self.num_heads,
-                                                                              self.channels // self.num_heads)
+        qk = edge_dot(self.key(x)[:, None], self.query(x)[:, None], edges)[:, 0]  # q_i * k_j per edge
+        logits = (qk * dk).reshape(-1, self.num_heads, self.channels // self.num_heads)
         return silu(logits.sum(-1)) * envelope[:, None]
 
-    def forward(self, x, vec, sender, receiver, rbf, envelope, unit):
+    def forward(self, x, vec, edges: Edges, rbf, envelope, unit):
         c = self.channels
         h = self.layer_norm(x)
-        weights = self.attention_weights(h, sender, receiver, rbf, envelope)
-        dv = silu(self.value_filter(rbf)) * envelope[:, None]
-        s1, s2, s3 = torch.split(self.value(h)[sender] * dv, c, dim=-1)
-        scalar_messages = (s3.reshape(-1, self.num_heads, c // self.num_heads) * weights[..., None]).reshape(-1, c)
-        y = torch.zeros_like(x).index_add_(0, receiver, scalar_messages)
-        vector_messages = s1[:, None, :] * vec[sender] + s2[:, None, :] * unit[:, :, None]
-        w = torch.zeros_like(vec).index_add_(0, receiver, vector_messages)
+        weights = self.attention_weights(h, edges, rbf, envelope)
+        d1, d2, d3 = torch.split(silu(self.value_filter(rbf)) * envelope[:, None], c, dim=-1)
+        v1, v2, v3 = torch.split(self.value(h), c, dim=-1)
+        # the messages, each summed in one pass over the edges: y = sum_j A_ij d3_ij v3_j and
+        # w = sum_j d1_ij v1_j vec_j + d2_ij v2_j r_ij / |r_ij|
+        scalar_weight = (d3.reshape(-1, self.num_heads, c // self.num_heads) * weights[..., None]).reshape(-1, 1, c)
+        y = message_sum(scalar_weight, v3[:, None], edges)[:, 0]
+        w = message_sum(d1[:, None], v1[:, None] * vec, edges)
+        w = w + message_sum(d2[:, None] * unit[:, :, None], v2[:, None].expand(-1, 3, -1), edges, (0, 1, 2))
         o1, o2, o3 = torch.split(self.output(y), c, dim=-1)
         u1, u2, u3 = torch.split(self.vector_projection(vec), c, dim=-1)
         dx = (u1 * u2).sum(dim=1) * o2 + o3
@@ -201,10 +204,11 @@ class EquivariantTransformer(torch.nn.Module):
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
         sender, receiver = edge_index[0], edge_index[1]
         rbf, envelope, unit = self._edges(edge_vectors)
-        x = self.embedding(species, sender, receiver, rbf, envelope)
+        edges = Edges(sender, receiver, species.shape[0])
+        x = self.embedding(species, edges, rbf, envelope)
         vec = x.new_zeros(x.shape[0], 3, self.channels)
         for layer in self.layers:
-            x, vec = layer(x, vec, sender, receiver, rbf, envelope, unit)
+            x, vec = layer(x, vec, edges, rbf, envelope, unit)
         x = self.out_norm(x)
         return torch.cat([x, vec.transpose(1, 2).reshape(x.shape[0], 3 * self.channels)], dim=-1)
 
@@ -213,10 +217,11 @@ class EquivariantTransformer(torch.nn.Module):
         """The attention weights ``A_ij`` of every layer, ``[E, num_heads]`` each (same inputs as ``forward``)."""
         sender, receiver = edge_index[0], edge_index[1]
         rbf, envelope, unit = self._edges(edge_vectors)
-        x = self.embedding(species, sender, receiver, rbf, envelope)
+        edges = Edges(sender, receiver, species.shape[0])
+        x = self.embedding(species, edges, rbf, envelope)
         vec = x.new_zeros(x.shape[0], 3, self.channels)
         weights = []
         for layer in self.layers:
-            weights.append(layer.attention_weights(layer.layer_norm(x), sender, receiver, rbf, envelope))
-            x, vec = layer(x, vec, sender, receiver, rbf, envelope, unit)
+            weights.append(layer.attention_weights(layer.layer_norm(x), edges, rbf, envelope))
+            x, vec = layer(x, vec, edges, rbf, envelope, unit)
         return weights

@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..nn import PolynomialCutoff, ScalarMLP, radial_basis_of
+from ..nn._message import Edges, message_sum
 from ..o3 import Irreps
 from ._registry import register
 
@@ -34,13 +35,14 @@ class Message(torch.nn.Module):
         self.filter = ScalarMLP([num_basis, 3 * channels], bias=True)
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
 
-    def forward(self, s, v, sender, receiver, basis, envelope, unit):
-        x = self.phi(s)[sender] * self.filter(basis) * envelope[:, None]
-        x_vv, x_s, x_vs = torch.split(x, self.channels, dim=-1)
-        dv = v[sender] * x_vv[:, :, None] + x_vs[:, :, None] * unit[:, None, :]
-        ds = torch.zeros_like(s).index_add_(0, receiver, x_s) * self.norm
-        dv = torch.zeros_like(v).index_add_(0, receiver, dv) * self.norm
-        return s + ds, v + dv
+    def forward(self, s, v, edges: Edges, basis, envelope, unit):
+        # the sender's part phi(s_j) and the edge's filter W(r_ij) meet in the sums over the edges
+        p_vv, p_s, p_vs = torch.split(self.phi(s), self.channels, dim=-1)
+        w_vv, w_s, w_vs = torch.split(self.filter(basis) * envelope[:, None], self.channels, dim=-1)
+        ds = message_sum(w_s[:, None], p_s[:, None], edges)[:, 0]
+        dv = message_sum(w_vv[:, None], p_vv[:, None] * v.transpose(1, 2), edges)  # [N, 3, C]
+        dv = dv + message_sum(w_vs[:, None] * unit[:, :, None], p_vs[:, None].expand(-1, 3, -1), edges, (0, 1, 2))
+        return s + ds * self.norm, v + dv.transpose(1, 2) * self.norm
 
 
 class Update(torch.nn.Module):
@@ -139,7 +141,8 @@ class PaiNN(torch.nn.Module):
         basis, envelope = self.basis(r), self.envelope(r)
         s = self.embedding(species).to(edge_vectors.dtype)
         v = s.new_zeros(s.shape[0], self.channels, 3)
+        edges = Edges(sender, receiver, species.shape[0])
         for message, update in zip(self.messages, self.updates):
-            s, v = message(s, v, sender, receiver, basis, envelope, unit)
+            s, v = message(s, v, edges, basis, envelope, unit)
             s, v = update(s, v)
         return torch.cat([s, v.reshape(v.shape[0], -1)], dim=-1)

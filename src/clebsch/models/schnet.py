@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..nn import PolynomialCutoff, ScalarMLP, radial_basis_of  # radial_basis_of: also importable from here
+from ..nn._message import Edges, message_sum
 from ..o3 import Irreps
 from ._registry import register
 
@@ -28,11 +29,9 @@ class Interaction(torch.nn.Module):
         self.out = ScalarMLP([num_filters, channels, channels], activation=shifted_softplus, bias=True)
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
 
-    def forward(self, x, sender, receiver, basis, envelope):
+    def forward(self, x, edges: Edges, basis, envelope):
         filters = self.filter_net(basis) * envelope[:, None]
-        messages = self.into_filters(x)[sender] * filters
-        conv = torch.zeros(x.shape[0], messages.shape[1], dtype=x.dtype, device=x.device)
-        conv = conv.index_add_(0, receiver, messages) * self.norm
+        conv = message_sum(filters[:, None], self.into_filters(x)[:, None], edges)[:, 0] * self.norm
         return x + self.out(conv)
 
 
@@ -107,6 +106,7 @@ class SchNet(torch.nn.Module):
         r = torch.linalg.norm(edge_vectors, dim=-1)
         basis, envelope = self.basis(r), self.envelope(r)
         x = self.embedding(species).to(edge_vectors.dtype)
+        edges = Edges(sender, receiver, species.shape[0])
         for block in self.interactions:
-            x = block(x, sender, receiver, basis, envelope)
+            x = block(x, edges, basis, envelope)
         return x

@@ -53,9 +53,10 @@ features are the same for every element (the isolated-atom reference).
 
 Internally a matrix is held by its nine coordinates in an orthonormal basis
 adapted to the split (1 + 3 + 5, see :func:`tensor_basis`): a part-wise map
-is one batched product, norms are sums of squares, and ``YM + MY`` is one
-dense product with the basis's structure constants
-(:func:`symmetric_product_constants`).
+is one batched product, norms are sums of squares, and ``YM + MY`` is taken
+on the 3x3 matrices (:func:`symmetric_product_constants` gives the same map on
+the coordinates). The neighbour sums ``M_i`` run in one pass over the edges
+(:func:`clebsch.nn.message_sum`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ import math
 import torch
 
 from ..nn import CosineCutoff, ScalarMLP, radial_basis_of
+from ..nn._message import Edges, message_sum
 from ..o3 import CartesianTensor, Irreps
 from ._registry import register
 
@@ -149,7 +151,6 @@ class TensorAlgebra(torch.nn.Module):
         self.register_buffer("basis", basis.to(dtype), persistent=False)
         self.register_buffer("spread", _spread(dtype), persistent=False)
         self.register_buffer("parts", torch.tensor(PARTS), persistent=False)
-        self.register_buffer("constants", symmetric_product_constants(basis).to(dtype), persistent=False)
 
     def part_norms(self, x: torch.Tensor) -> torch.Tensor:
         """Squared norms of ``I``, ``A`` and ``S``: ``[..., 9] -> [..., 3]``."""
@@ -160,9 +161,15 @@ class TensorAlgebra(torch.nn.Module):
         return x * w.index_select(-1, self.parts)
 
     def symmetric_product(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """Coordinates of ``YM + MY``."""
-        outer = (y[..., :, None] * m[..., None, :]).flatten(-2)
-        return outer @ self.constants
+        """Coordinates of ``YM + MY`` (``2 Y^2`` when ``m`` is ``y``), through the 3x3 matrices."""
+        to_matrix = self.basis.reshape(9, 9).to(y.dtype)  # coordinates -> the 9 matrix entries, row-major
+        a = (y @ to_matrix).unflatten(-1, (3, 3))
+        if m is y:
+            p = 2.0 * torch.matmul(a, a)
+        else:
+            b = (m @ to_matrix).unflatten(-1, (3, 3))
+            p = torch.matmul(a, b) + torch.matmul(b, a)
+        return p.flatten(-2) @ to_matrix.T  # the basis is orthonormal
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
@@ -204,11 +211,12 @@ class Interaction(torch.nn.Module):
         self.mix_in = PartLinear(channels, channels)
         self.mix_out = PartLinear(channels, channels)
 
-    def forward(self, algebra, x, sender, receiver, basis, envelope):
+    def forward(self, algebra, x, edges: Edges, basis, envelope):
         x = _normalise(x)
         y = self.mix_in(x)
         f = (self.radial(basis) * envelope[:, None]).view(-1, self.channels, 3)
-        m = torch.zeros_like(y).index_add_(0, receiver, algebra.weigh(y[sender], f))
+        # M_i = sum_j f_ij Y_j part by part, one pass over the edges (components ahead of channels)
+        m = message_sum(f.transpose(1, 2), y.transpose(1, 2), edges, PARTS).transpose(1, 2)
         dx = self.mix_out(_normalise(algebra.symmetric_product(y, m)))
         return x + dx + 0.5 * algebra.symmetric_product(dx, dx)
 
@@ -279,8 +287,9 @@ class TensorNet(torch.nn.Module):
         r = torch.linalg.norm(edge_vectors, dim=-1)
         basis, envelope = self.basis(r), self.envelope(r)
         x = self.embedding(self.algebra, species, sender, receiver, self.edge_tensors(edge_vectors), basis, envelope)
+        edges = Edges(sender, receiver, species.shape[0])
         for layer in self.layers:
-            x = layer(self.algebra, x, sender, receiver, basis, envelope)
+            x = layer(self.algebra, x, edges, basis, envelope)
         n = x.shape[0]
         norms = self.algebra.part_norms(x).transpose(1, 2).reshape(n, -1)  # [N, 3C]: |I|^2, |A|^2, |S|^2
         scalars = self.readout(self.norm(norms))

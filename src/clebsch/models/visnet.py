@@ -6,6 +6,7 @@ import torch
 from torch.nn.functional import silu
 
 from ..nn import CosineCutoff
+from ..nn._message import Edges, edge_dot, message_sum
 from ..o3 import Irreps
 from ._registry import register
 from .equivariant_transformer import ExpNormalBasis, NeighborEmbedding
@@ -79,25 +80,30 @@ class ViSMessagePassing(torch.nn.Module):
             self.sender_projection = torch.nn.Linear(channels, channels, bias=False)
             self.edge_projection = torch.nn.Linear(channels, channels)
 
-    def forward(self, x, vec, f, sender, receiver, envelope, unit):
+    def forward(self, x, vec, f, edges: Edges, envelope, unit):
         c, heads = self.channels, self.num_heads
+        sender, receiver = edges.sender, edges.receiver
         h = self.layer_norm(x)
         # the block reads its input vectors scaled to a bounded size (a vector layer norm)
         v = vec / torch.sqrt(1.0 + vec.pow(2).sum(dim=1).mean(dim=-1))[:, None, None]
         # scalar attention, filtered by the edge features
-        logits = self.query(h)[receiver] * self.key(h)[sender] * silu(self.key_filter(f))
+        qk = edge_dot(self.key(h)[:, None], self.query(h)[:, None], edges)[:, 0]  # q_i * k_j per edge
+        logits = qk * silu(self.key_filter(f))
         weights = silu(logits.reshape(-1, heads, c // heads).sum(-1)) * envelope[:, None]
         m = (self.value(h)[sender] * silu(self.value_filter(f))).reshape(-1, heads, c // heads)
         m = (m * weights[..., None]).reshape(-1, c)
         s1, s2 = torch.split(silu(self.split(m)), c, dim=-1)
-        vector_messages = s1[:, None, :] * v[sender] + s2[:, None, :] * unit[:, :, None]
         y = torch.zeros_like(x).index_add_(0, receiver, m)
-        w = torch.zeros_like(vec).index_add_(0, receiver, vector_messages)
+        w = message_sum(s1[:, None], v, edges)
+        w = w.index_add(0, receiver, s2[:, None, :] * unit[:, :, None])
         # edge update from the layer's input vectors: the dihedral-like term
+        # <rej(a_i, u), rej(b_j, u)> = <a_i, b_j> - <a_i, u> <b_j, u>
         if self.update_edges:
-            w_ij = rejection(self.receiver_projection(v)[receiver], unit)
-            w_ji = rejection(self.sender_projection(v)[sender], unit)
-            f = f + silu(self.edge_projection(f)) * (w_ij * w_ji).sum(dim=1)
+            a, b = self.receiver_projection(v), self.sender_projection(v)
+            ab = edge_dot(b, a, edges, (0, 0, 0))[:, 0]
+            au = (a[receiver] * unit[:, :, None]).sum(dim=1)
+            bu = (b[sender] * unit[:, :, None]).sum(dim=1)
+            f = f + silu(self.edge_projection(f)) * (ab - au * bu)
         # atom update: the angle term <U1 v, U2 v>
         o1, o2, o3 = torch.split(self.output(y), c, dim=-1)
         u1, u2, u3 = torch.split(self.vector_projection(v), c, dim=-1)
@@ -211,10 +217,11 @@ class ViSNet(torch.nn.Module):
         envelope = self.envelope(r)
         unit = edge_vectors / r[:, None]
         rbf = self.rbf(r) * envelope[:, None]
-        x = self.embedding(species, sender, receiver, rbf, envelope)
+        edges = Edges(sender, receiver, species.shape[0])
+        x = self.embedding(species, edges, rbf, envelope)
         f = self.edge_embedding(rbf) * (x[receiver] + x[sender])
         vec = x.new_zeros(x.shape[0], 3, self.channels)
         for layer in self.layers:
-            x, vec, f = layer(x, vec, f, sender, receiver, envelope, unit)
+            x, vec, f = layer(x, vec, f, edges, envelope, unit)
         x = self.out_norm(x)
         return torch.cat([x, vec.transpose(1, 2).reshape(x.shape[0], 3 * self.channels)], dim=-1)

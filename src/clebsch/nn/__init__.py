@@ -1,11 +1,13 @@
-"""Equivariant layers: tensor products, linear maps, gates, norms, radial bases and scalar MLPs."""
+"""Equivariant layers: tensor products, linear maps, gates, norms, radial bases, scalar MLPs and neighbour sums."""
 
 from ._activation import activation_parity, normalize2mom
 from ._gate import Gate, NormActivation, gate_irreps, make_gate
 from ._linear import Linear, SpeciesLinear
+from ._message import Edges, edge_dot, message_sum
 from ._mlp import ScalarMLP
 from ._norm import BatchNorm, LayerNorm
 from ._path import Path
+from ._sparse import sparse_bilinear, sparse_trilinear_sum
 from ._radial import BesselBasis, CosineCutoff, GaussianBasis, PolynomialCutoff, radial_basis_of
 from ._tensor_product import (
     ChannelwiseTensorProduct,
@@ -38,4 +40,9 @@ __all__ = [
     "PolynomialCutoff",
     "CosineCutoff",
     "radial_basis_of",
+    "Edges",
+    "message_sum",
+    "edge_dot",
+    "sparse_bilinear",
+    "sparse_trilinear_sum",
 ]

@@ -1,0 +1,264 @@
+"""Sparse bilinear maps of rows: ``out[r, k] = sum_t c_t a[r, i_t] b[r, j_t]`` over the terms ``t`` with ``k_t = k``.
+
+A channel-wise tensor product whose paths share their weights across rows
+(Allegro's environment product, one learned weight per path) is such a map: the
+terms are the non-zero Clebsch-Gordan coefficients times their path's weight, a
+few hundred for ``l <= 2``. As a dense product it needs the outer product
+``a ⊗ b`` of every row (``[R, K_a * K_b]``) and a matmul with a mostly-zero
+matrix; :func:`sparse_bilinear` visits only the non-zero terms and writes no
+intermediate.
+
+Its derivatives are the same map with the roles of ``a``, ``b`` and ``out``
+exchanged (for ``a`` and ``b``) and :func:`sparse_trilinear_sum`,
+``s_t = sum_r a[r, i_t] b[r, j_t] g[r, k_t]`` (for ``c``), whose own derivatives
+are again bilinear maps: differentiable to any order. On the CPU both run as C
+kernels on blocks of rows (:mod:`clebsch.o3._native`); the sums over rows go
+in fixed chunks, so results do not depend on the number of threads. Elsewhere
+(a GPU, no compiler, ``CLEBSCH_NATIVE=0``, tracing, ``vmap``) they run in
+the dense form with PyTorch operations: the same numbers up to rounding.
+
+Rows may be laid out either way round: ``[R, K]`` row-major, or a transposed
+view of a ``[K, R]`` tensor (components major), read without a copy; the
+result can be asked for in either layout (``components_major``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from ..o3 import _native
+from ..o3._cache import tracing
+
+__all__ = ["sparse_bilinear", "sparse_trilinear_sum"]
+
+_CHUNK = 256  # rows per partial sum of sparse_trilinear_sum (CH in the kernel)
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+#define RB 16
+#define CH 256
+
+/* rows [r0, r0 + nb) of src, component k at dst[k * width + r], zero-padded to width */
+static void load(const T* restrict src, int64_t sr, int64_t sk, int64_t K, int64_t r0, int64_t nb, int64_t width,
+                 T* restrict dst) {
+    for (int64_t k = 0; k < K; ++k) {
+        T* restrict d = dst + k * width;
+        for (int64_t r = 0; r < nb; ++r) d[r] = src[(r0 + r) * sr + k * sk];
+        for (int64_t r = nb; r < width; ++r) d[r] = 0;
+    }
+}
+
+/* out[r, k] = sum over the terms t of output k (start[k] <= t < start[k + 1]) of c[t] a[r, ia[t]] b[r, ib[t]] */
+void bilinear(const T* restrict a, int64_t a_sr, int64_t a_sk, int64_t Ka,
+              const T* restrict b, int64_t b_sr, int64_t b_sk, int64_t Kb,
+              const T* restrict c, const int64_t* restrict ia, const int64_t* restrict ib,
+              const int64_t* restrict start, T* restrict out, int64_t o_sr, int64_t o_sk, int64_t Ko,
+              int64_t lo, int64_t hi, int threads) {
+    int64_t nblocks = (hi - lo + RB - 1) / RB;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+        T A[Ka * RB], B[Kb * RB];
+        int64_t r0 = lo + blk * RB, nb = hi - r0 < RB ? hi - r0 : RB;
+        load(a, a_sr, a_sk, Ka, r0, nb, RB, A);
+        load(b, b_sr, b_sk, Kb, r0, nb, RB, B);
+        for (int64_t k = 0; k < Ko; ++k) {
+            T acc[RB];
+            for (int j = 0; j < RB; ++j) acc[j] = 0;
+            for (int64_t t = start[k]; t < start[k + 1]; ++t) {
+                const T ct = c[t];
+                const T* restrict x = A + ia[t] * RB;
+                const T* restrict y = B + ib[t] * RB;
+                for (int j = 0; j < RB; ++j) acc[j] += ct * x[j] * y[j];
+            }
+            for (int64_t r = 0; r < nb; ++r) out[(r0 + r) * o_sr + k * o_sk] = acc[r];
+        }
+    }
+}
+
+/* part[q, t] = sum over the rows of chunk q (CH rows) of a[r, ia[t]] b[r, ib[t]] g[r, ig[t]] */
+void trilinear(const T* restrict a, int64_t a_sr, int64_t a_sk, int64_t Ka,
+               const T* restrict b, int64_t b_sr, int64_t b_sk, int64_t Kb,
+               const T* restrict g, int64_t g_sr, int64_t g_sk, int64_t Kg,
+               const int64_t* restrict ia, const int64_t* restrict ib, const int64_t* restrict ig, int64_t nnz,
+               T* restrict part, int64_t rows, int64_t lo, int64_t hi, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t q = lo; q < hi; ++q) {
+        T A[Ka * CH], B[Kb * CH], G[Kg * CH];
+        int64_t r0 = q * CH, nb = rows - r0 < CH ? rows - r0 : CH;
+        load(a, a_sr, a_sk, Ka, r0, nb, CH, A);
+        load(b, b_sr, b_sk, Kb, r0, nb, CH, B);
+        load(g, g_sr, g_sk, Kg, r0, nb, CH, G);
+        for (int64_t t = 0; t < nnz; ++t) {
+            const T* restrict x = A + ia[t] * CH;
+            const T* restrict y = B + ib[t] * CH;
+            const T* restrict z = G + ig[t] * CH;
+            T acc[RB];
+            for (int j = 0; j < RB; ++j) acc[j] = 0;
+            for (int64_t r = 0; r < CH; r += RB)
+                for (int j = 0; j < RB; ++j) acc[j] += x[r + j] * y[r + j] * z[r + j];
+            T sum = 0;
+            for (int j = 0; j < RB; ++j) sum += acc[j];
+            part[q * nnz + t] = sum;
+        }
+    }
+}
+"""
+
+_KERNELS: dict = {}
+
+
+def _kernels(dtype: torch.dtype):
+    """``(bilinear, trilinear, openmp)`` for ``dtype``, or ``None`` where no kernel can be built."""
+    if dtype not in _KERNELS:
+        ctype = {torch.float32: "float", torch.float64: "double"}.get(dtype)
+        lib = _native.load("sparse_bilinear", f"#define T {ctype}\n" + _SOURCE) if ctype else None
+        fns = None
+        if lib is not None:
+            p, n = ctypes.c_void_p, ctypes.c_int64
+            lib.bilinear.argtypes = [p, n, n, n, p, n, n, n, p, p, p, p, p, n, n, n, n, n, ctypes.c_int]
+            lib.trilinear.argtypes = [p, n, n, n, p, n, n, n, p, n, n, n, p, p, p, n, p, n, n, n, ctypes.c_int]
+            lib.bilinear.restype = lib.trilinear.restype = None
+            fns = (lib.bilinear, lib.trilinear, lib.openmp)
+        _KERNELS[dtype] = fns
+    return _KERNELS[dtype]
+
+
+def _native_ok(*tensors) -> bool:
+    if not _native.enabled() or tracing():
+        return False
+    for t in tensors:
+        if (t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or t.dtype != tensors[0].dtype
+                or torch._C._functorch.is_functorch_wrapped_tensor(t)):
+            return False
+    return _kernels(tensors[0].dtype) is not None
+
+
+def _layout(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself if its rows or its components are evenly strided (any 2-D view is), else a copy."""
+    return t if t.dim() == 2 else t.reshape(-1, t.shape[-1])
+
+
+def _components_major(t: torch.Tensor) -> bool:
+    return t.shape[0] > 1 and t.stride(0) == 1 and t.shape[1] > 1
+
+
+def _new(rows: int, k: int, like: torch.Tensor, components_major: bool) -> torch.Tensor:
+    return like.new_empty(k, rows).T if components_major else like.new_empty(rows, k)
+
+
+class _Bilinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, c, terms, k_out, components_major):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(a, b, c)
+        ctx.terms = terms
+        ia, ib, io = terms
+        # the terms grouped by output component, so that each output is summed in registers
+        order = torch.sort(io, stable=True).indices
+        start = torch.zeros(k_out + 1, dtype=torch.long)
+        torch.cumsum(torch.bincount(io, minlength=k_out), 0, out=start[1:])
+        cs, ias, ibs = c.index_select(0, order).contiguous(), ia[order].contiguous(), ib[order].contiguous()
+        out = _new(a.shape[0], k_out, a, components_major)
+        fn, _, openmp = _kernels(a.dtype)
+        _native.parallel_for(fn, a.shape[0], a.data_ptr(), a.stride(0), a.stride(1), a.shape[1],
+                             b.data_ptr(), b.stride(0), b.stride(1), b.shape[1], cs.data_ptr(), ias.data_ptr(),
+                             ibs.data_ptr(), start.data_ptr(), out.data_ptr(), out.stride(0), out.stride(1),
+                             k_out, openmp=openmp, grain=4096)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        if g is None:
+            return (None,) * 6
+        a, b, c = ctx.saved_tensors
+        ia, ib, io = ctx.terms
+        ga = gb = gc = None
+        if ctx.needs_input_grad[0]:
+            ga = sparse_bilinear(b, g, c, (ib, io, ia), a.shape[1], _components_major(a))
+        if ctx.needs_input_grad[1]:
+            gb = sparse_bilinear(a, g, c, (ia, io, ib), b.shape[1], _components_major(b))
+        if ctx.needs_input_grad[2]:
+            gc = sparse_trilinear_sum(a, b, g, (ia, ib, io))
+        return ga, gb, gc, None, None, None
+
+
+class _Trilinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, g, terms):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(a, b, g)
+        ctx.terms = terms
+        ia, ib, ig = terms
+        rows, nnz = a.shape[0], ia.shape[0]
+        chunks = max(1, -(-rows // _CHUNK))
+        part = a.new_empty(chunks, nnz)
+        _, fn, openmp = _kernels(a.dtype)
+        _native.parallel_for(fn, chunks, a.data_ptr(), a.stride(0), a.stride(1), a.shape[1],
+                             b.data_ptr(), b.stride(0), b.stride(1), b.shape[1],
+                             g.data_ptr(), g.stride(0), g.stride(1), g.shape[1],
+                             ia.data_ptr(), ib.data_ptr(), ig.data_ptr(), nnz, part.data_ptr(), rows,
+                             openmp=openmp, grain=2)
+        return part.sum(0)
+
+    @staticmethod
+    def backward(ctx, h):
+        if h is None:
+            return (None,) * 4
+        a, b, g = ctx.saved_tensors
+        ia, ib, ig = ctx.terms
+        out = [None, None, None, None]
+        if ctx.needs_input_grad[0]:
+            out[0] = sparse_bilinear(b, g, h, (ib, ig, ia), a.shape[1], _components_major(a))
+        if ctx.needs_input_grad[1]:
+            out[1] = sparse_bilinear(a, g, h, (ia, ig, ib), b.shape[1], _components_major(b))
+        if ctx.needs_input_grad[2]:
+            out[2] = sparse_bilinear(a, b, h, (ia, ib, ig), g.shape[1], _components_major(g))
+        return tuple(out)
+
+
+def _outer(a, b):
+    return (a.unsqueeze(2) * b.unsqueeze(1)).reshape(a.shape[0], a.shape[1] * b.shape[1])
+
+
+def _bilinear_torch(a, b, c, terms, k_out, components_major):
+    """The dense form: the outer product of each row times the matrix of the terms."""
+    ia, ib, io = terms
+    kb = b.shape[1]
+    matrix = c.new_zeros(a.shape[1] * kb * k_out).index_add(0, (ia * kb + ib) * k_out + io, c)
+    matrix = matrix.view(a.shape[1] * kb, k_out)
+    outer = _outer(a, b)
+    return (matrix.T @ outer.T).T if components_major else outer @ matrix
+
+
+def sparse_bilinear(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, terms, k_out: int,
+                    components_major: bool = False) -> torch.Tensor:
+    """``out[r, k] = sum_{t: k_t = k} c[t] a[r, i_t] b[r, j_t]``, ``[R, k_out]``.
+
+    ``a`` is ``[R, K_a]`` and ``b`` ``[R, K_b]`` (any strides), ``c`` is ``[T]`` and
+    ``terms = (i, j, k)`` three ``[T]`` long tensors. With ``components_major`` the
+    result is the transposed view of a ``[k_out, R]`` tensor.
+
+    Examples
+    --------
+    >>> a, b = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 5.0]])
+    >>> terms = (torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([0, 0]))
+    >>> sparse_bilinear(a, b, torch.tensor([1.0, 10.0]), terms, 1)  # 1*1*5 + 10*2*3
+    tensor([[65.]])
+    """
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"a and b must have the same rows, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if _native_ok(a, b, c):
+        return _Bilinear.apply(a, b, c, terms, k_out, components_major)
+    return _bilinear_torch(a, b, c, terms, k_out, components_major)
+
+
+def sparse_trilinear_sum(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, terms) -> torch.Tensor:
+    """``s[t] = sum_r a[r, i_t] b[r, j_t] g[r, k_t]``, ``[T]``: the derivative of :func:`sparse_bilinear` in ``c``."""
+    if _native_ok(a, b, g):
+        return _Trilinear.apply(a, b, g, terms)
+    ia, ib, ig = terms
+    summed = _outer(a, b).T @ g  # [K_a * K_b, K_g]
+    return summed[ia * b.shape[1] + ib, ig]
