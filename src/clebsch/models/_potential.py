@@ -446,6 +446,10 @@ class Potential(torch.nn.Module):
             self._head_of[name] = key
         for name, irreps in (irreps_heads or {}).items():
             self.heads[name] = IrrepsHead(self.irreps, irreps)
+        # with no head beyond the energy's (which reads the 0e features), a representation that can
+        # skip its last layer's non-scalar work (attribute ``scalars_only``) is told so
+        if hasattr(representation, "scalars_only"):
+            representation.scalars_only = not self.heads
         self._legacy_irreps = tuple((irreps_heads or {}).keys())
         self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 

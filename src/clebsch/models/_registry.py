@@ -61,6 +61,13 @@ class Representation(Protocol):
     other rule: translation and permutation invariance, smoothness, the cutoff
     and the isolated atom. Its features are still laid out by ``irreps_out``, but
     they do not transform as those irreps under rotations (see :func:`is_equivariant`).
+
+    Optionally, a boolean attribute ``scalars_only``: the
+    :class:`~clebsch.models.Potential` sets it to ``True`` when none of its heads
+    reads more than the ``0e`` features (an energy-only model), and the family
+    may then skip the work that only its non-scalar outputs need, returning
+    zeros there (ET, ViSNet and Allegro skip their last layer's vector or
+    tensor update).
     """
 
     irreps_out: object

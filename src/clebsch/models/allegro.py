@@ -140,21 +140,30 @@ class EnvironmentProduct(torch.nn.Module):
         self.register_buffer("_input_of", place // (self.dim_sh * self.dim_out), persistent=False)
         self.register_buffer("_harmonic_of", place // self.dim_out % self.dim_sh, persistent=False)
         self.register_buffer("_output_of", place % self.dim_out, persistent=False)
+        self.register_buffer("_scalar_terms", torch.nonzero(self._output_of == 0)[:, 0], persistent=False)
         self.path_weights = torch.nn.Parameter(torch.randn(len(paths)))
         self.mix = torch.nn.Parameter(torch.randn(len(self.irs_out), channels, channels))
         self.register_buffer("_irrep_of", torch.tensor([k for k, ir in enumerate(self.irs_out) for _ in range(ir.dim)]),
                              persistent=False)
 
-    def forward(self, v: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
-        """``v`` ``[E * n, D]`` (any strides), ``env`` ``[E, n, S]`` -> the new features, components first ``[D_out, E, n]``."""
+    def forward(self, v: torch.Tensor, env: torch.Tensor, scalars_only: bool = False) -> torch.Tensor:
+        """``v`` ``[E * n, D]`` (any strides), ``env`` ``[E, n, S]`` -> the new features, components first ``[D_out, E, n]``.
+
+        With ``scalars_only``, only the ``0e`` output: ``[1, E, n]``.
+        """
         e, n = env.shape[0], self.channels
         coefficients = self._values.to(v.dtype) * self.path_weights.to(v.dtype).index_select(0, self._path_of)
         terms = (self._input_of, self._harmonic_of, self._output_of)
-        z = sparse_bilinear(v, env.reshape(e * n, self.dim_sh), coefficients, terms, self.dim_out,
+        irrep_of, dim_out = self._irrep_of, self.dim_out
+        if scalars_only:  # the terms into the 0e component (the first)
+            coefficients = coefficients.index_select(0, self._scalar_terms)
+            terms = tuple(t.index_select(0, self._scalar_terms) for t in terms)
+            irrep_of, dim_out = irrep_of[:1], 1
+        z = sparse_bilinear(v, env.reshape(e * n, self.dim_sh), coefficients, terms, dim_out,
                             components_major=True)  # [E * n, D_out], a view of [D_out, E * n]
         # mix the channels: [D_out, E, n] @ [D_out, n, n]
-        mix = self.mix.to(v.dtype).index_select(0, self._irrep_of) / math.sqrt(n)
-        return torch.bmm(z.T.reshape(self.dim_out, e, n), mix)
+        mix = self.mix.to(v.dtype).index_select(0, irrep_of) / math.sqrt(n)
+        return torch.bmm(z.T.reshape(dim_out, e, n), mix)
 
 
 class AllegroLayer(torch.nn.Module):
@@ -170,11 +179,12 @@ class AllegroLayer(torch.nn.Module):
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
         self.latent_resnet = latent_resnet
 
-    def forward(self, x, v, sh, envelope, receiver, num_atoms: int):
-        """``v`` ``[E * n, D]`` (any strides) -> ``(x, v)`` with the new ``v`` as ``[D_out, E, n]``."""
+    def forward(self, x, v, sh, envelope, receiver, num_atoms: int, scalars_only: bool = False):
+        """``v`` ``[E * n, D]`` (any strides) -> ``(x, v)`` with the new ``v`` as ``[D_out, E, n]`` (``[1, E, n]``,
+        the ``0e`` part, with ``scalars_only``)."""
         w = self.environment(x, sh)  # [E, n, S]
         env = w.new_zeros((num_atoms,) + w.shape[1:]).index_add(0, receiver, w) * self.norm
-        v = self.product(v, env.index_select(0, receiver))
+        v = self.product(v, env.index_select(0, receiver), scalars_only)
         scalars = v[0]  # the 0e channels (0e x 0e -> 0e always exists, and comes first)
         update = self.latent(torch.cat([x, scalars], dim=-1)) * envelope
         x = (x + update) / math.sqrt(2.0) if self.latent_resnet else update
@@ -184,6 +194,11 @@ class AllegroLayer(torch.nn.Module):
 @register("allegro")
 class Allegro(torch.nn.Module):
     """The Allegro representation: per-atom sums of strictly local pair features (see the module docstring).
+
+    With ``scalars_only`` set (a :class:`~clebsch.models.Potential` sets it when
+    none of its heads reads more than the ``0e`` features) the last layer computes
+    only the ``0e`` part of its tensor product, which its latent MLP reads, and
+    the tensor outputs are zero.
 
     Parameters
     ----------
@@ -277,6 +292,7 @@ class Allegro(torch.nn.Module):
         self.irreps_out = Irreps([(latent_dim, "0e")] + [(n, ir) for ir in irs[1:]])
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
         self.register_buffer("_onehot", torch.eye(num_species), persistent=False)
+        self.scalars_only = False
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
         """Per-atom features ``[N, irreps_out.dim]`` from elements and pair vectors ``r_j - r_i``."""
@@ -290,9 +306,13 @@ class Allegro(torch.nn.Module):
         x = self.two_body(pair) * envelope
         v = self.embedding(x, sh)  # [E, n, S], the harmonics' irreps
         rows = v.reshape(-1, v.shape[-1])  # [E * n, S]
-        for layer in self.layers:
-            x, v = layer(x, rows, sh, envelope, receiver, num_atoms)  # v: [D, E, n], components first
+        for k, layer in enumerate(self.layers):
+            last = self.scalars_only and k == len(self.layers) - 1
+            x, v = layer(x, rows, sh, envelope, receiver, num_atoms, last)  # v: [D, E, n], components first
             rows = v.reshape(v.shape[0], -1).T  # [E * n, D], a view, for the next layer
+        if self.scalars_only:
+            out = x.new_zeros(num_atoms, x.shape[1]).index_add(0, receiver, x) * self.norm
+            return torch.cat([out, out.new_zeros(num_atoms, self.irreps_out.dim - x.shape[1])], dim=-1)
         v = v.permute(1, 2, 0)  # [E, n, D]
         tensors = v.reshape(v.shape[0], self._width).index_select(1, self._tensor_columns)  # channels-major -> mul_ir
         per_pair = torch.cat([x, tensors], dim=-1)

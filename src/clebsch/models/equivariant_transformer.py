@@ -91,7 +91,8 @@ class AttentionLayer(torch.nn.Module):
         logits = (qk * dk).reshape(-1, self.num_heads, self.channels // self.num_heads)
         return silu(logits.sum(-1)) * envelope[:, None]
 
-    def forward(self, x, vec, edges: Edges, rbf, envelope, unit):
+    def forward(self, x, vec, edges: Edges, rbf, envelope, unit, scalars_only: bool = False):
+        """The updated ``(x, vec)``; with ``scalars_only`` the vectors are not updated (nothing reads them)."""
         c = self.channels
         h = self.layer_norm(x)
         weights = self.attention_weights(h, edges, rbf, envelope)
@@ -101,11 +102,13 @@ class AttentionLayer(torch.nn.Module):
         # w = sum_j d1_ij v1_j vec_j + d2_ij v2_j r_ij / |r_ij|
         scalar_weight = (d3.reshape(-1, self.num_heads, c // self.num_heads) * weights[..., None]).reshape(-1, 1, c)
         y = message_sum(scalar_weight, v3[:, None], edges)[:, 0]
-        w = message_sum(d1[:, None], v1[:, None] * vec, edges)
-        w = w + message_sum(d2[:, None] * unit[:, :, None], v2[:, None].expand(-1, 3, -1), edges, (0, 1, 2))
         o1, o2, o3 = torch.split(self.output(y), c, dim=-1)
         u1, u2, u3 = torch.split(self.vector_projection(vec), c, dim=-1)
         dx = (u1 * u2).sum(dim=1) * o2 + o3
+        if scalars_only:
+            return x + dx, vec
+        w = message_sum(d1[:, None], v1[:, None] * vec, edges)
+        w = w + message_sum(d2[:, None] * unit[:, :, None], v2[:, None].expand(-1, 3, -1), edges, (0, 1, 2))
         dvec = o1[:, None, :] * u3 + w
         return x + dx, vec + dvec
 
@@ -145,6 +148,10 @@ class EquivariantTransformer(torch.nn.Module):
     from edge directions, so they are polar vectors; the paper's value filter
     is here also multiplied by φ, so that every edge term goes to zero at the
     cutoff. Outputs: ``channels x 0e + channels x 1o``.
+
+    With ``scalars_only`` set (a :class:`~clebsch.models.Potential` sets it when
+    none of its heads reads more than the ``0e`` features) the last layer skips
+    its vector update and the ``1o`` outputs are zero.
 
     Parameters
     ----------
@@ -190,6 +197,7 @@ class EquivariantTransformer(torch.nn.Module):
             raise ValueError(f"num_heads ({num_heads}) must divide channels ({channels})")
         self.channels = channels
         self.irreps_out = Irreps(f"{channels}x0e + {channels}x1o")
+        self.scalars_only = False
         self.rbf = ExpNormalBasis(cutoff, num_basis)
         self.envelope = CosineCutoff(cutoff)
         self.embedding = NeighborEmbedding(num_species, channels, num_basis)
@@ -207,9 +215,12 @@ class EquivariantTransformer(torch.nn.Module):
         edges = Edges(sender, receiver, species.shape[0])
         x = self.embedding(species, edges, rbf, envelope)
         vec = x.new_zeros(x.shape[0], 3, self.channels)
-        for layer in self.layers:
-            x, vec = layer(x, vec, edges, rbf, envelope, unit)
+        for k, layer in enumerate(self.layers):
+            last = self.scalars_only and k == len(self.layers) - 1
+            x, vec = layer(x, vec, edges, rbf, envelope, unit, scalars_only=last)
         x = self.out_norm(x)
+        if self.scalars_only:
+            return torch.cat([x, x.new_zeros(x.shape[0], 3 * self.channels)], dim=-1)
         return torch.cat([x, vec.transpose(1, 2).reshape(x.shape[0], 3 * self.channels)], dim=-1)
 
     def attention_weights(self, species: torch.Tensor, edge_index: torch.Tensor,

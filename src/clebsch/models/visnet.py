@@ -80,7 +80,8 @@ class ViSMessagePassing(torch.nn.Module):
             self.sender_projection = torch.nn.Linear(channels, channels, bias=False)
             self.edge_projection = torch.nn.Linear(channels, channels)
 
-    def forward(self, x, vec, f, edges: Edges, envelope, unit):
+    def forward(self, x, vec, f, edges: Edges, envelope, unit, scalars_only: bool = False):
+        """The updated ``(x, vec, f)``; with ``scalars_only`` the vectors are not updated (nothing reads them)."""
         c, heads = self.channels, self.num_heads
         sender, receiver = edges.sender, edges.receiver
         h = self.layer_norm(x)
@@ -92,10 +93,7 @@ class ViSMessagePassing(torch.nn.Module):
         weights = silu(logits.reshape(-1, heads, c // heads).sum(-1)) * envelope[:, None]
         m = (self.value(h)[sender] * silu(self.value_filter(f))).reshape(-1, heads, c // heads)
         m = (m * weights[..., None]).reshape(-1, c)
-        s1, s2 = torch.split(silu(self.split(m)), c, dim=-1)
         y = torch.zeros_like(x).index_add_(0, receiver, m)
-        w = message_sum(s1[:, None], v, edges)
-        w = w.index_add(0, receiver, s2[:, None, :] * unit[:, :, None])
         # edge update from the layer's input vectors: the dihedral-like term
         # <rej(a_i, u), rej(b_j, u)> = <a_i, b_j> - <a_i, u> <b_j, u>
         if self.update_edges:
@@ -108,6 +106,11 @@ class ViSMessagePassing(torch.nn.Module):
         o1, o2, o3 = torch.split(self.output(y), c, dim=-1)
         u1, u2, u3 = torch.split(self.vector_projection(v), c, dim=-1)
         dx = (u1 * u2).sum(dim=1) * o2 + o3
+        if scalars_only:
+            return x + dx, vec, f
+        s1, s2 = torch.split(silu(self.split(m)), c, dim=-1)
+        w = message_sum(s1[:, None], v, edges)
+        w = w.index_add(0, receiver, s2[:, None, :] * unit[:, :, None])
         dvec = o1[:, None, :] * u3 + w
         return x + dx, vec + dvec, f
 
@@ -152,7 +155,10 @@ class ViSNet(torch.nn.Module):
         \Delta h_i = \langle U^1 \hat v_i, U^2 \hat v_i\rangle \odot o^2_i + o^3_i, \qquad
         \Delta v_i = o^1_i \odot U^3 \hat v_i + w_i.
 
-    The last block skips the edge update (nothing reads it). Every message
+    The last block skips the edge update (nothing reads it), and with
+    ``scalars_only`` set (a :class:`~clebsch.models.Potential` sets it when none
+    of its heads reads more than the ``0e`` features) its vector update too: the
+    ``1o`` outputs are then zero. Every message
     carries A_ij, hence φ(d_ij), so an edge has no influence at the cutoff.
     Vectors come from edge directions only by channel mixing, invariant
     scaling and rejections, so they are polar; this implementation uses harmonics
@@ -202,6 +208,7 @@ class ViSNet(torch.nn.Module):
             raise ValueError(f"num_heads ({num_heads}) must divide channels ({channels})")
         self.channels = channels
         self.irreps_out = Irreps(f"{channels}x0e + {channels}x1o")
+        self.scalars_only = False
         self.rbf = ExpNormalBasis(cutoff, num_basis)
         self.envelope = CosineCutoff(cutoff)
         self.embedding = NeighborEmbedding(num_species, channels, num_basis)
@@ -221,7 +228,10 @@ class ViSNet(torch.nn.Module):
         x = self.embedding(species, edges, rbf, envelope)
         f = self.edge_embedding(rbf) * (x[receiver] + x[sender])
         vec = x.new_zeros(x.shape[0], 3, self.channels)
-        for layer in self.layers:
-            x, vec, f = layer(x, vec, f, edges, envelope, unit)
+        for k, layer in enumerate(self.layers):
+            last = self.scalars_only and k == len(self.layers) - 1
+            x, vec, f = layer(x, vec, f, edges, envelope, unit, scalars_only=last)
         x = self.out_norm(x)
+        if self.scalars_only:
+            return torch.cat([x, x.new_zeros(x.shape[0], 3 * self.channels)], dim=-1)
         return torch.cat([x, vec.transpose(1, 2).reshape(x.shape[0], 3 * self.channels)], dim=-1)
