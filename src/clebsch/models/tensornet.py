@@ -172,6 +172,11 @@ class TensorAlgebra(torch.nn.Module):
         return p.flatten(-2) @ to_matrix.T  # the basis is orthonormal
 
 
+def _part_major(channels: int) -> torch.Tensor:
+    """Columns ``p * C + c`` <- ``c * 3 + p``: reads an MLP's ``[..., C, 3]`` output as ``[..., 3, C]``."""
+    return torch.arange(3 * channels).view(channels, 3).T.reshape(-1)
+
+
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     """``X / sqrt(1 + |X|^2)`` per channel."""
     return x * torch.rsqrt(1.0 + (x * x).sum(-1, keepdim=True))
@@ -189,14 +194,15 @@ class Embedding(torch.nn.Module):
         self.norm = torch.nn.LayerNorm(channels)
         self.scaling = ScalarMLP([channels, 2 * channels, 3 * channels], bias=True)
         self.linear = PartLinear(channels, channels)
+        self.register_buffer("_part_major", _part_major(channels), persistent=False)
 
     def forward(self, algebra, species, sender, receiver, edge_tensors, basis, envelope):
         z = self.atoms(species).to(basis.dtype)
         z_ij = self.pair(torch.cat([z[receiver], z[sender]], dim=-1))  # [E, C]
-        f = self.radial(basis).view(-1, self.channels, 3)  # f_I^0, f_A^0, f_S^0 per channel
-        weights = (envelope[:, None] * z_ij)[:, :, None] * f  # [E, C, 3]
-        x_ij = algebra.weigh(edge_tensors[:, None, :], weights)  # [E, C, 9]
-        x = x_ij.new_zeros(species.shape[0], self.channels, 9).index_add_(0, receiver, x_ij)
+        f = self.radial(basis, self._part_major).view(-1, 3, self.channels)  # f_I^0, f_A^0, f_S^0
+        weights = (envelope[:, None] * z_ij)[:, None, :] * f  # [E, 3, C]
+        x_ij = weights.index_select(1, algebra.parts) * edge_tensors[:, :, None]  # [E, 9, C]
+        x = x_ij.new_zeros(species.shape[0], 9, self.channels).index_add_(0, receiver, x_ij).transpose(1, 2)
         g = self.scaling(self.norm((x * x).sum(-1))).view(-1, self.channels, 3)
         return algebra.weigh(self.linear(x), g)
 
@@ -210,13 +216,14 @@ class Interaction(torch.nn.Module):
         self.radial = ScalarMLP([num_basis, channels, 2 * channels, 3 * channels], bias=True)
         self.mix_in = PartLinear(channels, channels)
         self.mix_out = PartLinear(channels, channels)
+        self.register_buffer("_part_major", _part_major(channels), persistent=False)
 
     def forward(self, algebra, x, edges: Edges, basis, envelope):
         x = _normalise(x)
         y = self.mix_in(x)
-        f = (self.radial(basis) * envelope[:, None]).view(-1, self.channels, 3)
+        f = (self.radial(basis, self._part_major) * envelope[:, None]).view(-1, 3, self.channels)
         # M_i = sum_j f_ij Y_j part by part, one pass over the edges (components ahead of channels)
-        m = message_sum(f.transpose(1, 2), y.transpose(1, 2), edges, PARTS).transpose(1, 2)
+        m = message_sum(f, y.transpose(1, 2), edges, PARTS).transpose(1, 2)
         dx = self.mix_out(_normalise(algebra.symmetric_product(y, m)))
         return x + dx + 0.5 * algebra.symmetric_product(dx, dx)
 

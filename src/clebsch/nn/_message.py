@@ -156,14 +156,7 @@ def _kernels(dtype: torch.dtype):
 
 
 def _native_ok(*tensors) -> bool:
-    if not _native.enabled() or tracing():
-        return False
-    for t in tensors:
-        if (t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or t.dtype != tensors[0].dtype
-                or torch._C._functorch.is_batchedtensor(t) or torch._C._functorch.is_legacy_batchedtensor(t)
-                or torch._C._functorch.is_functorch_wrapped_tensor(t)):
-            return False
-    return _kernels(tensors[0].dtype) is not None
+    return _native.usable(*tensors) and _kernels(tensors[0].dtype) is not None
 
 
 def _check(w, x, edges: Edges, part, wname: str, xname: str, num_parts: int | None = None):

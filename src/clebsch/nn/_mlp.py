@@ -1,5 +1,7 @@
 """Scalar multilayer perceptron with variance-preserving initialisation."""
 
+from __future__ import annotations
+
 from typing import Callable, Sequence
 
 import torch
@@ -47,15 +49,19 @@ class ScalarMLP(torch.nn.Module):
             torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(b)) for b in dims[1:]]) if bias else None
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """The MLP of ``x``; with ``columns`` (long ``[k]``), only those outputs, in that order."""
         if x.shape[-1] != self.dims[0]:
             raise ValueError(f"ScalarMLP expects last dimension {self.dims[0]}, got shape {tuple(x.shape)}")
         n = len(self.weights)
         for i, w in enumerate(self.weights):
-            x = x @ (w / w.shape[0] ** 0.5)
+            last = i == n - 1
+            w = w / w.shape[0] ** 0.5
+            x = x @ (w.index_select(1, columns) if last and columns is not None else w)
             if self.biases is not None:
-                x = x + self.biases[i]
-            if i < n - 1 and self.act is not None:
+                b = self.biases[i]
+                x = x + (b.index_select(0, columns) if last and columns is not None else b)
+            if not last and self.act is not None:
                 x = self.act(x)
         return x
 

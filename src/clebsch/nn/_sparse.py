@@ -29,7 +29,6 @@ import ctypes
 import torch
 
 from ..o3 import _native
-from ..o3._cache import tracing
 
 __all__ = ["sparse_bilinear", "sparse_trilinear_sum"]
 
@@ -127,13 +126,7 @@ def _kernels(dtype: torch.dtype):
 
 
 def _native_ok(*tensors) -> bool:
-    if not _native.enabled() or tracing():
-        return False
-    for t in tensors:
-        if (t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or t.dtype != tensors[0].dtype
-                or torch._C._functorch.is_functorch_wrapped_tensor(t)):
-            return False
-    return _kernels(tensors[0].dtype) is not None
+    return _native.usable(*tensors) and _kernels(tensors[0].dtype) is not None
 
 
 def _layout(t: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["enabled", "load", "parallel_for", "cache_dir"]
+from ._cache import tracing
+
+__all__ = ["enabled", "load", "parallel_for", "cache_dir", "usable"]
 
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno"]
 _LOCK = threading.Lock()
@@ -47,6 +49,24 @@ _OPENMP_PID = None
 def enabled() -> bool:
     """Whether native kernels may be used (``CLEBSCH_NATIVE`` is not ``0``)."""
     return os.environ.get("CLEBSCH_NATIVE", "1") != "0"
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether a kernel may read and write these tensors' memory now.
+
+    Kernels are allowed, nothing is traced (``torch.compile``, export), and every
+    tensor is a plain CPU ``float32`` / ``float64`` tensor of the first one's dtype:
+    not a fake or functional tensor of a tracer, nor a ``vmap`` batch.
+    """
+    if not enabled() or tracing():
+        return False
+    dtype = tensors[0].dtype
+    for t in tensors:
+        if (t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or t.dtype != dtype
+                or (type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter))
+                or torch._C._functorch.is_functorch_wrapped_tensor(t) or torch._is_functional_tensor(t)):
+            return False
+    return True
 
 
 def cache_dir() -> Path:
