@@ -53,11 +53,10 @@ Matched hyperparameters (``NEQUIP``, ``MACE``, ... below):
   default path-channel coupling (a weight per path *and* channel,
   ``tp_path_channel_coupling``; ``ALLEGRO_REF`` switches it) against clebsch's
   path weights shared by the channels followed by a channel mixing per irrep;
-  nequip-allegro's last layer computes only the ``0e`` output of its tensor
-  product and its latent MLPs read all earlier scalars (dense connections),
-  while clebsch's last layer keeps the whole tensor track (per-atom ``1o``,
-  ``2e``, ... outputs for other heads) and its latent MLPs read the previous
-  scalars only; element embedding (nequip-allegro: products of learned centre and
+  nequip-allegro's latent MLPs read all earlier scalars (dense connections),
+  clebsch's the previous scalars only (both compute only the ``0e`` output of
+  the last layer's tensor product when, as here, nothing reads the tensor
+  track); element embedding (nequip-allegro: products of learned centre and
   neighbour embeddings with a linear map of the Bessels; clebsch: one-hot
   elements joined to the Bessels as the two-body MLP's input).
 * TensorNet: 2 layers, 64 channels, 32 radial functions, cosine cutoff,
@@ -75,6 +74,9 @@ Matched hyperparameters (``NEQUIP``, ``MACE``, ... below):
   ``1/sqrt(1 + mean |v|^2)``, a few elementwise operations), PyG's own
   ``EquivariantScalar`` head (two gated equivariant blocks 64 -> 32 -> 1)
   against clebsch's scalar readout (64 -> 32 -> 1).
+  For ET and ViSNet, clebsch's last layer skips the vector update that nothing
+  reads in an energy-and-forces model (``scalars_only``); the references
+  compute it.
 
 torchmd-net and PyG embed atomic numbers up to ``max_z``; it is set to the
 largest atomic number the models know plus one, so their embedding tables

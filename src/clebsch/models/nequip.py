@@ -55,12 +55,13 @@ class InteractionBlock(torch.nn.Module):
     """One NequIP interaction block (see the module docstring)."""
 
     def __init__(self, irreps_in, target, irreps_sh, num_species, num_basis, radial_hidden, radial_layers,
-                 avg_num_neighbors, resnet):
+                 avg_num_neighbors, resnet, recompute_products=False):
         super().__init__()
         self.irreps_in = Irreps(irreps_in)
         self.self_interaction = Linear(self.irreps_in, self.irreps_in)
         self.conv = ChannelwiseTensorProduct(self.irreps_in, irreps_sh, filter_ir_out=target,
-                                             shared_weights=False, internal_weights=False)
+                                             shared_weights=False, internal_weights=False,
+                                             recompute_products=recompute_products)
         irreps_mid = self.conv.irreps_out
         # keep only the target irreps the convolution can reach
         self.irreps_out = Irreps([m for m in target if m.ir in {x.ir for x in irreps_mid}])
@@ -116,6 +117,11 @@ class NequIP(SteerableStack):
         Convolutions are divided by its square root.
     resnet : bool
         Residual connections between blocks of equal irreps.
+    recompute_products : bool
+        Keep only the inputs of each convolution for the backward passes and
+        recompute its per-edge products there: 35-50% less memory in a force
+        training step, 5-10% slower on small molecules and 40-50% on a
+        1,000-atom box (:class:`~clebsch.nn.TensorProduct`).
     """
 
     def __init__(
@@ -135,6 +141,7 @@ class NequIP(SteerableStack):
         polynomial_p: int = 6,
         avg_num_neighbors: float = 10.0,
         resnet: bool = True,
+        recompute_products: bool = False,
     ):
         super().__init__()
         if radial_basis != "bessel":
@@ -152,7 +159,7 @@ class NequIP(SteerableStack):
         self.layers = torch.nn.ModuleList()
         for _ in range(num_layers):
             block = InteractionBlock(irreps, target, self.irreps_sh, num_species, num_basis, radial_hidden,
-                                     radial_layers, avg_num_neighbors, resnet)
+                                     radial_layers, avg_num_neighbors, resnet, recompute_products)
             self.layers.append(block)
             irreps = block.irreps_out
         self.irreps_out = irreps

@@ -99,6 +99,238 @@ def resolve_weight_options(internal_weights: bool | None, shared_weights: bool |
     return bool(internal_weights), bool(shared_weights)
 
 
+# ------------------------------------------------------------ channel-wise convolution
+def _cw_blocks(plan, sizes1, x1, x2, w, C):
+    """Per block of input 1 of a channel-wise plan: ``(i, d1, pieces, a, M, wb)``.
+
+    ``a`` ``[z, U, d1]`` is the block of ``x1``, ``M = x2 @ C`` ``[z, K, d1]`` its
+    Clebsch-Gordan factor, ``wb`` ``[z, Q, U]`` the weights of its ``Q`` paths and
+    ``pieces`` ``[(P, d, r, q)]`` where each piece starts in the rows ``K`` (``r``) and ``Q`` (``q``).
+    """
+    z, U = x1.shape[0], plan["U"]
+    xs = x1.split(sizes1, dim=1)
+    wbs = w.split(plan["qsizes"], dim=1)
+    out = []
+    for (i, d1, ps), M, wb in zip(plan["blocks"], (x2 @ C).split(plan["csizes"], dim=1), wbs):
+        pieces, r, q = [], 0, 0
+        for P, d in ps:
+            pieces.append((P, d, r, q))
+            r, q = r + P * d, q + P
+        out.append((i, d1, pieces, xs[i].reshape(z, U, d1), M.view(z, -1, d1), wb.view(z, -1, U)))
+    return out
+
+
+def _cw_scatter(plan, sizes1, rows, x1, x2, w, C, index, n):
+    """The pieces of a channel-wise plan summed into ``n`` receivers: ``[n, sum(P * d * U)]``."""
+    z, U = x1.shape[0], plan["U"]
+    out = []
+    for i, d1, pieces, a, M, wb in _cw_blocks(plan, sizes1, x1, x2, w, C):
+        T = None if d1 == 1 else _outer(M, a)  # [z, K, U]
+        for P, d, r, q in pieces:
+            wp = wb[:, q : q + P].reshape(z, P, 1, U)
+            if d1 == 1:  # an outer product, the weights folded into the small factor
+                y = M[:, r : r + P * d].reshape(z, P, d, 1) * (a.view(z, 1, 1, U) * wp)
+            else:
+                y = T[:, r : r + P * d].reshape(z, P, d, U) * wp
+            out.append(x1.new_zeros(n, P * d * U).index_add(0, index, y.reshape(z, -1)))
+    return torch.cat(out, dim=1) if len(out) > 1 else out[0]
+
+
+def _path_sum(t, S):
+    """``[z, K, U]`` -> ``[z, Q * U]``: the sum of each path's rows (``S`` ``[Q, K]`` says which are whose)."""
+    return torch.bmm(S.expand(t.shape[0], -1, -1), t).reshape(t.shape[0], -1)
+
+
+def _expand(wb, rows):
+    """The weights of a block's paths ``[z, Q, U]`` on the rows of their outputs: ``[z, K, U]``."""
+    return wb.contiguous().index_select(1, rows)
+
+
+def _outer(M, a):
+    """``M a^T`` for ``M`` ``[z, K, d1]`` and ``a`` ``[z, U, d1]`` -> ``[z, K, U]``."""
+    return torch.bmm(M, a.transpose(1, 2)) if M.shape[2] > 1 else M * a.transpose(1, 2)
+
+
+def _mT(a, b):
+    """``a^T b`` for ``a`` ``[z, k, m]`` and ``b`` ``[z, k, u]`` -> ``[z, m, u]``."""
+    return torch.bmm(a.transpose(1, 2), b)
+
+
+def _add(x, y):
+    return y if x is None else x + y
+
+
+def _cw_grads(plan, sizes1, rows, G, x1, x2, w, C, index, need):
+    """Derivatives ``(x1, x2, w)`` of ``sum(G * _cw_scatter(...))``; ``None`` where ``need`` says so.
+
+    Block by block: the per-edge gradient ``G[index]`` ``[z, K, U]``, times the weights
+    expanded to the rows ``K``, contracted in two batched matmuls whose results have the
+    channels innermost; the product with ``x1`` that the weights' derivative needs is recomputed.
+    """
+    z, U = x1.shape[0], plan["U"]
+    gx1, gM, gw = [None] * len(sizes1), [], []
+    blocks = _cw_blocks(plan, sizes1, x1, x2, w, C)
+    for (i, d1, pieces, a, M, wb), Gb, (rb, S) in zip(blocks, G.split(plan["bsizes"], dim=1), rows):
+        ge = Gb.index_select(0, index).view(z, -1, U)
+        if need[2] and d1 == 1:  # the path sums of M G[index], times a: no product per edge and component
+            gw.append((torch.bmm(S * M.transpose(1, 2), ge) * a.transpose(1, 2)).reshape(z, -1))
+        elif need[2]:
+            gw.append(_path_sum(ge * _outer(M, a), S))
+        if need[0] or need[1]:
+            A = ge * _expand(wb, rb)
+            ge = None
+            if need[0]:
+                gx1[i] = _mT(M, A).transpose(1, 2)  # [z, U, d1]
+            if need[1]:
+                gM.append(_mT(a.contiguous(), A.transpose(1, 2)).transpose(1, 2).reshape(z, -1))
+            A = None
+        ge = None
+    out1 = out2 = outw = None
+    if need[0]:
+        out1 = torch.cat([x1.new_zeros(z, s) if g is None else g.reshape(z, s) for g, s in zip(gx1, sizes1)], dim=1)
+    if need[1]:
+        out2 = torch.cat(gM, dim=1) @ C.t()
+    if need[2]:
+        outw = torch.cat(gw, dim=1)
+    return out1, out2, outw
+
+
+def _cw_grads_backward(plan, sizes1, rows, G, x1, x2, w, C, index, gg1, gg2, ggw, need):
+    """Derivatives ``(G, x1, x2, w)`` of ``sum(gg * _cw_grads(...))`` (``gg`` ``None``: zero), made of
+    differentiable operations, so that they have derivatives too.
+
+    Per block, with ``A = G[index] w`` and ``T = M a^T``, ``_cw_grads`` gives ``A^T M`` (to ``a``),
+    ``A a`` (to ``M``) and the path sums of ``G[index] T`` (to ``w``); the tensors per edge and
+    component are made one block at a time and let go as soon as they are used.
+    """
+    z, U = x1.shape[0], plan["U"]
+    n = G.shape[0]
+    ggs1 = gg1.split(sizes1, dim=1) if gg1 is not None else None
+    ggMs = (gg2 @ C).split(plan["csizes"], dim=1) if gg2 is not None else None
+    ggws = ggw.split(plan["qsizes"], dim=1) if ggw is not None else None
+    dG, dx1, dM, dw = [], [None] * len(sizes1), [], []
+    blocks = _cw_blocks(plan, sizes1, x1, x2, w, C)
+    for b, ((i, d1, pieces, a, M, wb), Gb, (rb, S)) in enumerate(zip(blocks, G.split(plan["bsizes"], dim=1), rows)):
+        K = M.shape[1]
+        ggx = ggs1[i].reshape(z, U, d1) if ggs1 is not None else None
+        ggM = ggMs[b].view(z, K, d1) if ggMs is not None else None
+        ge = Gb.index_select(0, index).view(z, K, U)
+        wx = _expand(wb, rb)
+        da = dm = dge = None  # to a [z, d1, U], to M [z, d1, K], to G[index] [z, K, U]
+        # through A = G[index] w: A^T M and A a meet ggx and ggM
+        if ggM is not None or ggx is not None:
+            lhs = ([ggM] if ggM is not None else []) + ([M] if ggx is not None else [])
+            rhs = ([a] if ggM is not None else []) + ([ggx] if ggx is not None else [])
+            if d1 == 1 and len(lhs) == 2:
+                dA = torch.addcmul(ggM * a.transpose(1, 2), M, ggx.transpose(1, 2))
+            else:
+                dA = _outer(torch.cat(lhs, 2), torch.cat(rhs, 2))  # [z, K, U]
+            if need[3]:
+                dw.append(_path_sum(dA * ge, S))
+            if need[0]:
+                dge = dA * wx
+            dA = None
+            if (need[1] and ggM is not None) or (need[2] and ggx is not None):
+                A = ge * wx
+                if need[1] and ggM is not None:
+                    da = _mT(ggM, A)
+                if need[2] and ggx is not None:
+                    dm = _mT(ggx.contiguous(), A.transpose(1, 2))
+                A = None
+        elif need[3]:
+            dw.append(wb.new_zeros(z, wb.shape[1] * U))
+        wx = None
+        # through T = M a^T: the path sums of G[index] T meet ggw
+        if ggws is not None:
+            ggwx = _expand(ggws[b].view(z, -1, U), rb)
+            if need[0]:
+                T = _outer(M, a)
+                dge = T * ggwx if dge is None else torch.addcmul(dge, T, ggwx)
+                T = None
+            if need[1] or need[2]:
+                B = ge * ggwx
+                ggwx = None
+                if need[1]:
+                    da = _add(da, _mT(M, B))
+                if need[2]:
+                    dm = _add(dm, _mT(a.contiguous(), B.transpose(1, 2)))
+                B = None
+            ggwx = None
+        ge = None
+        if need[0]:
+            zero = G.new_zeros(n, K * U)
+            dG.append(zero if dge is None else zero.index_add(0, index, dge.view(z, -1)))
+            dge = None
+        if need[1] and da is not None:
+            dx1[i] = da.transpose(1, 2)
+        if need[2]:
+            dM.append(M.new_zeros(z, K * d1) if dm is None else dm.transpose(1, 2).reshape(z, -1))
+    out = [None, None, None, None]
+    if need[0]:
+        out[0] = torch.cat(dG, dim=1) if len(dG) > 1 else dG[0]
+    if need[1]:
+        out[1] = torch.cat([x1.new_zeros(z, s) if g is None else g.reshape(z, s) for g, s in zip(dx1, sizes1)], 1)
+    if need[2]:
+        out[2] = torch.cat(dM, dim=1) @ C.t()
+    if need[3]:
+        out[3] = torch.cat(dw, dim=1)
+    return tuple(out)
+
+
+class _ChannelwiseScatter(torch.autograd.Function):
+    """``_cw_scatter`` that keeps only its inputs for the backward pass, whose products per edge it recomputes.
+
+    Its backward is :class:`_ChannelwiseScatterGrad`, which keeps its inputs too: the per-node
+    gradient and the same per-edge inputs, so that force training (a backward with
+    ``create_graph``, then a second backward) holds no tensor per edge and per output component.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x1, x2, w, C, index, n, plan, sizes1, rows):
+        return _cw_scatter(plan, sizes1, rows, x1, x2, w, C, index, n)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x1, x2, w, C, index, n, plan, sizes1, rows = inputs
+        ctx.save_for_backward(x1, x2, w, C, index)
+        ctx.args = (plan, sizes1, rows)
+
+    @staticmethod
+    def backward(ctx, G):
+        x1, x2, w, C, index = ctx.saved_tensors
+        need = tuple(ctx.needs_input_grad[:3])
+        g1, g2, gw = _ChannelwiseScatterGrad.apply(G, x1, x2, w, C, index, *ctx.args, need)
+        return g1, g2, gw, None, None, None, None, None, None
+
+
+class _ChannelwiseScatterGrad(torch.autograd.Function):
+    """``_cw_grads`` with its own derivatives (:func:`_cw_grads_backward`), the second derivatives of forces."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(G, x1, x2, w, C, index, plan, sizes1, rows, need):
+        return _cw_grads(plan, sizes1, rows, G, x1, x2, w, C, index, need)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        G, x1, x2, w, C, index, plan, sizes1, rows, need = inputs
+        ctx.save_for_backward(G, x1, x2, w, C, index)
+        ctx.args = (plan, sizes1, rows)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg1, gg2, ggw):
+        G, x1, x2, w, C, index = ctx.saved_tensors
+        need = tuple(ctx.needs_input_grad[:4])
+        if gg1 is None and gg2 is None and ggw is None:
+            return (None,) * 10
+        out = _cw_grads_backward(*ctx.args, G, x1, x2, w, C, index, gg1, gg2, ggw, need)
+        return out + (None,) * 6
+
+
 class TensorProduct(torch.nn.Module):
     r"""General Clebsch-Gordan tensor product with e3nn 0.6 semantics.
 
@@ -119,6 +351,11 @@ class TensorProduct(torch.nn.Module):
         ``False`` the weights are given per batch element at call time.
     in1_var, in2_var, out_var : list of float, optional
         Variances of the input / output blocks (default all ones).
+    recompute_products : bool
+        In :meth:`scatter_sum`, keep only the inputs of the channel-wise groups for the
+        backward pass and recompute their products per edge there (default ``False``):
+        force training then holds no tensor per edge and output component, at the cost
+        of more arithmetic. Also an attribute, which can be changed after construction.
 
     Examples
     --------
@@ -144,6 +381,7 @@ class TensorProduct(torch.nn.Module):
         in1_var: Sequence[float] | None = None,
         in2_var: Sequence[float] | None = None,
         out_var: Sequence[float] | None = None,
+        recompute_products: bool = False,
     ) -> None:
         super().__init__()
         self.irreps_in1 = Irreps(irreps_in1)
@@ -158,6 +396,7 @@ class TensorProduct(torch.nn.Module):
         self.path_normalization = path_normalization
         internal_weights, shared_weights = resolve_weight_options(internal_weights, shared_weights)
         self.internal_weights, self.shared_weights = internal_weights, shared_weights
+        self.recompute_products = bool(recompute_products)
 
         in1 = list(self.irreps_in1)
         in2 = list(self.irreps_in2)
@@ -398,7 +637,15 @@ class TensorProduct(torch.nn.Module):
             blocks.setdefault((i, d1), []).append((P, d))
         plan = dict(mode="channelwise", pre=pre, U=U, blocks=[(i, d1, ps) for (i, d1), ps in blocks.items()],
                     csizes=[d1 * sum(P * d for P, d in ps) for (i, d1), ps in blocks.items()],
-                    wsizes=[P * U for _, _, P, _ in steps])
+                    wsizes=[P * U for _, _, P, _ in steps],
+                    qsizes=[U * sum(P for P, _ in ps) for ps in blocks.values()],
+                    bsizes=[U * sum(P * d for P, d in ps) for ps in blocks.values()])
+        for b, ps in enumerate(blocks.values()):  # the path (row of the weights) of each row K of a block
+            rows = [q for q, (P, d) in enumerate((P, d) for P, d in ps for _ in range(P)) for _ in range(d)]
+            self.register_buffer(f"{pre}rows{b}", torch.tensor(rows, dtype=torch.long), persistent=False)
+            S = torch.zeros(max(rows) + 1, len(rows), dtype=dt)
+            S[rows, range(len(rows))] = 1
+            self.register_buffer(f"{pre}paths{b}", S, persistent=False)
         # the weights in the order of the pieces: as they are, a permutation or a gather
         plan["w"] = ColumnMap(self, pre + "widx", widx, self.weight_numel)
         plan["out"] = ColumnMap(self, pre + "out", cols, self._irreps_out.dim, place=True)
@@ -462,6 +709,8 @@ class TensorProduct(torch.nn.Module):
         ``[E, ...]`` and ``index`` ``[E]`` gives each edge's receiver. The products
         are summed into the receivers before their components are put in the
         ``mul_ir`` order of ``irreps_out``, so that reordering costs per node, not per edge.
+        With ``recompute_products``, the channel-wise groups keep only their inputs for the
+        backward pass (see :class:`_ChannelwiseScatter`).
         """
         if x1.dim() != 2 or x2.dim() != 2:
             return x1.new_zeros(dim_size, self._irreps_out.dim).index_add(0, index, self(x1, x2, weight))
@@ -471,7 +720,9 @@ class TensorProduct(torch.nn.Module):
         if z == 0:
             return out
         for plan in self._plans:
-            if plan["mode"] == "channelwise":
+            if plan["mode"] == "channelwise" and self.recompute_products:
+                out = out + self._place(plan, self._channelwise_scatter(plan, x1, x2, weight, index, dim_size))
+            elif plan["mode"] == "channelwise":
                 pieces = [
                     x1.new_zeros(dim_size, y.shape[1]).index_add(0, index, y)
                     for y in self._channelwise_pieces(plan, x1, x2, weight, z)
@@ -540,6 +791,14 @@ class TensorProduct(torch.nn.Module):
                 n += 1
                 y = t.reshape(z, P, d, 1) * (a * w) if d1 == 1 else t.reshape(z, P, d, U) * w
                 yield y.reshape(z, -1)
+
+    def _channelwise_scatter(self, plan, x1, x2, weight, index, dim_size):
+        """A channel-wise plan's pieces summed into the receivers by :class:`_ChannelwiseScatter`."""
+        pre, dt = plan["pre"], x1.dtype
+        rows = tuple((getattr(self, f"{pre}rows{b}"), getattr(self, f"{pre}paths{b}").to(dt))
+                     for b in range(len(plan["blocks"])))
+        w, C = plan["w"](self, weight).to(dt), getattr(self, pre + "C").to(dt)
+        return _ChannelwiseScatter.apply(x1, x2, w, C, index, dim_size, plan, self._in1_sizes, rows)
 
     def _place(self, plan, y: torch.Tensor) -> torch.Tensor:
         """Columns of a plan's result ``[n, c]`` -> ``[n, irreps_out.dim]``."""
