@@ -75,3 +75,17 @@ def test_native_and_dense_forms_agree_and_threads_do_not_matter(monkeypatch):
     dense = run()
     for x, y in zip(one, dense):
         torch.testing.assert_close(x, y, rtol=2e-4, atol=2e-3)
+
+
+def test_terms_out_of_range_or_of_other_lengths_raise():
+    a, b = torch.randn(4, 3), torch.randn(4, 2)
+    good = (torch.tensor([0, 2]), torch.tensor([1, 0]), torch.tensor([0, 1]))
+    assert sparse_bilinear(a, b, torch.ones(2), good, 2).shape == (4, 2)
+    with pytest.raises(IndexError, match="terms j"):
+        sparse_bilinear(a, b, torch.ones(2), (good[0], torch.tensor([2, 0]), good[2]), 2)
+    with pytest.raises(IndexError, match="terms k"):
+        sparse_bilinear(a, b, torch.ones(2), good, 1)
+    with pytest.raises(ValueError, match="coefficients"):
+        sparse_bilinear(a, b, torch.ones(3), good, 2)
+    with pytest.raises(ValueError, match="same rows"):
+        sparse_bilinear(a, torch.randn(5, 2), torch.ones(2), good, 2)

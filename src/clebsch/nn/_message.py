@@ -189,10 +189,7 @@ def _part_tensor(part, A: int, device) -> torch.Tensor:
 
 
 def _message_sum_torch(w, x, edges: Edges, part):
-    A = x.shape[1]
-    wa = w if part is None and w.shape[1] == A else w.index_select(1, _part_tensor(part, A, w.device))
-    if part is None and w.shape[1] == 1:
-        wa = w
+    wa = w if part is None else w.index_select(1, _part_tensor(part, x.shape[1], w.device))  # [E, A or 1, C]
     msg = wa * x.index_select(0, edges.sender)
     return msg.new_zeros((edges.num_nodes,) + tuple(x.shape[1:])).index_add_(0, edges.receiver, msg)
 

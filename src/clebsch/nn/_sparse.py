@@ -29,10 +29,12 @@ import ctypes
 import torch
 
 from ..o3 import _native
+from ..o3._cache import tracing
 
 __all__ = ["sparse_bilinear", "sparse_trilinear_sum"]
 
 _CHUNK = 256  # rows per partial sum of sparse_trilinear_sum (CH in the kernel)
+_MAX_K = 128  # components per operand the kernels hold on the stack (more: the dense form)
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -170,11 +172,11 @@ class _Bilinear(torch.autograd.Function):
         ia, ib, io = ctx.terms
         ga = gb = gc = None
         if ctx.needs_input_grad[0]:
-            ga = sparse_bilinear(b, g, c, (ib, io, ia), a.shape[1], _components_major(a))
+            ga = _bilinear(b, g, c, (ib, io, ia), a.shape[1], _components_major(a))
         if ctx.needs_input_grad[1]:
-            gb = sparse_bilinear(a, g, c, (ia, io, ib), b.shape[1], _components_major(b))
+            gb = _bilinear(a, g, c, (ia, io, ib), b.shape[1], _components_major(b))
         if ctx.needs_input_grad[2]:
-            gc = sparse_trilinear_sum(a, b, g, (ia, ib, io))
+            gc = _trilinear(a, b, g, (ia, ib, io))
         return ga, gb, gc, None, None, None
 
 
@@ -204,12 +206,33 @@ class _Trilinear(torch.autograd.Function):
         ia, ib, ig = ctx.terms
         out = [None, None, None, None]
         if ctx.needs_input_grad[0]:
-            out[0] = sparse_bilinear(b, g, h, (ib, ig, ia), a.shape[1], _components_major(a))
+            out[0] = _bilinear(b, g, h, (ib, ig, ia), a.shape[1], _components_major(a))
         if ctx.needs_input_grad[1]:
-            out[1] = sparse_bilinear(a, g, h, (ia, ig, ib), b.shape[1], _components_major(b))
+            out[1] = _bilinear(a, g, h, (ia, ig, ib), b.shape[1], _components_major(b))
         if ctx.needs_input_grad[2]:
-            out[2] = sparse_bilinear(a, b, h, (ia, ib, ig), g.shape[1], _components_major(g))
+            out[2] = _bilinear(a, b, h, (ia, ib, ig), g.shape[1], _components_major(g))
         return tuple(out)
+
+
+def _checked(terms, count, operands, k_out=None):
+    """``terms`` as three contiguous long tensors of one length, each index within its operand's components."""
+    if len(terms) != 3:
+        raise ValueError(f"terms must be three index tensors (i, j, k), got {len(terms)}")
+    if any(x.dim() != 2 for x in operands) or any(x.shape[0] != operands[0].shape[0] for x in operands):
+        raise ValueError(f"the operands must be [R, K] with the same rows R, got shapes "
+                         f"{[tuple(x.shape) for x in operands]}")
+    terms = tuple(torch.as_tensor(t, device=operands[0].device).long().contiguous() for t in terms)
+    if tracing():
+        return terms
+    sizes = [x.shape[1] for x in operands] + ([k_out] if k_out is not None else [])
+    n = terms[0].shape[0]
+    if any(t.dim() != 1 or t.shape[0] != n for t in terms) or (count is not None and count != n):
+        raise ValueError(f"terms must be three [T] index tensors with T = {count if count is not None else n} "
+                         f"coefficients, got shapes {[tuple(t.shape) for t in terms]}")
+    for t, k, name in zip(terms, sizes, "ijk"):
+        if n and (int(t.min()) < 0 or int(t.max()) >= k):
+            raise IndexError(f"terms {name}: indices must lie in [0, {k}), got {int(t.min())} to {int(t.max())}")
+    return terms
 
 
 def _outer(a, b):
@@ -241,16 +264,22 @@ def sparse_bilinear(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, terms, k_
     >>> sparse_bilinear(a, b, torch.tensor([1.0, 10.0]), terms, 1)  # 1*1*5 + 10*2*3
     tensor([[65.]])
     """
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(f"a and b must have the same rows, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    if _native_ok(a, b, c):
+    return _bilinear(a, b, c, _checked(terms, c.shape[0], (a, b), k_out), k_out, components_major)
+
+
+def _bilinear(a, b, c, terms, k_out, components_major):
+    if _native_ok(a, b, c) and max(a.shape[1], b.shape[1], k_out) <= _MAX_K:
         return _Bilinear.apply(a, b, c, terms, k_out, components_major)
     return _bilinear_torch(a, b, c, terms, k_out, components_major)
 
 
 def sparse_trilinear_sum(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, terms) -> torch.Tensor:
     """``s[t] = sum_r a[r, i_t] b[r, j_t] g[r, k_t]``, ``[T]``: the derivative of :func:`sparse_bilinear` in ``c``."""
-    if _native_ok(a, b, g):
+    return _trilinear(a, b, g, _checked(terms, None, (a, b, g)))
+
+
+def _trilinear(a, b, g, terms):
+    if _native_ok(a, b, g) and max(a.shape[1], b.shape[1], g.shape[1]) <= _MAX_K:
         return _Trilinear.apply(a, b, g, terms)
     ia, ib, ig = terms
     summed = _outer(a, b).T @ g  # [K_a * K_b, K_g]
