@@ -12,6 +12,12 @@ pytestmark = pytest.mark.skipif(_message._kernels(torch.float64) is None, reason
 PART = (0, 1, 1, 1, 2, 2, 2, 2, 2)
 
 
+@pytest.fixture(autouse=True)
+def kernels_at_every_size(monkeypatch):
+    """The kernels run from the first product on (by default small calls take the PyTorch path)."""
+    monkeypatch.setattr(_message, "_NATIVE_FROM", 0)
+
+
 def reference_sum(w, x, sender, receiver, n, part):
     wa = w[:, list(part)] if part is not None else w.expand(-1, x.shape[1], -1)
     return torch.zeros(n, *x.shape[1:], dtype=x.dtype).index_add(0, receiver, wa * x[sender])
@@ -121,6 +127,14 @@ def test_no_edges_and_vmap_hessian():
     hessian = torch.func.hessian(f)(x0)
     fd = torch.autograd.functional.hessian(f, x0)
     torch.testing.assert_close(hessian, fd, rtol=1e-10, atol=1e-10)
+
+
+def test_small_calls_take_the_pytorch_path(monkeypatch):
+    monkeypatch.setattr(_message, "_NATIVE_FROM", 65536)
+    sender, receiver = graph(5, 10)
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    out = message_sum(torch.randn(10, 1, 4), x, Edges(sender, receiver, 5))
+    assert out.grad_fn is not None and "MessageSum" not in type(out.grad_fn).__name__
 
 
 def test_wrong_shapes_and_indices_raise():

@@ -21,7 +21,8 @@ order: forces and their training, Hessians.
 On the CPU both run as small C kernels (:mod:`clebsch.o3._native`), one
 thread per block of receivers (edges ordered by receiver once per graph:
 :class:`Edges`), in a fixed order, so the results do not depend on the number
-of threads. Elsewhere (a GPU, no compiler, ``CLEBSCH_NATIVE=0``, tracing for
+of threads; below 65,536 products per call (a few hundred edges), where the
+calls' fixed cost outweighs the gain, PyTorch operations run. Elsewhere (a GPU, no compiler, ``CLEBSCH_NATIVE=0``, tracing for
 ``torch.compile`` or export, ``vmap``) the same sums run as PyTorch operations.
 """
 
@@ -60,7 +61,7 @@ class Edges:
         if self._checked or self.sender.numel() == 0:
             return
         for name, index in (("sender", self.sender), ("receiver", self.receiver)):
-            lo, hi = int(index.min()), int(index.max())
+            lo, hi = (int(v) for v in torch.aminmax(index))
             if lo < 0 or hi >= self.num_nodes:
                 raise IndexError(f"edge {name} index {lo if lo < 0 else hi} is not a node of {self.num_nodes}")
         self._checked = True
@@ -79,10 +80,17 @@ class Edges:
         """``(order, start)``: the edges sorted by ``side``'s node (stable) and where each node's run starts."""
         if side not in self._csr:
             index = self.receiver if side == "receiver" else self.sender
-            order = torch.sort(index, stable=True).indices
-            counts = torch.bincount(index, minlength=self.num_nodes)
-            start = torch.zeros(self.num_nodes + 1, dtype=torch.long, device=index.device)
-            torch.cumsum(counts, 0, out=start[1:])
+            fns = _kernels(torch.float64) if index.device.type == "cpu" else None
+            if fns is not None:  # a counting sort
+                E, N = index.shape[0], int(self.num_nodes)
+                start = torch.empty(N + 1, dtype=torch.long)
+                order = torch.empty(E + N, dtype=torch.long)
+                fns[3](index.data_ptr(), E, N, start.data_ptr(), order.data_ptr())
+                order = order[:E]
+            else:
+                order = torch.sort(index, stable=True).indices
+                start = torch.zeros(self.num_nodes + 1, dtype=torch.long, device=index.device)
+                torch.cumsum(torch.bincount(index, minlength=self.num_nodes), 0, out=start[1:])
             self._csr[side] = (order, start)
             parent = getattr(self, "_parent", None)
             if parent is not None:  # share with the edges this was reversed from
@@ -93,6 +101,16 @@ class Edges:
 _SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+
+/* the edges in order of their node index[e] (stable), and where each node's run starts: a counting sort */
+void order_by(const int64_t* restrict index, int64_t E, int64_t N, int64_t* restrict start, int64_t* restrict order) {
+    memset(start, 0, sizeof(int64_t) * (N + 1));
+    for (int64_t e = 0; e < E; ++e) ++start[index[e] + 1];
+    for (int64_t i = 0; i < N; ++i) start[i + 1] += start[i];
+    int64_t* restrict next = order + E;  /* scratch: E + N entries were allocated */
+    memcpy(next, start, sizeof(int64_t) * N);
+    for (int64_t e = 0; e < E; ++e) order[next[index[e]]++] = e;
+}
 
 /* out[i, a, :] = sum over edges e into i of w[e, part[a], :] * x[sender[e], a, :] */
 void message_sum(const T* restrict w, const T* restrict x, const int64_t* restrict sender,
@@ -137,10 +155,13 @@ void edge_dot(const T* restrict x, const T* restrict g, const int64_t* restrict 
 """
 
 _KERNELS: dict = {}
+# below this many products per call (edges x components x channels) the calls' fixed cost outweighs the gain
+# (a few hundred edges of a small molecule): PyTorch operations
+_NATIVE_FROM = 65536
 
 
 def _kernels(dtype: torch.dtype):
-    """``(message_sum, edge_dot, openmp)`` for ``dtype``, or ``None`` where no kernel can be built."""
+    """``(message_sum, edge_dot, openmp, order_by)`` for ``dtype``, or ``None`` where no kernel can be built."""
     if dtype not in _KERNELS:
         ctype = {torch.float32: "float", torch.float64: "double"}.get(dtype)
         lib = _native.load("message", f"#define T {ctype}\n" + _SOURCE) if ctype else None
@@ -149,8 +170,9 @@ def _kernels(dtype: torch.dtype):
             p, n = ctypes.c_void_p, ctypes.c_int64
             lib.message_sum.argtypes = [p] * 7 + [n] * 5 + [ctypes.c_int]
             lib.edge_dot.argtypes = [p] * 6 + [n] * 5 + [ctypes.c_int]
-            lib.message_sum.restype = lib.edge_dot.restype = None
-            fns = (lib.message_sum, lib.edge_dot, lib.openmp)
+            lib.order_by.argtypes = [p, n, n, p, p]
+            lib.message_sum.restype = lib.edge_dot.restype = lib.order_by.restype = None
+            fns = (lib.message_sum, lib.edge_dot, lib.openmp, lib.order_by)
         _KERNELS[dtype] = fns
     return _KERNELS[dtype]
 
@@ -183,9 +205,18 @@ def _check(w, x, edges: Edges, part, wname: str, xname: str, num_parts: int | No
     return part
 
 
+_PARTS: dict = {}
+
+
 def _part_tensor(part, A: int, device) -> torch.Tensor:
-    return torch.as_tensor(part, dtype=torch.long, device=device) if part is not None else \
-        torch.zeros(A, dtype=torch.long, device=device)
+    """``part`` (all zeros if ``None``) as a long tensor, kept for reuse (outside tracing)."""
+    key = (part, A, str(device))
+    t = _PARTS.get(key)
+    if t is None:
+        t = torch.as_tensor(part if part is not None else [0] * A, dtype=torch.long, device=device)
+        if not tracing():
+            _PARTS[key] = t
+    return t
 
 
 def _message_sum_torch(w, x, edges: Edges, part):
@@ -215,7 +246,7 @@ class _MessageSum(torch.autograd.Function):
         out = x.new_empty(edges.num_nodes, A, C)
         order, start = edges.csr("receiver")
         p = _part_tensor(part, A, x.device)
-        fn, _, openmp = _kernels(x.dtype)
+        fn, _, openmp, _ = _kernels(x.dtype)
         _native.parallel_for(fn, edges.num_nodes, w.data_ptr(), x.data_ptr(), edges.sender.data_ptr(),
                              order.data_ptr(), start.data_ptr(), p.data_ptr(), out.data_ptr(), A, w.shape[1], C,
                              openmp=openmp, grain=64)
@@ -243,7 +274,7 @@ class _EdgeDot(torch.autograd.Function):
         E = edges.sender.shape[0]
         out = x.new_empty(E, B, C)
         p = _part_tensor(part, A, x.device)
-        _, fn, openmp = _kernels(x.dtype)
+        _, fn, openmp, _ = _kernels(x.dtype)
         _native.parallel_for(fn, E, x.data_ptr(), g.data_ptr(), edges.sender.data_ptr(), edges.receiver.data_ptr(),
                              p.data_ptr(), out.data_ptr(), A, B, C, openmp=openmp, grain=1024)
         return out
@@ -275,7 +306,7 @@ def message_sum(w: torch.Tensor, x: torch.Tensor, edges: Edges, part=None) -> to
     [[420.0, 530.0], [0.0, 1.0], [0.0, 0.0]]
     """
     part = _check(w, x, edges, part, "w", "x")
-    if _native_ok(w, x):
+    if _native_ok(w, x) and w.shape[0] * x.shape[1] * x.shape[2] >= _NATIVE_FROM:
         edges.check()
         return _MessageSum.apply(w, x, edges, part)
     return _message_sum_torch(w, x, edges, part)
@@ -289,7 +320,7 @@ def edge_dot(x: torch.Tensor, g: torch.Tensor, edges: Edges, part=None, num_part
     part = _check(None, x, edges, part, "", "x", num_parts)
     if g.dim() != 3 or g.shape[1:] != x.shape[1:]:
         raise ValueError(f"g must be [N, A, C] like x {tuple(x.shape)}, got {tuple(g.shape)}")
-    if _native_ok(x, g):
+    if _native_ok(x, g) and edges.sender.shape[0] * x.shape[1] * x.shape[2] >= _NATIVE_FROM:
         edges.check()
         return _EdgeDot.apply(x, g, edges, part, num_parts)
     return _edge_dot_torch(x, g, edges, part, num_parts)
