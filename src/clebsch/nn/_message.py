@@ -306,7 +306,7 @@ def message_sum(w: torch.Tensor, x: torch.Tensor, edges: Edges, part=None) -> to
     [[420.0, 530.0], [0.0, 1.0], [0.0, 0.0]]
     """
     part = _check(w, x, edges, part, "w", "x")
-    if _native_ok(w, x) and w.shape[0] * x.shape[1] * x.shape[2] >= _NATIVE_FROM:
+    if not tracing() and w.shape[0] * x.shape[1] * x.shape[2] >= _NATIVE_FROM and _native_ok(w, x):
         edges.check()
         return _MessageSum.apply(w, x, edges, part)
     return _message_sum_torch(w, x, edges, part)
@@ -320,7 +320,7 @@ def edge_dot(x: torch.Tensor, g: torch.Tensor, edges: Edges, part=None, num_part
     part = _check(None, x, edges, part, "", "x", num_parts)
     if g.dim() != 3 or g.shape[1:] != x.shape[1:]:
         raise ValueError(f"g must be [N, A, C] like x {tuple(x.shape)}, got {tuple(g.shape)}")
-    if _native_ok(x, g) and edges.sender.shape[0] * x.shape[1] * x.shape[2] >= _NATIVE_FROM:
+    if not tracing() and edges.sender.shape[0] * x.shape[1] * x.shape[2] >= _NATIVE_FROM and _native_ok(x, g):
         edges.check()
         return _EdgeDot.apply(x, g, edges, part, num_parts)
     return _edge_dot_torch(x, g, edges, part, num_parts)
