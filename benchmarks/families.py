@@ -11,9 +11,14 @@ training step (batch of 5; wall time over steps, validation included).
 
 Families run one after the other (a budget of 30 minutes and thirteen families
 is six and a half hours). Rerunning the same command keeps the families
-already in ``OUT/families.json`` (measured with the same budget, threads and
-``--set``) and trains the rest, so a long table can be run in parts;
-``--fresh`` starts over. The README's table ran two single-threaded halves side
+already in the results file (``--results``, default ``OUT/families.json``;
+measured with the same budget, threads and ``--set``) and trains the rest, so a
+long table can be run in parts, across sessions and machines: each row records
+when, on which CPU, with which torch and at which commit it was measured.
+``--fresh`` starts over. The README's 30-minute table is kept in the repository:
+
+    OMP_NUM_THREADS=2 python benchmarks/families.py --budget 30m --out runs/families-30m \
+        --results benchmarks/results/families_30m_2threads.json --families mace,visnet The README's table ran two single-threaded halves side
 by side, one per core:
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/families.py --budget 10m --threads 1 \
@@ -29,7 +34,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import json
+import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -58,12 +66,35 @@ def config_for(family: str, data: Path, test: Path, out: Path, budget: float, ov
     return load_config(None, overrides, base=base)
 
 
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "../src"],
+                               capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parent)
+        return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if head.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="30m", help="training wall time per family (seconds or '30m')")
     parser.add_argument("--families", default=",".join(families(kind="geometric")), help="comma-separated families")
     parser.add_argument("--data", default=str(DATA), help="folder with train.xyz, test_MD.xyz, isolated_atoms.xyz")
     parser.add_argument("--out", default="runs/bench-families")
+    parser.add_argument("--results", default=None,
+                        help="the table's JSON file, kept between runs (default: OUT/families.json)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-test", type=int, default=None, help="test on the first N frames of test_MD.xyz")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="applied to every family")
@@ -84,17 +115,19 @@ def main(argv=None):
         test = out / "test-subset.xyz"
         out.mkdir(parents=True, exist_ok=True)
         ase.io.write(test, ase.io.read(data / "test_MD.xyz", f":{args.max_test}"))
-    rows = []
-    done = out / "families.json"
+    rows, others = [], []
+    done = Path(args.results) if args.results else out / "families.json"
     if done.exists() and not args.fresh:  # resume a table: keep the families already measured the same way
         kept = json.loads(done.read_text())
         same = (kept.get("budget_s") == budget and kept.get("threads") == args.threads
-                and kept.get("overrides", []) == args.overrides)
+                and kept.get("overrides", []) == args.overrides and kept.get("max_test") == args.max_test)
         if not same:
             parser.error(f"{done} holds a table measured with other settings (budget {kept.get('budget_s')} s, "
-                         f"{kept.get('threads')} threads, --set {kept.get('overrides', [])}); "
+                         f"{kept.get('threads')} threads, --set {kept.get('overrides', [])}, "
+                         f"--max-test {kept.get('max_test')}); "
                          "give another --out or --fresh to start over")
         rows = [r for r in kept["rows"] if r["family"] in names]
+        others = [r for r in kept["rows"] if r["family"] not in names]  # kept in the file, not printed
         if rows:
             print(f"kept from {done}: {', '.join(r['family'] for r in rows)}")
     for family in names:
@@ -114,10 +147,16 @@ def main(argv=None):
         metrics = result["test_metrics"]["all"]
         rows.append({"family": family, "energy_mae": metrics["energy_mae"], "forces_mae": metrics["forces_mae"],
                      "weights": sum(p.numel() for p in model.parameters()), "epochs": result["epochs"],
-                     "ms_per_step": 1000 * float(epochs[-1]["time_s"]) / max(steps, 1)})
+                     "ms_per_step": 1000 * float(epochs[-1]["time_s"]) / max(steps, 1),
+                     "measured": datetime.datetime.now().isoformat(timespec="minutes"), "cpu": _cpu(),
+                     "torch": torch.__version__, "commit": _commit()})
         rows.sort(key=lambda r: names.index(r["family"]))
-        done.write_text(json.dumps({"budget_s": budget, "threads": args.threads, "overrides": args.overrides,
-                                    "rows": rows}, indent=2))
+        done.parent.mkdir(parents=True, exist_ok=True)
+        table = {"budget_s": budget, "threads": args.threads, "overrides": args.overrides, "max_test": args.max_test,
+                 "rows": others + rows}
+        tmp = done.with_name(done.name + ".tmp")
+        tmp.write_text(json.dumps(table, indent=2))
+        tmp.replace(done)
     print()
     span = f"{budget / 60:.0f} min" if budget >= 60 else f"{budget:.0f} s"
     print(f"rMD17 ethanol, {span} per family on {args.threads} CPU threads, test on {test.name}")
