@@ -14,7 +14,8 @@ is six and a half hours). Rerunning the same command keeps the families
 already in the results file (``--results``, default ``OUT/families.json``;
 measured with the same budget, threads and ``--set``) and trains the rest, so a
 long table can be run in parts, across sessions and machines: each row records
-when, on which CPU, with which torch and at which commit it was measured.
+when, on which CPU (and its fp32 matrix-multiply rate just before training),
+with which torch and at which commit it was measured.
 ``--fresh`` starts over. The README's 30-minute table is kept in the repository:
 
     OMP_NUM_THREADS=2 python benchmarks/families.py --budget 30m --out runs/families-30m \
@@ -66,6 +67,24 @@ def config_for(family: str, data: Path, test: Path, out: Path, budget: float, ov
     return load_config(None, overrides, base=base)
 
 
+KINDS = {"schnet": "invariant", "dimenet": "invariant", "egnn": "scalar + vector", "painn": "scalar + vector",
+         "equivariant_transformer": "scalar + vector", "visnet": "scalar + vector", "tensornet": "Cartesian rank 2",
+         "nequip": "spherical, l ≤ 2", "segnn": "spherical, l ≤ 2", "mace": "spherical, l ≤ 2",
+         "equiformer": "spherical, attention", "allegro": "spherical, strictly local",
+         "cartesian": "raw Cartesian, not equivariant"}
+
+
+def markdown(table: dict) -> str:
+    """The README's table from a results file."""
+    lines = ["| family | kind | weights | epochs | energy MAE, meV | force MAE, meV/Å | ms/step | measured |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in table["rows"]:
+        lines.append(f"| {r['family']} | {KINDS.get(r['family'], '')} | {r['weights']:,} | {r['epochs']} | "
+                     f"{r['energy_mae']:.1f} | {r['forces_mae']:.1f} | {r['ms_per_step']:.0f} | "
+                     f"{r.get('measured', '')[:10]} |")
+    return "\n".join(lines)
+
+
 def _cpu() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -74,6 +93,18 @@ def _cpu() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _matmul_gflops(threads: int, seconds: float = 2.0) -> float:
+    """This machine's fp32 matrix-multiply rate now, on the benchmark's threads: rows measured on other
+    machines or days can be compared by it."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    return 2 * 1024**3 * n / (time.perf_counter() - start) / 1e9
 
 
 def _commit() -> str:
@@ -98,9 +129,17 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-test", type=int, default=None, help="test on the first N frames of test_MD.xyz")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="applied to every family")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the results file as a Markdown table and train nothing")
     parser.add_argument("--fresh", action="store_true",
                         help="retrain every family (default: keep those already in OUT/families.json)")
     args = parser.parse_args(argv)
+    if args.markdown:
+        results = Path(args.results) if args.results else Path(args.out) / "families.json"
+        if not results.exists():
+            parser.error(f"--markdown: {results} does not exist")
+        print(markdown(json.loads(results.read_text())))
+        return
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.out)
     budget = parse_duration(args.budget)
@@ -137,6 +176,7 @@ def main(argv=None):
         if run.exists():  # an interrupted run of this family: put it aside, train from scratch
             run.rename(run.with_name(f"{family}.interrupted-{int(time.time())}"))
         config = config_for(family, data, test, out, budget, args.overrides)
+        gflops = _matmul_gflops(args.threads)
         result = train(config)
         import clebsch
 
@@ -149,7 +189,7 @@ def main(argv=None):
                      "weights": sum(p.numel() for p in model.parameters()), "epochs": result["epochs"],
                      "ms_per_step": 1000 * float(epochs[-1]["time_s"]) / max(steps, 1),
                      "measured": datetime.datetime.now().isoformat(timespec="minutes"), "cpu": _cpu(),
-                     "torch": torch.__version__, "commit": _commit()})
+                     "torch": torch.__version__, "commit": _commit(), "matmul_gflops": round(gflops, 1)})
         rows.sort(key=lambda r: names.index(r["family"]))
         done.parent.mkdir(parents=True, exist_ok=True)
         table = {"budget_s": budget, "threads": args.threads, "overrides": args.overrides, "max_test": args.max_test,
