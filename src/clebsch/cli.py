@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="write parity plots into DIR")
     p.add_argument("--key", dest="keys", action="append", default=[], metavar="TARGET=KEY",
                    help="where a target is stored in the file, e.g. --key energy=REF_energy (repeatable)")
+    p.add_argument("--unit", dest="units", action="append", default=[], metavar="TARGET=UNIT",
+                   help="the file's unit of a target (or positions), e.g. --unit energy=kcal/mol (repeatable); "
+                        "default: the data.units the model was trained with")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     p.add_argument("--skip-nonfinite", action="store_true",
@@ -177,7 +180,8 @@ def _evaluate(args) -> int:
     from .data.dataset import AtomicDataset
     from .data.io import check_elements, read_structures
     from .models.package import load
-    from .train.evaluate import evaluate, evaluate_keys, write_predictions
+    from .data.units import unit_factors
+    from .train.evaluate import evaluate, evaluate_keys, evaluate_units, write_predictions
 
     # every input is checked before any output is opened
     _check_device(args.device)
@@ -187,6 +191,12 @@ def _evaluate(args) -> int:
             raise ValueError(f"--key expects TARGET=KEY, got {item!r}")
         name, key = item.split("=", 1)
         overrides[name] = key or None
+    unit_overrides = {}
+    for item in args.units:
+        if "=" not in item:
+            raise ValueError(f"--unit expects TARGET=UNIT, got {item!r}")
+        name, unit = item.split("=", 1)
+        unit_overrides[name] = unit
     inputs = {"model file": args.model, "data file": args.data}
     outputs = {"--output": args.output, "--json": args.json}
     for flag, path in outputs.items():
@@ -205,10 +215,15 @@ def _evaluate(args) -> int:
     if unknown:
         raise ValueError(f"--key names unknown target(s) {unknown}; this model predicts {list(model.outputs)}")
     keys = evaluate_keys(model, overrides)  # every target the model predicts, under its own name unless mapped
+    units = evaluate_units(model, unit_overrides)
+    try:
+        unit_factors(units, model.targets)
+    except ValueError as err:
+        raise ValueError(f"--unit: {err}".replace("data.units.", "")) from None
     dtype = model.atomic_energies.dtype
     graphs = AtomicDataset.from_file(args.data, model.cutoff, keys=keys, required=(), dtype=dtype,
                                      targets=model.config.get("targets"),
-                                     allow_nonfinite=args.skip_nonfinite).graphs
+                                     allow_nonfinite=args.skip_nonfinite, units=units or None).graphs
     check_elements(graphs, model.species, args.data)
     from .train.electronic import basis_targets, electronic_report, format_electronic
 
@@ -219,14 +234,14 @@ def _evaluate(args) -> int:
     print(ev.table(f"{args.data}: {len(graphs)} structures, model {args.model}"))
     metrics = ev.metrics
     if electronic:  # densities and matrices judged by what they stand for
-        report = electronic_report(model, graphs, ev.outputs, frames, keys)
+        report = electronic_report(model, graphs, ev.outputs, frames, keys, units)
         print()
         print(format_electronic(report, model.targets))
         metrics = {"metrics": ev.metrics, "electronic": report}
     if args.json:
         atomic_write_text(json.dumps(metrics, indent=2), args.json)
     if args.output:
-        write_predictions(args.output, frames, ev.outputs, targets=model.targets)
+        write_predictions(args.output, frames, ev.outputs, targets=model.targets, units=units)
         print(f"predictions written to {args.output}")
     if args.plots:
         from .train.plots import parity_plots

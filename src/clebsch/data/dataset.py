@@ -15,7 +15,7 @@ import torch
 from ..graph import AtomicGraph, batch
 from .io import read_structures
 
-__all__ = ["AtomicDataset", "read_dataset", "key_map", "check_net_forces"]
+__all__ = ["AtomicDataset", "read_dataset", "key_map", "check_net_forces", "check_force_scale"]
 
 _CACHE_VERSION = 4
 
@@ -38,14 +38,16 @@ def key_map(energy_key="energy", forces_key="forces", stress_key="stress", viria
 def read_dataset(path, cutoff: float, *, keys: dict[str, str] | None = None, required: Sequence[str] = ("energy", "forces"),
                  method: str = "radius", k: int | None = None, scale: float = 1.2, dtype: torch.dtype | None = None,
                  index: str = ":", format: str | None = None, progress: bool = False, targets: dict | None = None,
-                 allow_nonfinite: bool = False) -> list[AtomicGraph]:
+                 allow_nonfinite: bool = False, units: dict | None = None) -> list[AtomicGraph]:
     """Read a structure file into a list of graphs (one per frame).
 
     Errors name the file and the 0-based frame: malformed frames, missing
     required keys (with the keys that do exist), values that do not fit their
     target's declaration (shape, symmetry; ``targets`` adds declarations to the
     built-in ones), non-finite values (unless ``allow_nonfinite``: then they
-    count as missing), non-finite positions and overlapping atoms.
+    count as missing), non-finite positions and overlapping atoms. ``units``
+    (target name or ``positions`` -> the file's unit) converts the values to
+    the units clebsch stores (:mod:`clebsch.data.units`).
     """
     from ..targets import resolve_targets
     from .targets import graph_from_atoms
@@ -63,10 +65,12 @@ def read_dataset(path, cutoff: float, *, keys: dict[str, str] | None = None, req
         iterator = tqdm(iterator, total=len(frames), desc=f"graphs from {Path(path).name}")
     graphs = [
         graph_from_atoms(atoms, cutoff, method, k=k, scale=scale, keys=keys, required=required, dtype=dtype,
-                         targets=declared, allow_nonfinite=allow_nonfinite, where=f"file '{path}', frame {i}")
+                         targets=declared, allow_nonfinite=allow_nonfinite, where=f"file '{path}', frame {i}",
+                         units=units)
         for i, atoms in iterator
     ]
     check_net_forces(graphs, where=f"file '{path}'")
+    check_force_scale(graphs, where=f"file '{path}'")
     return graphs
 
 
@@ -105,6 +109,32 @@ def check_net_forces(graphs: Sequence[AtomicGraph], where: str = "the dataset", 
             "be learned. Were they adjusted by a constraint or a thermostat? With ASE, write "
             "atoms.get_forces(apply_constraint=False).", UserWarning, stacklevel=3)
     return bad
+
+
+def check_force_scale(graphs: Sequence[AtomicGraph], where: str = "the dataset", limit: float = 10.0) -> float:
+    """The force RMS (eV/Å) of ``graphs``; warns when it is above ``limit``, a sign of forces in other units.
+
+    Atoms in molecular dynamics or near equilibrium feel about 1 eV/Å; forces
+    in kcal/mol/Å (sGDML's MD17 files) are 23 times larger, and read as eV/Å
+    they make a model whose energies are in kcal/mol but used as eV.
+    """
+    squares, count = 0.0, 0
+    for g in graphs:
+        f = g.targets.get("forces")
+        if f is None:
+            continue
+        f = f.detach().double()
+        f = f[torch.isfinite(f)]
+        squares += float((f**2).sum())
+        count += f.numel()
+    rms = (squares / count) ** 0.5 if count else 0.0
+    if rms > limit:
+        warnings.warn(
+            f"{where}: the force RMS is {rms:.3g} eV/Å, far above the ~1 eV/Å of atoms in MD or near equilibrium. "
+            "If the file holds another unit (kcal/mol/Å in sGDML's MD17 files, Ha/Bohr), say so with "
+            "data.units, e.g. {energy: kcal/mol, forces: kcal/mol/Å}; the values are then converted to eV and "
+            "eV/Å, the units of the metrics and of the ASE calculator.", UserWarning, stacklevel=3)
+    return rms
 
 
 def _cache_key(path, **settings) -> str:
@@ -158,7 +188,7 @@ class AtomicDataset(torch.utils.data.Dataset):
                   required: Sequence[str] = ("energy", "forces"), method: str = "radius", k: int | None = None,
                   scale: float = 1.2, dtype: torch.dtype | None = None, index: str = ":", format: str | None = None,
                   cache_dir=None, progress: bool = False, targets: dict | None = None,
-                  allow_nonfinite: bool = False) -> "AtomicDataset":
+                  allow_nonfinite: bool = False, units: dict | None = None) -> "AtomicDataset":
         """Read ``path`` and build every graph; see :func:`read_dataset` for the arguments.
 
         With ``cache_dir``, the preprocessed graphs are saved there (``torch.save``,
@@ -168,7 +198,8 @@ class AtomicDataset(torch.utils.data.Dataset):
         dtype = dtype or torch.get_default_dtype()
         keys = key_map() if keys is None else dict(keys)
         settings = dict(cutoff=float(cutoff), keys=keys, required=list(required), method=method, k=k, scale=scale,
-                        dtype=str(dtype), index=index, format=format, targets=targets, allow_nonfinite=allow_nonfinite)
+                        dtype=str(dtype), index=index, format=format, targets=targets, allow_nonfinite=allow_nonfinite,
+                        units=units)
         cache_file = None
         if cache_dir is not None:
             if not Path(path).exists():
@@ -181,7 +212,7 @@ class AtomicDataset(torch.utils.data.Dataset):
                     pass
         graphs = read_dataset(path, cutoff, keys=keys, required=required, method=method, k=k, scale=scale,
                               dtype=dtype, index=index, format=format, progress=progress, targets=targets,
-                              allow_nonfinite=allow_nonfinite)
+                              allow_nonfinite=allow_nonfinite, units=units)
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")

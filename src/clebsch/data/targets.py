@@ -345,11 +345,15 @@ def join_edge_targets(edge_index: torch.Tensor, shifts: torch.Tensor, edges: dic
 
 def graph_from_atoms(atoms, cutoff: float | None = None, method: str = "radius", *, keys: dict | None = None,
                      required=(), targets: dict[str, Target] | None = None, allow_nonfinite: bool = False,
-                     dtype: torch.dtype | None = None, where: str | None = None, **options):
+                     dtype: torch.dtype | None = None, where: str | None = None, units: dict | None = None,
+                     **options):
     """An :class:`~clebsch.graph.AtomicGraph` with its targets read from ``atoms``.
 
     ``keys``, ``required``, ``targets`` and ``allow_nonfinite`` as in
-    :func:`read_targets`; the rest as in :meth:`~clebsch.graph.AtomicGraph.from_ase`.
+    :func:`read_targets`; ``units`` (target name or ``positions`` -> the
+    unit in ``atoms``) converts each value to its target's unit
+    (:mod:`clebsch.data.units`); the rest as in
+    :meth:`~clebsch.graph.AtomicGraph.from_ase`.
     ``atoms.info["weight"]`` becomes the ``weight`` target.
 
     >>> from ase.build import molecule
@@ -362,7 +366,26 @@ def graph_from_atoms(atoms, cutoff: float | None = None, method: str = "radius",
     from ..graph import AtomicGraph
 
     dtype = dtype or torch.get_default_dtype()
+    factors = {}
+    if units:
+        from .units import unit_factors
+
+        factors = unit_factors(units, targets)
     values, per_atom, edges = read_targets(atoms, keys, required, where, targets, allow_nonfinite)
+    if factors.get("positions", 1.0) != 1.0:  # a copy in Å (a copy drops the calculator: targets are read first)
+        length = factors["positions"]
+        atoms = atoms.copy()
+        atoms.set_cell(atoms.cell.array * length)
+        atoms.positions = atoms.positions * length
+    for name, f in factors.items():
+        if f == 1.0:
+            continue
+        if name in values:
+            values[name] = values[name] * f
+        elif isinstance(edges.get(name), MatrixBlocks):
+            edges[name].matrix = edges[name].matrix * f
+        elif name in edges:
+            edges[name] = (edges[name][0], edges[name][1] * f)
     if "weight" in atoms.info and "weight" not in values:
         try:
             values["weight"] = np.asarray([float(atoms.info["weight"])])

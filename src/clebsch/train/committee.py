@@ -125,7 +125,7 @@ def _held_out(cfg: TrainConfig, member: TrainConfig):
     dtype = getattr(torch, cfg.dtype)
     def read(path):
         return read_file(path, member.model.cutoff, keys, dtype, required, targets=member.model.targets,
-                         allow_nonfinite=member.data.skip_nonfinite)
+                         allow_nonfinite=member.data.skip_nonfinite, units=member.data.units or None)
 
     valid = read(member.data.valid) if member.data.valid else []
     test = read(member.data.test) if member.data.test else []

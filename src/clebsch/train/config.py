@@ -244,6 +244,11 @@ class DataSection(_Section):
         description="target name -> key in the file (info, arrays or calculator results); also 'weight', "
                     "a per-frame loss weight",
     )
+    units: dict[str, str] = Field(
+        default_factory=dict,
+        description="the files' units per target and for 'positions', converted on reading to eV, Å, e "
+                    "(e.g. {energy: kcal/mol, forces: kcal/mol/Å}, {dipole: D, gap: Ha}); unlisted: already so",
+    )
     config_type_weights: dict[str, float] = Field(
         default_factory=dict, description="loss weight per config_type, e.g. {md_500K: 0.5}; others: 1"
     )
@@ -256,6 +261,18 @@ class DataSection(_Section):
         "none", description="rotations: rotate every training structure (and its vector and tensor targets) by a "
                             "random rotation each time it is drawn, for models that are not equivariant"
     )
+
+    @field_validator("units")
+    @classmethod
+    def _check_units(cls, value):
+        from ..data.units import parse_unit
+
+        for name, unit in value.items():
+            try:
+                parse_unit(unit)
+            except ValueError as err:
+                raise ValueError(f"units.{name}: {err}") from None
+        return value
 
     @field_validator("train", "valid", "test")
     @classmethod

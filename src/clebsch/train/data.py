@@ -34,13 +34,13 @@ class RunData:
 
 
 def read_file(path, cutoff: float, keys: dict, dtype: torch.dtype, required=("energy",), targets=None,
-              allow_nonfinite: bool = False) -> list:
+              allow_nonfinite: bool = False, units: dict | None = None) -> list:
     """Graphs of every frame of ``path``; errors name the file, the frame and the key."""
     keys = {k: v for k, v in keys.items() if v is not None}
     required = tuple(r for r in required if r in keys)
     return [g for one in file_list(path)
             for g in AtomicDataset.from_file(one, cutoff, keys=keys, required=required, dtype=dtype, targets=targets,
-                                             allow_nonfinite=allow_nonfinite).graphs]
+                                             allow_nonfinite=allow_nonfinite, units=units).graphs]
 
 
 def file_list(spec) -> list[str]:
@@ -67,7 +67,7 @@ def load_run_data(data_cfg, cutoff: float, dtype: torch.dtype, seed: int, run_di
     if data_cfg.train is None:
         raise ValueError("data.train is not set: give a training file (e.g. --set data.train=frames.xyz)")
     keys = data_cfg.keys if keys is None else keys
-    opts = dict(targets=targets, allow_nonfinite=allow_nonfinite)
+    opts = dict(targets=targets, allow_nonfinite=allow_nonfinite, units=data_cfg.units or None)
     graphs = read_file(data_cfg.train, cutoff, keys, dtype, required, **opts)
     n = len(graphs)
     valid_size = 0.0 if data_cfg.valid else data_cfg.valid_fraction
@@ -91,11 +91,15 @@ def load_run_data(data_cfg, cutoff: float, dtype: torch.dtype, seed: int, run_di
     return out
 
 
-def isolated_atom_energies(path, keys: dict) -> dict[int, float]:
-    """``{Z: energy}`` from the one-atom frames of a file (:func:`clebsch.data.reference_energies_from_file`)."""
+def isolated_atom_energies(path, keys: dict, units: dict | None = None) -> dict[int, float]:
+    """``{Z: energy}`` in eV from the one-atom frames of a file (:func:`clebsch.data.reference_energies_from_file`),
+    converted from ``units["energy"]`` when given."""
     from ..data.statistics import reference_energies_from_file
+    from ..data.units import unit_factors
 
-    return reference_energies_from_file(path, energy_key=keys.get("energy") or "energy")
+    scale = unit_factors({"energy": units["energy"]})["energy"] if units and "energy" in units else 1.0
+    energies = reference_energies_from_file(path, energy_key=keys.get("energy") or "energy")
+    return {z: e * scale for z, e in energies.items()}
 
 
 def statistics(graphs, species: list[int]) -> dict:

@@ -43,11 +43,14 @@ def _energy_factor(unit: str) -> float:
     return _HA_TO_EV * 1000.0 if unit in ("Ha", "Hartree") else 1000.0 if unit == "eV" else 1.0
 
 
-def electronic_report(model, graphs, outputs, frames, keys: dict) -> dict:
+def electronic_report(model, graphs, outputs, frames, keys: dict, units: dict | None = None) -> dict:
     """``{config_type: {metric: value}}`` over ``graphs`` (predictions ``outputs``: the per-batch dicts of
     :func:`~clebsch.train.evaluate.evaluate` with ``keep_outputs``; ``frames``: the structures, for the whole
-    reference matrices under ``keys[pair target]``)."""
+    reference matrices under ``keys[pair target]``, in the files' ``units`` as ``data.units``)."""
+    from ..data.units import unit_factors
+
     targets = model.targets
+    file_factor = unit_factors(units, targets)
     densities, matrices = basis_targets({n: targets[n] for n in model.outputs})
     if not densities and not matrices:
         return {}
@@ -79,7 +82,7 @@ def electronic_report(model, graphs, outputs, frames, keys: dict) -> dict:
                     continue
                 basis = targets[pair].basis
                 factor = targets[pair].metric_factor
-                h_ref = basis.matrix_to_clebsch(z, atoms.info[key])
+                h_ref = basis.matrix_to_clebsch(z, atoms.info[key]) * file_factor.get(pair, 1.0)
                 h = assemble_matrix(basis, z, out[onsite][atom0:atom0 + n].double(),
                                     out[pair][edge0:edge0 + e].double(), g.edge_index)
                 s = overlap_matrix(basis, z, pos, grid=grid or molecular_grid(z, pos, 40, 12))

@@ -12,7 +12,7 @@ import torch
 
 from .metrics import MetricsAccumulator, format_table
 
-__all__ = ["Evaluation", "evaluate", "evaluate_keys", "predict", "write_predictions"]
+__all__ = ["Evaluation", "evaluate", "evaluate_keys", "evaluate_units", "predict", "write_predictions"]
 
 
 @dataclass
@@ -45,6 +45,17 @@ def evaluate_keys(model, overrides: dict | None = None) -> dict:
     for name, key in (overrides or {}).items():
         keys[name] = key
     return {k: v for k, v in keys.items() if v}
+
+
+def evaluate_units(model, overrides: dict | None = None) -> dict:
+    """The files' units (``data.units``) a packaged model was trained with, updated by ``overrides``
+    (``{name: unit}``; an empty unit removes the entry)."""
+    package = getattr(model, "package", None) or {}
+    trained = (((package.get("metadata") or {}).get("train_config") or {}).get("data") or {}).get("units") or {}
+    units = dict(trained)
+    for name, unit in (overrides or {}).items():
+        units[name] = unit
+    return {k: v for k, v in units.items() if v}
 
 
 def predict(model, graph, device=None, dtype=None) -> dict:
@@ -120,20 +131,24 @@ def evaluate(model, graphs, batch_size: int = 10, loss_fn=None, keep: bool = Fal
     return result
 
 
-def write_predictions(path, frames, outputs, targets=None) -> None:
+def write_predictions(path, frames, outputs, targets=None, units: dict | None = None) -> None:
     """Write ``frames`` (``ase.Atoms``) as extxyz with predictions beside the references.
 
     ``outputs`` are the per-batch output dicts of :func:`evaluate` (``keep_outputs=True``),
     in the order of ``frames``. Every prediction goes beside its reference as
     ``pred_<name>``: per-structure ones to ``info`` (flattened), per-atom ones to
     ``arrays`` (``[N, ...]`` flattened per atom); per-edge ones are not written.
+    With ``units`` (the file's units, as ``data.units``) predictions are written
+    in the file's units, as its references are.
     The file is written to a temporary name and renamed.
     """
     import ase.io
 
+    from ..data.units import unit_factors
     from ..targets import TARGETS
 
     targets = TARGETS if targets is None else targets
+    scale = {name: 1.0 / f for name, f in unit_factors(units, targets).items() if name != "positions"}
     per_atom = {name for name, t in targets.items() if t.level == "atom"}
     per_edge = {name for name, t in targets.items() if t.level == "edge"}
     k = 0
@@ -143,15 +158,15 @@ def write_predictions(path, frames, outputs, targets=None) -> None:
         for b in range(out["energy"].shape[0]):
             atoms = frames[k]
             n = len(atoms)
-            atoms.info["pred_energy"] = float(out["energy"][b])
+            atoms.info["pred_energy"] = float(out["energy"][b]) * scale.get("energy", 1.0)
             for name, value in out.items():
                 if name == "energy" or name in per_edge or value.dim() == 0:
                     continue
                 if value.shape[0] == n_structures and name not in per_atom:
-                    v = value[b].double().numpy().reshape(-1)
+                    v = value[b].double().numpy().reshape(-1) * scale.get(name, 1.0)
                     atoms.info[f"pred_{name}"] = float(v[0]) if v.size == 1 else v
                 elif name in per_atom:
-                    v = value[offset:offset + n].double().numpy()
+                    v = value[offset:offset + n].double().numpy() * scale.get(name, 1.0)
                     atoms.arrays[f"pred_{name}"] = v.reshape(n, -1) if v.ndim > 2 else v
             offset += n
             k += 1

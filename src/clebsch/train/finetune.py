@@ -284,7 +284,7 @@ def finetune_model_config(config: TrainConfig, data, package: dict) -> dict:
     if keep_e0:
         new_z = [_Z[s] for s in added]
         if new_z and config.data.isolated_atoms:
-            iso = isolated_atom_energies(config.data.isolated_atoms, config.data.keys)
+            iso = isolated_atom_energies(config.data.isolated_atoms, config.data.keys, config.data.units)
             missing = [chemical_symbols[z] for z in new_z if z not in iso]
             if missing:
                 raise ConfigError(f"data.isolated_atoms ({config.data.isolated_atoms}) has no energy for {missing}, "

@@ -112,7 +112,7 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
     stats = statistics(data.train, zs)
     if m.atomic_energies == "auto":
         if config.data.isolated_atoms:
-            iso = isolated_atom_energies(config.data.isolated_atoms, config.data.keys)
+            iso = isolated_atom_energies(config.data.isolated_atoms, config.data.keys, config.data.units)
             missing = [chemical_symbols[z] for z in zs if z not in iso]
             if missing:
                 raise ConfigError(f"data.isolated_atoms ({config.data.isolated_atoms}) has no energy for {missing}")
@@ -316,6 +316,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         keys, required = data_keys(cfg)
+        if cfg.data.units:
+            from ..data.units import unit_factors
+            from ..targets import resolve_targets
+
+            try:
+                unit_factors(cfg.data.units, resolve_targets(cfg.model.targets))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         self.data = load_run_data(cfg.data, cfg.model.cutoff, self.dtype, cfg.seed,
                                   run_dir=self.run_dir if self.is_main else None, required=required, keys=keys,
                                   targets=cfg.model.targets, allow_nonfinite=cfg.data.skip_nonfinite)
