@@ -176,7 +176,7 @@ def main(argv=None):
         if run.exists():  # an interrupted run of this family: put it aside, train from scratch
             run.rename(run.with_name(f"{family}.interrupted-{int(time.time())}"))
         config = config_for(family, data, test, out, budget, args.overrides)
-        gflops = _matmul_gflops(args.threads)
+        gflops, commit = _matmul_gflops(args.threads), _commit()  # the code as it is when training starts
         result = train(config)
         import clebsch
 
@@ -189,7 +189,7 @@ def main(argv=None):
                      "weights": sum(p.numel() for p in model.parameters()), "epochs": result["epochs"],
                      "ms_per_step": 1000 * float(epochs[-1]["time_s"]) / max(steps, 1),
                      "measured": datetime.datetime.now().isoformat(timespec="minutes"), "cpu": _cpu(),
-                     "torch": torch.__version__, "commit": _commit(), "matmul_gflops": round(gflops, 1)})
+                     "torch": torch.__version__, "commit": commit, "matmul_gflops": round(gflops, 1)})
         rows.sort(key=lambda r: names.index(r["family"]))
         done.parent.mkdir(parents=True, exist_ok=True)
         table = {"budget_s": budget, "threads": args.threads, "overrides": args.overrides, "max_test": args.max_test,
