@@ -76,12 +76,13 @@ KINDS = {"schnet": "invariant", "dimenet": "invariant", "egnn": "scalar + vector
 
 def markdown(table: dict) -> str:
     """The README's table from a results file."""
-    lines = ["| family | kind | weights | epochs | energy MAE, meV | force MAE, meV/Å | ms/step | measured |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| family | kind | weights | epochs | energy MAE, meV | force MAE, meV/Å | ms/step | measured | "
+             "machine: fp32 matmul GFLOP/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in table["rows"]:
         lines.append(f"| {r['family']} | {KINDS.get(r['family'], '')} | {r['weights']:,} | {r['epochs']} | "
                      f"{r['energy_mae']:.1f} | {r['forces_mae']:.1f} | {r['ms_per_step']:.0f} | "
-                     f"{r.get('measured', '')[:10]} |")
+                     f"{r.get('measured', '')[:10]} | {r.get('matmul_gflops', '')} |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
-"""Every model family can fit a tiny training set: a few hundred Adam steps on
-five frames lower the energy + forces loss by 10x or more.
+"""Every model family can fit a tiny training set: at most a few hundred Adam steps
+on five frames lower the energy + forces loss by 10x or more.
 
 The frames are five ethanol geometries from the bundled GFN2-xTB trajectory
 (``examples/ethanol_xtb.xyz``), 2 ps apart.
@@ -64,6 +64,8 @@ def test_overfits_five_frames(family):
     for _ in range(STEPS):
         optimizer.zero_grad()
         loss = loss_fn(model, graph)
+        if float(loss) < initial / 10:  # the loss of the weights as they are now: the goal is reached
+            break
         loss.backward()
         optimizer.step()
         scheduler.step()
