@@ -36,11 +36,16 @@ class Evaluation:
         return format_table(self.metrics, title, self.targets)
 
 
+def _trained_data(model) -> dict:
+    """The ``data`` section of the training config a packaged model carries (empty if none)."""
+    package = getattr(model, "package", None) or {}
+    return ((package.get("metadata") or {}).get("train_config") or {}).get("data") or {}
+
+
 def evaluate_keys(model, overrides: dict | None = None) -> dict:
     """Target name -> key in a file for everything ``model`` predicts: the key it was trained from (the
     ``data.keys`` of the training config a packaged model carries), else the target's own name."""
-    package = getattr(model, "package", None) or {}
-    trained = (((package.get("metadata") or {}).get("train_config") or {}).get("data") or {}).get("keys") or {}
+    trained = _trained_data(model).get("keys") or {}
     keys = {name: trained.get(name) or name for name in model.outputs if model.targets[name].trainable}
     for name, key in (overrides or {}).items():
         keys[name] = key
@@ -50,11 +55,7 @@ def evaluate_keys(model, overrides: dict | None = None) -> dict:
 def evaluate_units(model, overrides: dict | None = None) -> dict:
     """The files' units (``data.units``) a packaged model was trained with, updated by ``overrides``
     (``{name: unit}``; an empty unit removes the entry)."""
-    package = getattr(model, "package", None) or {}
-    trained = (((package.get("metadata") or {}).get("train_config") or {}).get("data") or {}).get("units") or {}
-    units = dict(trained)
-    for name, unit in (overrides or {}).items():
-        units[name] = unit
+    units = {**(_trained_data(model).get("units") or {}), **(overrides or {})}
     return {k: v for k, v in units.items() if v}
 
 
