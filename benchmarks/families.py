@@ -19,8 +19,9 @@ with which torch and at which commit it was measured.
 ``--fresh`` starts over. The README's 30-minute table is kept in the repository:
 
     OMP_NUM_THREADS=2 python benchmarks/families.py --budget 30m --out runs/families-30m \
-        --results benchmarks/results/families_30m_2threads.json --families mace,visnet The README's table ran two single-threaded halves side
-by side, one per core:
+        --results benchmarks/results/families_30m_2threads.json --families mace,visnet
+
+The README's 10-minute table ran two single-threaded halves side by side, one per core:
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/families.py --budget 10m --threads 1 \
         --families schnet,dimenet,painn,visnet,nequip,mace,allegro --out runs/families-a &
