@@ -16,7 +16,7 @@ measured with the same budget, threads and ``--set``) and trains the rest, so a
 long table can be run in parts, across sessions and machines: each row records
 when, on which CPU (and its fp32 matrix-multiply rate just before training),
 with which torch and at which commit it was measured.
-``--fresh`` starts over. The README's 30-minute table is kept in the repository:
+``--fresh`` measures the families given again (the other rows stay). The README's 30-minute table is kept in the repository:
 
     OMP_NUM_THREADS=2 python benchmarks/families.py --budget 30m --out runs/families-30m \
         --results benchmarks/results/families_30m_2threads.json --families mace,visnet
@@ -80,8 +80,10 @@ def markdown(table: dict) -> str:
     lines = ["| family | kind | weights | epochs | energy MAE, meV | force MAE, meV/Å | ms/step | measured | "
              "machine: fp32 matmul GFLOP/s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in table["rows"]:
-        lines.append(f"| {r['family']} | {KINDS.get(r['family'], '')} | {r['weights']:,} | {r['epochs']} | "
+    order = list(KINDS)  # the families' order in the registry, as in the 10-minute table
+    rows = sorted(table["rows"], key=lambda r: order.index(r["family"]) if r["family"] in order else len(order))
+    for r in rows:
+        lines.append(f"| {r['family']} | {KINDS.get(r['family'], '')} | {r['weights']:,} | {r['epochs']:,} | "
                      f"{r['energy_mae']:.1f} | {r['forces_mae']:.1f} | {r['ms_per_step']:.0f} | "
                      f"{r.get('measured', '')[:10]} | {r.get('matmul_gflops', '')} |")
     return "\n".join(lines)
@@ -134,7 +136,8 @@ def main(argv=None):
     parser.add_argument("--markdown", action="store_true",
                         help="print the results file as a Markdown table and train nothing")
     parser.add_argument("--fresh", action="store_true",
-                        help="retrain every family (default: keep those already in OUT/families.json)")
+                        help="retrain the families given, replacing their rows (default: keep those already in the "
+                             "results file); a file measured with other settings is started over")
     args = parser.parse_args(argv)
     if args.markdown:
         results = Path(args.results) if args.results else Path(args.out) / "families.json"
@@ -158,17 +161,18 @@ def main(argv=None):
         ase.io.write(test, ase.io.read(data / "test_MD.xyz", f":{args.max_test}"))
     rows, others = [], []
     done = Path(args.results) if args.results else out / "families.json"
-    if done.exists() and not args.fresh:  # resume a table: keep the families already measured the same way
+    if done.exists():  # resume a table: keep the families already measured the same way
         kept = json.loads(done.read_text())
         same = (kept.get("budget_s") == budget and kept.get("threads") == args.threads
                 and kept.get("overrides", []) == args.overrides and kept.get("max_test") == args.max_test)
-        if not same:
+        if not same and not args.fresh:
             parser.error(f"{done} holds a table measured with other settings (budget {kept.get('budget_s')} s, "
                          f"{kept.get('threads')} threads, --set {kept.get('overrides', [])}, "
                          f"--max-test {kept.get('max_test')}); "
                          "give another --out or --fresh to start over")
-        rows = [r for r in kept["rows"] if r["family"] in names]
-        others = [r for r in kept["rows"] if r["family"] not in names]  # kept in the file, not printed
+        if same:  # --fresh retrains the families asked for; the other families' rows stay in the file
+            rows = [] if args.fresh else [r for r in kept["rows"] if r["family"] in names]
+            others = [r for r in kept["rows"] if r["family"] not in names]  # kept in the file, not printed
         if rows:
             print(f"kept from {done}: {', '.join(r['family'] for r in rows)}")
     for family in names:
