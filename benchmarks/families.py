@@ -15,8 +15,9 @@ already in the results file (``--results``, default ``OUT/families.json``;
 measured with the same budget, threads and ``--set``) and trains the rest, so a
 long table can be run in parts, across sessions and machines: each row records
 when, on which CPU (and its fp32 matrix-multiply rate just before training),
-with which torch and at which commit it was measured.
-``--fresh`` measures the families given again (the other rows stay). The README's 30-minute table is kept in the repository:
+with which torch and at which commit it was measured. ``--fresh`` measures the
+families given again (the other rows stay). The README's 30-minute table is
+kept in the repository:
 
     OMP_NUM_THREADS=2 python benchmarks/families.py --budget 30m --out runs/families-30m \
         --results benchmarks/results/families_30m_2threads.json --families mace,visnet
