@@ -48,6 +48,30 @@ def test_evaluate_writes_table_predictions_plots(run_dir, capsys):
     assert (root / "p" / "parity_forces.png").is_file()
 
 
+def test_evaluate_says_which_references_are_missing(run_dir, tmp_path, capsys):
+    root, run, data = run_dir
+    frames = ase.io.read(data, ":")
+    renamed = []
+    for i, atoms in enumerate(frames):
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = None
+        atoms.info["Etot"] = energy  # the energy under another key in every frame
+        if i != 4:  # frame 4 has no forces
+            atoms.arrays["forces"] = forces
+        renamed.append(atoms)
+    path = tmp_path / "renamed.xyz"
+    ase.io.write(path, renamed)
+    assert main(["evaluate", str(run / "model.pt"), str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "E MAE" not in out and "F MAE" in out
+    assert "no reference for energy (key 'energy') in any of the 12 structures" in err and "'Etot'" in err
+    assert "--key energy=KEY" in err
+    assert "forces (key 'forces') has no reference in 1 of the 12 structures" in err and "(frames 4)" in err
+    assert main(["evaluate", str(run / "model.pt"), str(path), "--key", "energy=Etot"]) == 0
+    out, err = capsys.readouterr()
+    assert "E MAE" in out and "energy" not in err
+
+
 def test_info(run_dir, capsys):
     _, run, _ = run_dir
     assert main(["info", str(run / "model.pt")]) == 0

@@ -225,6 +225,8 @@ def _evaluate(args) -> int:
                                      targets=model.config.get("targets"),
                                      allow_nonfinite=args.skip_nonfinite, units=units or None).graphs
     check_elements(graphs, model.species, args.data)
+    for line in _reference_coverage(graphs, keys, args.data):
+        print(f"clebsch evaluate: {line}", file=sys.stderr)
     from .train.electronic import basis_targets, electronic_report, format_electronic
 
     electronic = any(basis_targets({n: model.targets[n] for n in model.outputs}))
@@ -256,6 +258,34 @@ def _evaluate(args) -> int:
               f"); its metrics cover the finite predictions only", file=sys.stderr)
         return 1
     return 0
+
+
+def _reference_coverage(graphs, keys: dict, path) -> list[str]:
+    """One line per target whose reference is missing from some or all structures of ``path``.
+
+    A target with no reference anywhere is left out of the table; one missing from a few frames is judged on the
+    others. Either way the user is told which key was looked for, so that a misnamed key is not silent.
+    """
+    from .data.io import read_structure
+    from .data.targets import available_keys
+
+    lines = []
+    for name, key in keys.items():
+        if name == "weight":
+            continue
+        missing = [i for i, g in enumerate(graphs) if name not in g.targets]
+        if not missing:
+            continue
+        if len(missing) == len(graphs):
+            have = "; ".join(f"{p}: {v}" for p, v in available_keys(read_structure(path, 0)).items())
+            lines.append(f"no reference for {name} (key {key!r}) in any of the {len(graphs)} structures of "
+                         f"{str(path)!r}, so it is not in the table; keys in frame 0 are {have}; name the key with "
+                         f"--key {name}=KEY")
+        else:
+            shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+            lines.append(f"{name} (key {key!r}) has no reference in {len(missing)} of the {len(graphs)} structures "
+                         f"of {str(path)!r} (frames {shown}); its metrics cover the other {len(graphs) - len(missing)}")
+    return lines
 
 
 def _density(args) -> int:

@@ -723,10 +723,12 @@ class Trainer:
         self.t0 = time.monotonic()
         n_train = len(self.data.train)
         steps_per_epoch = math.ceil(n_train / cfg.data.batch_size)
+        valid = (f"validating on {len(self.data.valid)}" if self.data.valid else
+                 "validating on the training structures (no validation set: the schedule, early stopping and the "
+                 "best model follow the training error; set data.valid or data.valid_fraction)")
         self.log(
             f"training {self.model_config['name']} ({sum(p.numel() for p in self.model.parameters())} weights) on "
-            f"{n_train} structures, validating on {len(self.data.valid)}, testing on {len(self.data.test)}; "
-            f"run directory {self.run_dir}"
+            f"{n_train} structures, {valid}, testing on {len(self.data.test)}; run directory {self.run_dir}"
         )
         writer = self._tensorboard()
         bar = None
