@@ -39,7 +39,7 @@ def files(tmp_path_factory):
 
 
 def _one_line(capsys, start):
-    err = capsys.readouterr().err.strip()
+    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines() if ": note: " not in line)
     assert len(err.splitlines()) == 1, err
     assert err.startswith(start), err
     assert "Traceback" not in err

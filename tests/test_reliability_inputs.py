@@ -41,6 +41,23 @@ def model_file(model, tmp_path_factory):
     return save_package(model, tmp_path_factory.mktemp("pkg") / "model.pt")
 
 
+# ----------------------------------------------------------------- a graph the model cannot read
+
+def test_a_graph_with_a_shorter_cutoff_or_another_dtype_is_refused(model):
+    from clebsch.graph import AtomicGraph
+
+    atoms = molecule("CH3CH2OH")
+    right = model(AtomicGraph.from_ase(atoms, cutoff=3.0, dtype=torch.float64))["energy"]
+    longer = model(AtomicGraph.from_ase(atoms, cutoff=5.0, dtype=torch.float64))["energy"]
+    torch.testing.assert_close(longer, right, rtol=1e-12, atol=1e-12)  # what lies beyond the cutoff is dropped
+    with pytest.raises(ValueError, match=r"cutoff of 2 Å, shorter than the model's 3 Å"):
+        model(AtomicGraph.from_ase(atoms, cutoff=2.0, dtype=torch.float64))
+    with pytest.raises(TypeError, match="the graph is float32 but the model's weights are float64"):
+        model(AtomicGraph.from_ase(atoms, cutoff=3.0, dtype=torch.float32))
+    knn = AtomicGraph.from_ase(atoms, method="knn", k=4, dtype=torch.float64)  # another neighbour list: its own choice
+    assert torch.isfinite(model(knn)["energy"]).all()
+
+
 # ----------------------------------------------------------------- the calculator checks every call
 
 

@@ -226,7 +226,7 @@ def _evaluate(args) -> int:
                                      allow_nonfinite=args.skip_nonfinite, units=units or None).graphs
     check_elements(graphs, model.species, args.data)
     for line in _reference_coverage(graphs, keys, args.data):
-        print(f"clebsch evaluate: {line}", file=sys.stderr)
+        print(f"clebsch evaluate: note: {line}", file=sys.stderr)
     from .train.electronic import basis_targets, electronic_report, format_electronic
 
     electronic = any(basis_targets({n: model.targets[n] for n in model.outputs}))

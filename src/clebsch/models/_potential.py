@@ -466,6 +466,20 @@ class Potential(torch.nn.Module):
                              f"model {name!r} finds its bonds among the edges within the cutoff, so raise the cutoff")
         self.register_buffer("bond_radii", radii, persistent=False)
 
+    def _check_graph(self, graph) -> None:
+        """A graph this model cannot read correctly is refused here, not answered with wrong numbers."""
+        dtype = self.atomic_energies.dtype
+        if graph.positions.dtype != dtype and graph.positions.dtype.is_floating_point and dtype.is_floating_point:
+            raise TypeError(f"the graph is {str(graph.positions.dtype).replace('torch.', '')} but the model's weights "
+                            f"are {str(dtype).replace('torch.', '')}: build the graph with dtype={dtype} or convert "
+                            f"the model with model.to({dtype})")
+        radius = graph.neighbor_options.get("method", "radius") == "radius"
+        if radius and 0.0 < graph.cutoff < self.cutoff * (1 - 1e-6) and not self.topological:
+            raise ValueError(f"the graph's neighbour list was built with a cutoff of {graph.cutoff:g} Å, shorter "
+                             f"than the model's {self.cutoff:g} Å: the neighbours in between would be missing; build "
+                             f"it with cutoff=model.cutoff (a longer cutoff is fine: the model drops what lies beyond "
+                             f"its own)")
+
     def _check_geometric(self, what: str) -> None:
         if self.topological:
             name = self.config.get("name", type(self.representation).__name__)
@@ -623,6 +637,7 @@ class Potential(torch.nn.Module):
         ``polarizability`` [B, 3, 3], ``born_charges`` [N, 3, 3] and the
         declared targets in their stored shapes.
         """
+        self._check_graph(graph)
         if compute_forces is None:
             compute_forces = "forces" in self.outputs
         if compute_stress is None:
