@@ -100,3 +100,20 @@ def test_data_files_may_be_lists(tmp_path):
     assert load_config(None, overrides=[f"data.train=[{paths[0]}]"]).data.train == paths[0]
     with pytest.raises(ConfigError, match="data.train"):
         load_config(None, overrides=["data.train=[]"])
+
+
+def test_a_relative_data_path_beside_the_config_is_named(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "frames.xyz").write_text("1\n\nH 0 0 0\n")
+    config = folder / "train.yaml"
+    config.write_text(yaml.safe_dump({"data": {"train": "frames.xyz", "test": ["frames.xyz"]}}))
+    monkeypatch.chdir(tmp_path)  # the file is beside the config, not here
+    with pytest.raises(ConfigError, match=r"data.train: 'frames.xyz' does not exist in the working directory") as err:
+        load_config(config)
+    assert str(folder) in str(err.value) and "run from" in str(err.value)
+    monkeypatch.chdir(folder)  # from the config's folder the same file loads
+    assert load_config(config).data.train == "frames.xyz"
+    monkeypatch.chdir(tmp_path)  # a path that exists nowhere is left to the reader, which names it
+    config.write_text(yaml.safe_dump({"data": {"train": "missing.xyz"}}))
+    assert load_config(config).data.train == "missing.xyz"

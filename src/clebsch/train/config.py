@@ -676,9 +676,28 @@ def load_config(path=None, overrides=(), base: Optional[dict] = None) -> TrainCo
         tree.update(loaded)
     apply_overrides(tree, overrides)
     try:
-        return TrainConfig.model_validate(tree)
+        config = TrainConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(where + _format_errors(err).replace("\n", "\n" + where)) from None
+    if path is not None:
+        _check_relative_paths(config, Path(path))
+    return config
+
+
+def _check_relative_paths(config: TrainConfig, path: Path) -> None:
+    """A relative data path is read from the working directory; one that exists only beside the config is named."""
+    for key in ("train", "valid", "test"):
+        value = getattr(config.data, key)
+        for item in [value] if isinstance(value, str) else (value or []):
+            given = Path(item)
+            if given.is_absolute() or given.exists():
+                continue
+            beside = path.parent / given
+            if beside.exists():
+                raise ConfigError(
+                    f"{path}: data.{key}: {item!r} does not exist in the working directory ({Path.cwd()}); relative "
+                    f"paths are read from where clebsch runs, not from the config's folder, which holds "
+                    f"{str(beside)!r}: run from {str(path.parent)!r} or give that path")
 
 
 def save_config(config: TrainConfig, path) -> None:
