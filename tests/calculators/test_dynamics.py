@@ -1,5 +1,7 @@
 """Molecular dynamics and relaxation: conservation, thermostat/barostat sanity, robust output."""
 
+import warnings
+
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
@@ -28,8 +30,11 @@ def test_nve_conserves_energy_with_a_trained_model(trained_ethanol):
     atoms = held_out[0].copy()
     atoms.calc = None
     total = []
-    md(calc, atoms, "nve", temperature_K=300, timestep_fs=0.5, steps=1000, seed=0, progress=False,
-       observers=[lambda: total.append(atoms.get_total_energy())])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        md(calc, atoms, "nve", temperature_K=300, timestep_fs=0.5, steps=1000, seed=0, progress=False,
+           observers=[lambda: total.append(atoms.get_total_energy())])
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
     total = np.array(total)
     assert len(total) == 1001  # ASE calls observers at step 0 too
     assert atoms.get_temperature() > 50  # it really moved
@@ -38,6 +43,48 @@ def test_nve_conserves_energy_with_a_trained_model(trained_ethanol):
     print(f"trained PaiNN, {trained_ethanol['epochs']} epochs: held-out force RMSE {trained:.3f} eV/A "
           f"(untrained {untrained:.3f}, |F| rms {target:.3f}); NVE max |E(t) - E(0)| = {1e3 * drift:.4f} meV/atom")
     assert drift < 1e-3  # eV/atom
+
+
+def test_a_time_step_too_long_is_said_once(trained_ethanol):
+    """Velocity Verlet at 5 fs cannot follow a C-H stretch (~11 fs): the energy is not conserved, and the run says so
+    once instead of writing a trajectory that is no longer physics without a word."""
+    atoms = trained_ethanol["held_out"][0].copy()
+    atoms.calc = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        md(trained_ethanol["path"], atoms, "nve", temperature_K=300, timestep_fs=5.0, steps=200, seed=0,
+           progress=False, interval=5)
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    drift = [m for m in said if m.startswith("NVE total energy changed by")]
+    assert len(drift) == 1 and "time step 5 fs" in drift[0], said
+    assert len(said) <= 2  # the drift and, at most, the heating: each once
+
+
+def test_the_watch_speaks_once_per_kind(model):
+    from clebsch.calculators._dynamics import _Watch
+
+    atoms = molecule("H2O")
+    atoms.calc = ClebschCalculator(model)
+
+    class Dynamics:
+        nsteps = 40
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        watch = _Watch(Dynamics, atoms, "nve", 300.0, 0.5)
+        watch()
+        assert not caught  # nothing changed
+        atoms.set_momenta(np.full((3, 3), 0.6) * np.sqrt(atoms.get_masses())[:, None])  # ~4,000 K
+        watch()
+        watch()
+    said = [str(w.message) for w in caught]
+    assert len(said) == 2, said
+    assert said[0].startswith("NVE total energy changed by +") and "by step 40" in said[0]
+    assert said[1].startswith("the temperature reached") and "past 1500 K" in said[1]
+    with warnings.catch_warnings(record=True) as caught:  # a thermostat's energy is not conserved: no drift check
+        warnings.simplefilter("always")
+        _Watch(Dynamics, atoms, "langevin", 3000.0, 0.5)()
+    assert not caught  # 15,000 K is the limit at 3,000 K
 
 
 def test_langevin_is_seeded(model):

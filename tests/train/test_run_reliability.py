@@ -4,6 +4,7 @@ import csv
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import ase.io
 import pytest
@@ -195,6 +196,26 @@ def test_an_element_only_in_the_validation_file_is_an_error(tiny_xyz, tmp_path):
     config["data"]["valid"] = str(valid)
     with pytest.raises(ConfigError, match=r"validation set \(.*valid.xyz\) holds \['N'\]"):
         train(config, log=quiet)
+
+
+def test_test_structures_that_are_also_training_structures_are_named(tiny_xyz, tmp_path):
+    test = tmp_path / "test.xyz"
+    ase.io.write(test, make_frames(16) + make_frames(2, seed=100))  # the whole training file and two new frames
+    config = tiny_config(tiny_xyz, tmp_path / "run", training={"max_epochs": 1, "progress": False, "plots": False})
+    config["data"]["test"] = str(test)
+    with pytest.warns(UserWarning, match=r"12 of the 18 test structures \(file '.*test.xyz', frames .*\) are also in "
+                                         r"the training set \(file '.*tiny.xyz'\)"):
+        train(config, log=quiet)
+    doubled = tmp_path / "doubled.xyz"  # one file holding every frame twice: a random split puts twins on both sides
+    ase.io.write(doubled, make_frames(16) * 2)
+    config = tiny_config(doubled, tmp_path / "run2", training={"max_epochs": 1, "progress": False, "plots": False})
+    with pytest.warns(UserWarning, match=r"of the 8 test structures \(file '.*doubled.xyz', frames \d+"):
+        train(config, log=quiet)
+    config = tiny_config(tiny_xyz, tmp_path / "run3", training={"max_epochs": 1, "progress": False, "plots": False})
+    with warnings.catch_warnings(record=True) as caught:  # distinct frames: nothing said
+        warnings.simplefilter("always")
+        train(config, log=quiet)
+    assert not [w for w in caught if "also in the training set" in str(w.message)]
 
 
 def test_progress_in_a_log_file_is_one_line_per_epoch(tiny_xyz, tmp_path):

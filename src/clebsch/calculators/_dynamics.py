@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 from ase import units
@@ -169,6 +170,43 @@ class _Log:
             os.replace(partial_path(self.path), self.path)
 
 
+class _Watch:
+    """Says once, as a warning, when a run goes wrong without failing.
+
+    Two signs that a trajectory is not physics any more while every number stays finite: the total
+    energy of an NVE run drifting by more than ``drift`` eV per atom from its start (a time step too
+    long for the fastest vibration, or forces that are not the gradient of a smooth energy), and a
+    system heating past ``max(5 x target, 1500 K)`` in any ensemble (atoms flung apart by a model
+    outside what it was trained on).
+    """
+
+    def __init__(self, dyn, atoms, ensemble: str, temperature_K: float, timestep_fs: float, drift: float = 0.05):
+        self.dyn, self.atoms, self.ensemble, self.timestep_fs, self.drift = dyn, atoms, ensemble, timestep_fs, drift
+        self.n = max(len(atoms), 1)
+        self.start = atoms.get_potential_energy() + atoms.get_kinetic_energy()
+        self.hot = max(5.0 * float(temperature_K), 1500.0)
+        self.said = set()
+
+    def __call__(self):
+        step = self.dyn.nsteps
+        if self.ensemble == "nve" and "drift" not in self.said:
+            change = (self.atoms.get_potential_energy() + self.atoms.get_kinetic_energy() - self.start) / self.n
+            if abs(change) > self.drift:
+                self.said.add("drift")
+                warnings.warn(
+                    f"NVE total energy changed by {change * 1000:+.0f} meV/atom from the start by step {step} "
+                    f"(time step {self.timestep_fs:g} fs): the time step is too long for the fastest vibration "
+                    f"(try half), or the model's forces are not smooth here", RuntimeWarning, stacklevel=2)
+        if "hot" not in self.said:
+            temperature = self.atoms.get_temperature()
+            if temperature > self.hot:
+                self.said.add("hot")
+                warnings.warn(
+                    f"the temperature reached {temperature:.0f} K at step {step} (past {self.hot:.0f} K): the "
+                    f"structure is probably coming apart (a model outside its training data, or a time step "
+                    f"too long); look at the trajectory", RuntimeWarning, stacklevel=2)
+
+
 class _Progress:
     """Progress of a run: a tqdm bar on a terminal, else one plain line every ``every`` steps.
 
@@ -295,6 +333,13 @@ def md(
         any output is opened. During the run, non-finite positions or atoms
         closer than :data:`clebsch.graph.MIN_DISTANCE` (the calculator checks
         every step).
+
+    Warns
+    -----
+    RuntimeWarning
+        Once each, checked every ``interval`` steps: an NVE run whose total
+        energy moved by more than 50 meV/atom from its start, and a run whose
+        temperature passed ``max(5 x temperature_K, 1500 K)``.
     """
     check_md_parameters(ensemble, temperature_K, timestep_fs, steps, friction, interval, pressure_bar, ttime_fs,
                         ptime_fs, skin)
@@ -341,6 +386,7 @@ def md(
             dyn.attach(logger, interval=interval)
         for observer in observers:
             dyn.attach(observer, interval=1)
+        dyn.attach(_Watch(dyn, atoms, ensemble, temperature_K, timestep_fs), interval=interval)
         bar = _Progress(dyn, atoms, steps, interval, progress, f"MD {ensemble}")
         dyn.attach(bar, interval=1)
         try:

@@ -15,7 +15,7 @@
 Units: Å, eV, eV/Å, eV/Å³ (stress, ASE's sign), e·Å (dipole).
 """
 
-from .dataset import AtomicDataset, check_force_scale, check_net_forces, key_map, read_dataset
+from .dataset import AtomicDataset, check_force_consistency, check_force_scale, check_net_forces, key_map, read_dataset
 from .io import read_structures
 from .targets import DEFAULT_KEYS, graph_from_atoms, join_edge_targets, read_targets, voigt_to_matrix
 from .loader import collate, make_loader
@@ -41,6 +41,7 @@ __all__ = [
     "read_dataset",
     "check_net_forces",
     "check_force_scale",
+    "check_force_consistency",
     "key_map",
     "read_structures",
     "TypeMap",

@@ -15,7 +15,7 @@ import torch
 from ..graph import AtomicGraph, batch
 from .io import read_structures
 
-__all__ = ["AtomicDataset", "read_dataset", "key_map", "check_net_forces", "check_force_scale"]
+__all__ = ["AtomicDataset", "read_dataset", "key_map", "check_net_forces", "check_force_scale", "check_force_consistency"]
 
 _CACHE_VERSION = 4
 
@@ -71,6 +71,7 @@ def read_dataset(path, cutoff: float, *, keys: dict[str, str] | None = None, req
     ]
     check_net_forces(graphs, where=f"file '{path}'")
     check_force_scale(graphs, where=f"file '{path}'")
+    check_force_consistency(graphs, where=f"file '{path}'")
     return graphs
 
 
@@ -135,6 +136,57 @@ def check_force_scale(graphs: Sequence[AtomicGraph], where: str = "the dataset",
             "data.units, e.g. {energy: kcal/mol, forces: kcal/mol/Å}; the values are then converted to eV and "
             "eV/Å, the units of the metrics and of the ASE calculator.", UserWarning, stacklevel=3)
     return rms
+
+
+# the factors a unit mix-up leaves between the energy change and the work of the forces
+# (eV per Hartree, Å per Bohr, kcal/mol and kJ/mol per eV, eV per Rydberg)
+_HARTREE, _BOHR, _KCAL, _KJ, _RY = 27.211386245988, 0.529177210903, 23.060547830619, 96.485332123310, 13.605693122994
+_UNIT_MIXUPS = {
+    "forces in eV/Bohr read as eV/Å": 1 / _BOHR,
+    "energies in eV with forces in Hartree/Bohr": _HARTREE / _BOHR,
+    "energies in eV with forces in Hartree/Å": _HARTREE,
+    "energies in eV with forces in kcal/mol/Å": 1 / _KCAL,
+    "energies in eV with forces in kJ/mol/Å": 1 / _KJ,
+    "energies in eV with forces in Rydberg/Bohr": _RY / _BOHR,
+    "energies in Hartree with forces in eV/Å": 1 / _HARTREE,
+    "energies in kcal/mol with forces in eV/Å": _KCAL,
+    "energies in kJ/mol with forces in eV/Å": _KJ,
+    "energies in Rydberg with forces in eV/Å": 1 / _RY,
+}
+
+
+def check_force_consistency(graphs: Sequence[AtomicGraph], where: str = "the dataset") -> tuple | None:
+    """``(slope, correlation, pairs)`` of :func:`~clebsch.data.statistics.force_energy_consistency`; warns when
+    the forces are not minus the gradient of the energies in the same units.
+
+    Judged on neighbouring frames (MD written often enough, not frames sampled far apart: those give
+    None). Only a clear verdict speaks: the energy changes must follow the work of the forces
+    (correlation above 0.9) with a slope outside 0.8-1.25; a slope near a known unit mix-up is named.
+    """
+    from .statistics import force_energy_consistency
+
+    found = force_energy_consistency(graphs)
+    if found is None:
+        return None
+    slope, correlation, pairs = found
+    if abs(correlation) < 0.9 or 0.8 <= slope <= 1.25:
+        return found
+    sizes = {g.num_atoms for g in graphs}
+    per_atom = 1.0 / min(sizes) if len(sizes) == 1 and min(sizes) > 1 else None  # one molecule throughout
+    close = [name for name, f in _UNIT_MIXUPS.items() if abs(slope / f - 1.0) < 0.04]
+    if slope < 0:
+        why = "the forces look like the gradient of the energy, not minus it: is their sign flipped?"
+    elif per_atom is not None and abs(slope / per_atom - 1.0) < 0.04:
+        why = f"1/{min(sizes)}, as if the energies were per atom: the energy key should hold the total energy"
+    elif close:
+        why = f"this is the factor of {close[0]}; set data.units for both"
+    else:
+        why = "energies and forces are not in matching units (data.units converts each)"
+    warnings.warn(
+        f"{where}: over {pairs} pairs of neighbouring frames the energy changes by {slope:.3g} times what the forces "
+        f"imply (-(F1 + F2)/2 . dx; correlation {correlation:.2f}), where 1 is expected: {why}",
+        UserWarning, stacklevel=3)
+    return found
 
 
 def _cache_key(path, **settings) -> str:

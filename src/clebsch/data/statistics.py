@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -17,6 +18,7 @@ __all__ = [
     "reference_energies_from_file",
     "mean_energy_per_atom",
     "force_rms",
+    "force_energy_consistency",
     "average_num_neighbors",
     "DatasetStatistics",
     "compute_statistics",
@@ -135,6 +137,65 @@ def force_rms(graphs: Sequence[AtomicGraph]) -> float:
     f = torch.cat(forces)
     f = f[torch.isfinite(f)]
     return float(torch.sqrt((f**2).mean()))
+
+
+def force_energy_consistency(graphs: Sequence[AtomicGraph], max_rms: float = 0.05, min_pairs: int = 10):
+    """How the energies of a file change against the work of its forces, over neighbouring frames.
+
+    For consecutive frames of the same atoms less than ``max_rms`` Å apart (RMS displacement, minimum
+    image in a periodic cell), the trapezoid rule gives the energy change the forces imply,
+    ``-(F_a + F_b) / 2 . (x_b - x_a)``. If forces are minus the gradient of the energy, in the same
+    units, the energy changes fit it with slope 1; a slope of -1 means the forces have the wrong sign,
+    1.89 forces in eV/Bohr read as eV/Å, 27.2 energies in eV against forces in Hartree, and so on.
+
+    Returns ``(slope, correlation, pairs)``, the least-squares slope through the origin of the energy
+    changes on the implied ones, or None with fewer than ``min_pairs`` such pairs (frames sampled far
+    apart, or without energies and forces).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from clebsch.graph import AtomicGraph
+    >>> frames = []
+    >>> for t in range(12):  # one atom of a harmonic trap, E = x^2, F = -2x, moving 0.01 Å a frame
+    ...     x = 0.3 + 0.01 * t
+    ...     frames.append(AtomicGraph.from_tensors(torch.tensor([[x, 0.0, 0.0]]), [1], 1.0,
+    ...                   targets={"energy": torch.tensor([x * x]), "forces": torch.tensor([[-2 * x, 0.0, 0.0]])}))
+    >>> slope, r, pairs = force_energy_consistency(frames)
+    >>> round(slope, 6), pairs
+    (1.0, 11)
+    """
+    implied, actual = [], []
+    for a, b in zip(graphs[:-1], graphs[1:]):
+        if a.num_graphs != 1 or b.num_graphs != 1 or a.num_atoms != b.num_atoms or a.num_atoms == 0:
+            continue
+        if not all(k in g.targets for g in (a, b) for k in ("energy", "forces")) or not torch.equal(a.numbers, b.numbers):
+            continue
+        d = (b.positions - a.positions).detach().cpu().double()
+        if bool(a.pbc.any()) or bool(b.pbc.any()):
+            cell = a.cell[0].detach().cpu().double()
+            if not torch.allclose(cell, b.cell[0].detach().cpu().double()) or abs(float(torch.det(cell))) < 1e-9:
+                continue
+            fractional = d @ torch.linalg.inv(cell)
+            fractional = fractional - torch.round(fractional) * a.pbc[0].cpu()
+            d = fractional @ cell
+        rms = float(d.pow(2).mean().sqrt())
+        if not 0.0 < rms <= max_rms:
+            continue
+        forces = a.targets["forces"].detach().cpu().double() + b.targets["forces"].detach().cpu().double()
+        de = float(b.targets["energy"].sum() - a.targets["energy"].sum())
+        work = -0.5 * float((forces * d).sum())
+        if math.isfinite(de) and math.isfinite(work):
+            implied.append(work)
+            actual.append(de)
+    if len(implied) < min_pairs:
+        return None
+    x, y = np.asarray(implied), np.asarray(actual)
+    if not (x @ x > 0 and y @ y > 0):
+        return None
+    slope = float(x @ y / (x @ x))
+    correlation = float(x @ y / math.sqrt((x @ x) * (y @ y)))  # about the origin, as the fit
+    return slope, correlation, len(implied)
 
 
 def average_num_neighbors(graphs: Sequence[AtomicGraph]) -> float:

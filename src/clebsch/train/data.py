@@ -9,6 +9,7 @@ entries (species, reference energies, scale, average neighbour count).
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +89,38 @@ def load_run_data(data_cfg, cutoff: float, dtype: torch.dtype, seed: int, run_di
         out.valid = read_file(data_cfg.valid, cutoff, keys, dtype, required, **opts)
     if data_cfg.test:
         out.test = read_file(data_cfg.test, cutoff, keys, dtype, required, **opts)
+    for part in ("valid", "test"):  # a structure in both measures memory: said, whether split by hand or from one file
+        own = getattr(data_cfg, part)
+        warn_shared_structures(out.train, getattr(out, part), describe_files(data_cfg.train),
+                               describe_files(own or data_cfg.train), "validation" if part == "valid" else part,
+                               frames=None if own else split[part])
     return out
+
+
+def _fingerprint(graph, decimals: int = 4) -> bytes:
+    """The elements, positions (to 1e-4 Å) and cell of one structure, as bytes to compare."""
+    pieces = (graph.numbers, graph.positions, graph.cell)
+    return b"".join(np.round(t.detach().cpu().double().numpy(), decimals).tobytes() if t.is_floating_point()
+                    else t.detach().cpu().numpy().tobytes() for t in pieces)
+
+
+def warn_shared_structures(train, other, train_where: str, other_where: str, part: str, frames=None) -> list[int]:
+    """Frames of ``other`` that are also in ``train`` (the same atoms at the same positions); warns once.
+
+    A test or validation set that repeats training structures (a file split by hand, a trajectory
+    written twice, a file holding duplicates) measures what the model remembers, not what it predicts;
+    nothing says so otherwise. ``frames`` gives the file's frame number of each of ``other``.
+    """
+    if not other:
+        return []
+    seen = {_fingerprint(g) for g in train}
+    shared = sorted(i if frames is None else int(frames[i]) for i, g in enumerate(other) if _fingerprint(g) in seen)
+    if shared:
+        shown = ", ".join(map(str, shared[:10])) + (", ..." if len(shared) > 10 else "")
+        warnings.warn(f"{len(shared)} of the {len(other)} {part} structures ({other_where}, frames {shown}) are also "
+                      f"in the training set ({train_where}): their errors measure what the model remembers, not "
+                      f"what it predicts", UserWarning, stacklevel=3)
+    return shared
 
 
 def isolated_atom_energies(path, keys: dict, units: dict | None = None) -> dict[int, float]:
