@@ -65,9 +65,9 @@ def test_consistent_data_have_slope_one(trajectories, kind):
 @pytest.mark.parametrize("energy, forces, said", [
     (1.0, -1.0, "is their sign flipped?"),
     (1.0, 0.529177210903, "this is the factor of forces in eV/Bohr read as eV/Å"),
-    (1.0, 0.529177210903 / 27.211386245988, "this is the factor of energies in eV with forces in Hartree/Bohr"),
-    (1 / 27.211386245988, 1.0, "this is the factor of energies in Hartree with forces in eV/Å"),
-    (23.060547830619, 1.0, "this is the factor of energies in kcal/mol with forces in eV/Å"),
+    (1.0, 0.529177210903 / 27.211386245988, "this is the factor of forces in Ha/Bohr read as eV/Å"),
+    (1 / 27.211386245988, 1.0, "this is the factor of energies in Ha read as eV"),
+    (23.060547830619, 1.0, "this is the factor of energies in kcal/mol read as eV"),
     (1.0, 3.0, "energies and forces are not in matching units"),
     (1 / 9, 1.0, "1/9, as if the energies were per atom"),
 ])

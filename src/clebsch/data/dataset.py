@@ -138,21 +138,18 @@ def check_force_scale(graphs: Sequence[AtomicGraph], where: str = "the dataset",
     return rms
 
 
-# the factors a unit mix-up leaves between the energy change and the work of the forces
-# (eV per Hartree, Å per Bohr, kcal/mol and kJ/mol per eV, eV per Rydberg)
-_HARTREE, _BOHR, _KCAL, _KJ, _RY = 27.211386245988, 0.529177210903, 23.060547830619, 96.485332123310, 13.605693122994
-_UNIT_MIXUPS = {
-    "forces in eV/Bohr read as eV/Å": 1 / _BOHR,
-    "energies in eV with forces in Hartree/Bohr": _HARTREE / _BOHR,
-    "energies in eV with forces in Hartree/Å": _HARTREE,
-    "energies in eV with forces in kcal/mol/Å": 1 / _KCAL,
-    "energies in eV with forces in kJ/mol/Å": 1 / _KJ,
-    "energies in eV with forces in Rydberg/Bohr": _RY / _BOHR,
-    "energies in Hartree with forces in eV/Å": 1 / _HARTREE,
-    "energies in kcal/mol with forces in eV/Å": _KCAL,
-    "energies in kJ/mol with forces in eV/Å": _KJ,
-    "energies in Rydberg with forces in eV/Å": 1 / _RY,
-}
+# units a file's forces or energies are often in, read as eV/Å or eV: each leaves its factor between the
+# energy change and the work of the forces
+_FORCE_UNITS = ("eV/Bohr", "Ha/Bohr", "Ha/Å", "Ry/Bohr", "kcal/mol/Å", "kJ/mol/Å")
+_ENERGY_UNITS = ("Ha", "Ry", "kcal/mol", "kJ/mol")
+
+
+def _unit_mixups() -> dict[str, float]:
+    from .units import factor
+
+    mixups = {f"forces in {u} read as eV/Å": factor(u, "eV/Å") for u in _FORCE_UNITS}
+    mixups.update({f"energies in {u} read as eV": 1.0 / factor(u, "eV") for u in _ENERGY_UNITS})
+    return mixups
 
 
 def check_force_consistency(graphs: Sequence[AtomicGraph], where: str = "the dataset") -> tuple | None:
@@ -173,13 +170,13 @@ def check_force_consistency(graphs: Sequence[AtomicGraph], where: str = "the dat
         return found
     sizes = {g.num_atoms for g in graphs}
     per_atom = 1.0 / min(sizes) if len(sizes) == 1 and min(sizes) > 1 else None  # one molecule throughout
-    close = [name for name, f in _UNIT_MIXUPS.items() if abs(slope / f - 1.0) < 0.04]
+    close = [name for name, f in _unit_mixups().items() if abs(slope / f - 1.0) < 0.04]
     if slope < 0:
         why = "the forces look like the gradient of the energy, not minus it: is their sign flipped?"
     elif per_atom is not None and abs(slope / per_atom - 1.0) < 0.04:
         why = f"1/{min(sizes)}, as if the energies were per atom: the energy key should hold the total energy"
     elif close:
-        why = f"this is the factor of {close[0]}; set data.units for both"
+        why = f"this is the factor of {close[0]}; data.units names the file's units"
     else:
         why = "energies and forces are not in matching units (data.units converts each)"
     warnings.warn(
