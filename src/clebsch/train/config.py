@@ -372,11 +372,21 @@ class SecondStageSection(_Section):
         description="loss weights in the second stage (targets not listed: as in loss.weights)",
     )
     lr: Optional[float] = Field(None, gt=0, description="learning rate for the second stage; null: keep")
+    lr_factor: Optional[float] = Field(
+        None, gt=0, le=1, description="instead of lr: multiply the learning rate in force at the switch by this "
+                                      "(0.1: a tenth), so the second stage is slower whatever the family's rate")
 
     @model_validator(mode="before")
     @classmethod
     def _old_keys(cls, data):
         return _fold_old_weights(data, {"energy": 1000.0, "forces": 100.0})
+
+    @model_validator(mode="after")
+    def _one_rate(self):
+        if self.lr is not None and self.lr_factor is not None:
+            raise ValueError(f"second_stage: set lr ({self.lr}, an absolute rate) or lr_factor ({self.lr_factor}, "
+                             "a fraction of the rate in force at the switch), not both")
+        return self
 
     @field_validator("weights")
     @classmethod

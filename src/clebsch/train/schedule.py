@@ -88,15 +88,30 @@ class LRSchedule:
                 self.plateau_lr = max(self.plateau_lr * self.factor, self.min_lr)
                 self.bad_epochs = 0
 
-    def restart(self, lr: float | None = None) -> None:
-        """Start a new stage: optionally a new peak rate, and a fresh plateau memory."""
+    def restart(self, lr: float | None = None, factor: float | None = None) -> None:
+        """Start a new stage with a fresh plateau memory and optionally another rate.
+
+        ``lr``: a new peak rate. ``factor``: scale the rate in force now (plateau, none) or the rest
+        of the cosine decay by this; the cosine floor ``min_lr`` is lowered with it where needed.
+        """
+        if lr is not None and factor is not None:
+            raise ValueError("restart takes lr or factor, not both")
         if lr is not None:
             self.base_lr = self.plateau_lr = float(lr)
+        elif factor is not None:
+            factor = float(factor)
+            if self.name == "cosine":
+                self.base_lr *= factor
+                self.min_lr = min(self.min_lr, self.base_lr)
+            else:
+                current = self.plateau_lr if self.name == "plateau" else self.base_lr
+                self.base_lr = self.plateau_lr = current * factor
+                self.min_lr = min(self.min_lr, self.base_lr)
         self.best = math.inf
         self.bad_epochs = 0
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("base_lr", "plateau_lr", "best", "bad_epochs", "progress")}
+        return {k: getattr(self, k) for k in ("base_lr", "plateau_lr", "min_lr", "best", "bad_epochs", "progress")}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():

@@ -571,10 +571,11 @@ class Trainer:
             self.stage = 2
             self.loss_fn = self._loss_for_stage(2)
             self.replay_loss_fn = self._replay_loss_for_stage(2)
-            self.schedule.restart(st.lr)
+            self.schedule.restart(st.lr, factor=st.lr_factor)
             self.best = math.inf
             self.bad_epochs = 0
-            self.log(f"epoch {self.epoch}: second stage, loss weights {self.loss_fn.weights}")
+            rate = "" if st.lr is None and st.lr_factor is None else f", peak learning rate {self.schedule.base_lr:.3g}"
+            self.log(f"epoch {self.epoch}: second stage, loss weights {self.loss_fn.weights}{rate}")
 
     def _reduce_(self, tensors) -> None:
         if self.world > 1:
