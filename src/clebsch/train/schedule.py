@@ -92,21 +92,19 @@ class LRSchedule:
         """Start a new stage with a fresh plateau memory and optionally another rate.
 
         ``lr``: a new peak rate. ``factor``: scale the rate in force now (plateau, none) or the rest
-        of the cosine decay by this; the cosine floor ``min_lr`` is lowered with it where needed.
+        of the cosine decay by this; the floor ``min_lr`` is lowered with it where needed.
         """
         if lr is not None and factor is not None:
             raise ValueError("restart takes lr or factor, not both")
         if lr is not None:
             self.base_lr = self.plateau_lr = float(lr)
         elif factor is not None:
-            factor = float(factor)
             if self.name == "cosine":
-                self.base_lr *= factor
-                self.min_lr = min(self.min_lr, self.base_lr)
+                self.base_lr *= float(factor)
             else:
                 current = self.plateau_lr if self.name == "plateau" else self.base_lr
-                self.base_lr = self.plateau_lr = current * factor
-                self.min_lr = min(self.min_lr, self.base_lr)
+                self.base_lr = self.plateau_lr = current * float(factor)
+            self.min_lr = min(self.min_lr, self.base_lr)
         self.best = math.inf
         self.bad_epochs = 0
 
