@@ -105,6 +105,13 @@ class Target:
         (the metric of density fitting, in Hartree per electron squared): the
         loss is the error's Coulomb self-interaction, which weighs the diffuse,
         long-range part of the density that the Coulomb potential depends on.
+    conserve_electrons : bool
+        For a density: the predicted coefficients of each structure are
+        corrected so that the density holds the structure's electrons (the sum
+        of its atomic numbers less its total charge), by the smallest change of
+        the ``s`` coefficients (``c_i += d w_i``, ``w`` the functions'
+        integrals). A basis that fits only valence electrons (an ECP) does not
+        suit it; training checks the reference densities' counts.
     unit : str
         The unit of the stored value (files, outputs, metrics).
     extensive : bool
@@ -137,6 +144,7 @@ class Target:
     basis: Optional[object] = None
     matrix: bool = False
     loss_metric: Optional[str] = None
+    conserve_electrons: bool = False
     unit: str = ""
     extensive: bool = True
     source: str = "head"
@@ -167,6 +175,9 @@ class Target:
             if self.basis is None or self.matrix:
                 raise TargetError(f"target {self.name!r}: loss_metric is for a density (a basis target without "
                                   f"matrix: true)")
+        if self.conserve_electrons and (self.basis is None or self.matrix or self.level != "atom"):
+            raise TargetError(f"target {self.name!r}: conserve_electrons is for a density (a per-atom basis target "
+                              f"without matrix: true)")
         if self.source not in ("head", "response", "energy"):
             raise TargetError(f"target {self.name!r}: source must be head, response or energy, got {self.source!r}")
         if self.source == "response" and not self.of:
@@ -299,8 +310,8 @@ register_target(Target("born_charges", "atom", cartesian="ij", unit="e", source=
 
 
 # ---------------------------------------------------------------- declared targets
-_DECLARE_KEYS = {"level", "irreps", "cartesian", "basis", "matrix", "loss_metric", "unit", "reduce", "extensive",
-                 "description"}
+_DECLARE_KEYS = {"level", "irreps", "cartesian", "basis", "matrix", "loss_metric", "conserve_electrons", "unit",
+                 "reduce", "extensive", "description"}
 
 # metrics of declared targets in these units are shown scaled
 _METRIC_UNITS = {"Ha": (1e6, "µHa"), "Hartree": (1e6, "µHa")}
@@ -354,6 +365,9 @@ def declare(name: str, spec: dict, base_dir=None) -> Target:
     basis = None if spec.get("basis") is None else _basis_of(name, spec["basis"], base_dir)
     if not isinstance(spec.get("matrix", False), bool):
         raise TargetError(f"model.targets.{name}.matrix: expected true or false, got {spec['matrix']!r}")
+    if not isinstance(spec.get("conserve_electrons", False), bool):
+        raise TargetError(f"model.targets.{name}.conserve_electrons: expected true or false, got "
+                          f"{spec['conserve_electrons']!r}")
     unit = str(spec.get("unit", ""))
     factor, metric_unit = _METRIC_UNITS.get(unit, (1.0, None))
     try:
@@ -365,6 +379,7 @@ def declare(name: str, spec: dict, base_dir=None) -> Target:
             basis=basis,
             matrix=bool(spec.get("matrix", False)),
             loss_metric=None if spec.get("loss_metric") is None else str(spec["loss_metric"]),
+            conserve_electrons=bool(spec.get("conserve_electrons", False)),
             unit=unit,
             extensive=extensive,
             metric_factor=factor,
@@ -400,6 +415,8 @@ def as_declarations(targets: dict[str, Target]) -> dict:
                 entry["matrix"] = True
             if t.loss_metric:
                 entry["loss_metric"] = t.loss_metric
+            if t.conserve_electrons:
+                entry["conserve_electrons"] = True
         else:
             entry["cartesian" if t.cartesian else "irreps"] = t.cartesian or t.irreps
         if t.unit:

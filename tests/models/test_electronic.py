@@ -120,3 +120,48 @@ def test_pair_blocks_vanish_smoothly_at_the_cutoff(model):
     edge = pair_block(4.0 - 1e-3)
     assert edge.shape[0] == 2
     assert edge.abs().max() < 1e-9 * max(1.0, float(near.abs().max()))
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_conserved_electrons_hold_each_structures_count_and_stay_equivariant(sign):
+    """With conserve_electrons the predicted density of every structure in a batch integrates (on a grid, not only
+    by the analytic integrals) to its atoms' electrons less its charge, and still turns with D(R)."""
+    from clebsch.graph import batch
+
+    targets = {"density": {**TARGETS["density"], "conserve_electrons": True}}
+    config = {"name": "nequip", "species": ["H", "O"], "cutoff": 4.0, "outputs": ["energy", "density"],
+              "targets": targets, "num_layers": 2, "channels": 4, "lmax": 2}
+    model = float64_model(config, seed=2, randomize_zeros=True)
+    free = float64_model({**config, "targets": TARGETS}, seed=2, randomize_zeros=True)
+    aux = model.targets["density"].basis
+    r = o3.rand_matrix(dtype=torch.float64) * sign
+
+    def predict(m, positions):
+        graphs = [AtomicGraph.from_tensors(torch.as_tensor(positions[:3]), torch.tensor([8, 1, 1]), 4.0,
+                                           total_charge=1.0),
+                  AtomicGraph.from_tensors(torch.as_tensor(positions), torch.tensor([8, 1, 1, 8, 1, 1]), 4.0)]
+        g = batch(graphs)
+        g.positions = g.positions.double()
+        return m(g)["density"]
+
+    rho = predict(model, WATER_DIMER)
+    z = [8, 1, 1, 8, 1, 1]
+    for n, coefficients, electrons in ((3, rho[:3], 9.0), (6, rho[3:], 20.0)):  # the cation, the dimer
+        points, weights = molecular_grid(z[:n], WATER_DIMER[:n], 60, 18)
+        count = float((weights * aux.density(z[:n], WATER_DIMER[:n], coefficients.detach(), points)).sum())
+        assert abs(count - electrons) < 1e-4, (n, count)
+    unconstrained = predict(free, WATER_DIMER)[3:]
+    w = aux.charge_integrals((1, 8))[torch.tensor([1, 0, 0, 1, 0, 0])]
+    assert abs(float((unconstrained * w).sum()) - 20.0) > 1e-2  # the correction did something
+    # only the 0e coefficients moved, along the integrals
+    delta = (rho[3:] - unconstrained).detach()
+    assert float(delta[w == 0].abs().max()) == 0.0
+    torch.testing.assert_close(predict(model, WATER_DIMER @ r.numpy().T), rho @ aux.union_irreps.D_from_matrix(r).T,
+                               atol=1e-9, rtol=1e-9)
+
+
+def test_conserve_electrons_is_only_for_a_density():
+    with pytest.raises(TargetError, match="conserve_electrons is for a density"):
+        declare("h", {**TARGETS["fock_onsite"], "conserve_electrons": True})
+    with pytest.raises(TargetError, match=r"model.targets.rho.conserve_electrons: expected true or false"):
+        declare("rho", {**TARGETS["density"], "conserve_electrons": "yes"})

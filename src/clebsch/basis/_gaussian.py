@@ -355,6 +355,23 @@ class GaussianBasis:
             out[s, : m.shape[0], slots] = torch.as_tensor(m)
         return out
 
+    @functools.lru_cache(maxsize=None)
+    def charge_integrals(self, species: tuple) -> torch.Tensor:
+        """``w`` [S, U] (float64, union layout): ``w[s, k] = int chi_k dr`` for the functions of species ``s``
+        (Bohr^3/2; zero for ``l > 0`` and where the species has no function), so that a density with per-atom
+        coefficients ``c`` holds ``sum_i c_i . w[s_i]`` electrons. An ``s`` function
+        ``Y_00 sum_p c_p exp(-a_p r^2)`` integrates to ``sum_p c_p (pi / a_p)^3/2 / sqrt(4 pi)``."""
+        out = torch.zeros(len(species), self.union_irreps.dim, dtype=torch.float64)
+        for k, z in enumerate(species):
+            if z not in self._shells:
+                continue
+            m, slots = self._order(z)
+            native = np.concatenate([
+                [float(np.asarray(c) @ (math.pi / np.asarray(e)) ** 1.5) / math.sqrt(4.0 * math.pi)] if l == 0
+                else np.zeros(2 * l + 1) for l, e, c in self._shells[z]])
+            out[k, torch.as_tensor(slots)] = torch.as_tensor(native @ m)  # c_native . w = c_clebsch . (w M)
+        return out
+
     def union_mask(self, species: tuple) -> torch.Tensor:
         """[S, U] bool: which union entries species ``s`` has."""
         return self.embedding(species).abs().sum(dim=1) > 0

@@ -376,19 +376,43 @@ class _Standardised(torch.nn.Module):
 
 
 class AtomHead(torch.nn.Module):
-    """A declared per-atom target: its irreps per atom, returned in its stored form."""
+    """A declared per-atom target: its irreps per atom, returned in its stored form.
+
+    A density target with ``conserve_electrons`` (``species``: the model's atomic
+    numbers) is corrected per structure to hold the structure's electrons:
+    ``c_i += (N - sum_j c_j . w_j) w_i / sum_j |w_j|^2``, ``w_i`` the integrals of
+    atom ``i``'s functions (nonzero for its ``0e`` functions only, so the
+    correction is invariant and the head stays equivariant).
+    """
 
     def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16, num_species: int = 1,
-                 stats: dict | None = None):
+                 stats: dict | None = None, species: tuple | None = None):
         super().__init__()
         self.target = target
         self.outputs = (target.name,)
         self.readout = EquivariantReadout(irreps_in, target.irreps_out, cutoff, hidden)
         self.standard = _Standardised(target, num_species, stats)
+        self.conserve = bool(getattr(target, "conserve_electrons", False))
+        if self.conserve:
+            if species is None or len(species) != num_species:
+                raise ValueError(f"target {target.name!r}: conserve_electrons needs the model's species")
+            species = tuple(int(z) for z in species)
+            w = target.basis.charge_integrals(species).to(torch.get_default_dtype())
+            self.register_buffer("integrals", w, persistent=False)
+            self.register_buffer("electrons", torch.tensor(species, dtype=w.dtype), persistent=False)
 
     def forward(self, features: torch.Tensor, ctx: HeadContext) -> dict:
         value = self.standard(self.readout(features, ctx), ctx.species)
+        if self.conserve:
+            value = self._conserve(value, ctx)
         return {self.target.name: self.target.to_cartesian(value)}
+
+    def _conserve(self, value: torch.Tensor, ctx: HeadContext) -> torch.Tensor:
+        w = self.integrals.to(value.dtype)[ctx.species]
+        held = ctx.per_structure((value * w).sum(dim=-1))
+        wanted = ctx.per_structure(self.electrons.to(value.dtype)[ctx.species]) - ctx.total_charge.to(value.dtype)
+        norm = ctx.per_structure((w * w).sum(dim=-1)).clamp(min=1e-30)
+        return value + ((wanted - held) / norm)[ctx.batch][:, None] * w
 
 
 class StructureHead(AtomHead):
@@ -509,11 +533,14 @@ def head_kind(target: Target) -> str:
 
 
 def build_head(irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16, num_species: int = 1,
-               stats: dict | None = None) -> torch.nn.Module:
-    """The head for ``target`` on features ``irreps_in`` (``stats``: see :func:`target_statistics`)."""
+               stats: dict | None = None, species: tuple | None = None) -> torch.nn.Module:
+    """The head for ``target`` on features ``irreps_in`` (``stats``: see :func:`target_statistics`;
+    ``species``: the model's atomic numbers, for heads that take them)."""
     kind = head_kind(target)
     if kind not in HEADS:
         raise ValueError(f"target {target.name!r} asks for head {kind!r}; known heads: {sorted(HEADS)}")
+    if HEADS[kind] is AtomHead:
+        return AtomHead(irreps_in, target, cutoff, hidden, num_species, stats, species=species)
     return HEADS[kind](irreps_in, target, cutoff, hidden, num_species, stats)
 
 

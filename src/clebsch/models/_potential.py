@@ -442,7 +442,7 @@ class Potential(torch.nn.Module):
             key = head_kind(t) if t.head else name
             if key not in self.heads:
                 self.heads[key] = build_head(self.irreps, t, self.cutoff, readout_hidden, len(numbers),
-                                             (target_stats or {}).get(name))
+                                             (target_stats or {}).get(name), species=tuple(numbers))
             self._head_of[name] = key
         for name, irreps in (irreps_heads or {}).items():
             self.heads[name] = IrrepsHead(self.irreps, irreps)

@@ -21,7 +21,7 @@ import torch
 
 from ..basis import assemble_matrix, density_report, molecular_grid, orbital_energies, overlap_matrix
 
-__all__ = ["basis_targets", "electronic_report", "format_electronic"]
+__all__ = ["basis_targets", "check_electron_counts", "electronic_report", "format_electronic"]
 
 _HA_TO_EV = 27.211386245988
 
@@ -37,6 +37,34 @@ def basis_targets(targets: dict) -> tuple[list[str], list[tuple[str, str]]]:
         if match:
             matrices.append((match[0], p))
     return densities, matrices
+
+
+def check_electron_counts(graphs, target, where: str = "the data", frames=None, key: str | None = None,
+                          tolerance: float = 0.05) -> None:
+    """Check that the reference densities of ``target`` (a density with ``conserve_electrons``) hold their
+    structures' electrons (the sum of the atomic numbers less the total charge) to ``tolerance`` electrons plus
+    0.1 % (density fitting conserves the count only approximately); a frame that does not (a basis fitted to
+    valence electrons, a charge missing from the file, coefficients in another unit) raises, naming it.
+    """
+    graphs = list(graphs)
+    frames = list(range(len(graphs))) if frames is None else [int(f) for f in frames]
+    species = tuple(sorted({int(z) for g in graphs for z in g.numbers.tolist()}))
+    if not species:
+        return
+    w = target.basis.charge_integrals(species)
+    lookup = torch.as_tensor(species)
+    for g, frame in zip(graphs, frames):
+        if target.name not in g.targets:
+            continue
+        ref = torch.nan_to_num(g.targets[target.name].double())
+        held = float((ref * w[torch.searchsorted(lookup, g.numbers.cpu())]).sum())
+        expected = float(g.numbers.sum()) - float(g.total_charge.reshape(-1)[0])
+        if abs(held - expected) > tolerance + 1e-3 * abs(expected):
+            raise ValueError(
+                f"{where}, frame {frame}, key {key or target.name!r}: the reference density holds {held:.4f} "
+                f"electrons, but its atoms' atomic numbers less the total charge ({float(g.total_charge[0]):g}) "
+                f"make {expected:g}; conserve_electrons on target {target.name!r} needs all-electron densities and "
+                f"each frame's charge (info 'charge'). Set conserve_electrons: false to train without it")
 
 
 def _energy_factor(unit: str) -> float:

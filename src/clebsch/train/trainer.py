@@ -97,18 +97,29 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
                 f"not: a model cannot learn an element it never sees in training; add such structures to "
                 f"data.train or remove them from the {part} set"
             )
+    parts = [(data.train, config.data.train, data.split.get("train"), True)]
+    for part, graphs in (("valid", data.valid), ("test", data.test)):
+        own = getattr(config.data, part)
+        parts.append((graphs, own or config.data.train, None if own else data.split.get(part), False))
     if m.conditioning:  # every structure has what the model is conditioned on; errors name the file and frame
         from ..models._potential import check_conditioning_data
 
-        parts = [(data.train, config.data.train, data.split.get("train"), True)]
-        for part, graphs in (("valid", data.valid), ("test", data.test)):
-            own = getattr(config.data, part)
-            parts.append((graphs, own or config.data.train, None if own else data.split.get(part), False))
         for graphs, path, frames, warn in parts:
             try:
                 check_conditioning_data(graphs, m.conditioning, where=describe_files(path), frames=frames, warn=warn)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+    conserved = [(n, t) for n, t in m.known_targets().items() if t.conserve_electrons]
+    if conserved:  # a density made to hold every structure's electrons must be trained on densities that do
+        from .electronic import check_electron_counts
+
+        for name, t in conserved:
+            for graphs, path, frames, _ in parts:
+                try:
+                    check_electron_counts(graphs, t, where=describe_files(path), frames=frames,
+                                          key=config.data.keys.get(name) or name)
+                except ValueError as err:
+                    raise ConfigError(str(err)) from None
     stats = statistics(data.train, zs)
     if m.atomic_energies == "auto":
         if config.data.isolated_atoms:

@@ -1,0 +1,59 @@
+"""A density trained with conserve_electrons: the packaged model still holds every structure's electrons, and
+reference densities that do not hold theirs stop training with the file, frame and key named."""
+
+from pathlib import Path
+
+import ase.io
+import pytest
+import torch
+
+import clebsch
+from clebsch.data.io import read_structures
+from clebsch.data.targets import graph_from_atoms
+from clebsch.train.config import ConfigError
+from clebsch.train.trainer import train
+
+from .conftest import quiet
+
+ROOT = Path(__file__).parents[2]
+DATA = ROOT / "examples" / "water_clusters.xyz.xz"
+BASIS = {"file": str(ROOT / "examples" / "water_clusters.basis.json"), "key": "aux"}
+
+
+def _config(run, data):
+    return {
+        "run_dir": str(run), "seed": 0, "dtype": "float64",
+        "model": {"name": "nequip", "cutoff": 4.0, "num_layers": 1, "channels": 4, "lmax": 1,
+                  "outputs": ["energy", "density"],
+                  "targets": {"density": {"level": "atom", "basis": BASIS, "conserve_electrons": True}}},
+        "data": {"train": str(data), "valid_fraction": 0.25, "batch_size": 4,
+                 "keys": {"energy": "energy", "density": "density_coefficients"}},
+        "loss": {"weights": {"energy": 0.0, "forces": 0.0, "density": 1.0}},
+        "training": {"max_epochs": 2, "progress": False, "plots": False},
+    }
+
+
+def test_packaged_density_holds_the_electrons(tmp_path):
+    frames = read_structures(DATA, "95:107")  # monomers and dimers
+    data = tmp_path / "water.xyz"
+    ase.io.write(data, frames)
+    result = train(_config(tmp_path / "run", data), log=quiet)
+    model = clebsch.load(result["model_path"])
+    assert model.targets["density"].conserve_electrons
+    trimer = read_structures(DATA, "185:186")[0]  # a structure size never trained on
+    graph = graph_from_atoms(trimer, model.cutoff, keys={}, dtype=torch.float64)
+    rho = model(graph)["density"].detach()
+    basis = model.targets["density"].basis
+    w = basis.charge_integrals((1, 8))[(graph.numbers == 8).long()]
+    assert float((rho * w).sum()) == pytest.approx(30.0, abs=1e-8)
+
+
+def test_reference_densities_that_miss_electrons_are_named(tmp_path):
+    frames = read_structures(DATA, "95:103")
+    frames[5].info["charge"] = 1  # the file's density is that of the neutral molecule
+    data = tmp_path / "water.xyz"
+    ase.io.write(data, frames)
+    with pytest.raises(ConfigError, match=r"water.xyz', frame 5, key 'density_coefficients': the reference density "
+                                          r"holds 20.000\d electrons, but .* make 19"):
+        train(_config(tmp_path / "run", data), log=quiet)
+    assert not (tmp_path / "run" / "model.pt").exists()
