@@ -17,6 +17,10 @@ Needs PySCF beside clebsch (``pip install pyscf``)::
 
     python benchmarks/scf_guess.py runs/water-clusters/model.pt "examples/water_clusters.xyz.xz@180:211" \
         --reference density_coefficients
+
+The density may come from another model (``--density-model``); a model with a
+density alone needs the AO basis the SCF runs in
+(``--ao-basis examples/water_clusters.basis.json:ao``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="packaged model with a density target and/or a Kohn-Sham matrix")
     parser.add_argument("data", help="structures (e.g. 'examples/water_clusters.xyz.xz@180:211')")
+    parser.add_argument("--density-model", metavar="MODEL",
+                        help="a packaged model whose density is used instead of the first model's")
+    parser.add_argument("--ao-basis", metavar="FILE:KEY",
+                        help="the AO basis of the SCF where no model predicts a Kohn-Sham matrix")
     parser.add_argument("--xc", default="pbe")
     parser.add_argument("--reference", metavar="KEY",
                         help="per-atom reference density coefficients in the data (PySCF order, e.g. "
@@ -54,15 +62,28 @@ def main(argv=None) -> int:
     lib.num_threads(args.threads)
     torch.set_num_threads(args.threads)
     model = load(args.model)
-    densities, matrices = basis_targets({n: model.targets[n] for n in model.outputs})
-    if not matrices:
-        print(f"{args.model} predicts no Kohn-Sham matrix (on-site and pair blocks of one basis): the SCF needs "
-              f"its AO basis", file=sys.stderr)
+    density_model = load(args.density_model) if args.density_model else model
+    matrix_model = model if basis_targets({n: model.targets[n] for n in model.outputs})[1] else None
+    if not basis_targets({n: density_model.targets[n] for n in density_model.outputs})[0]:
+        if args.density_model:
+            print(f"{args.density_model} predicts no density (a per-atom target with a basis)", file=sys.stderr)
+            return 1
+        density_model = None
+    if matrix_model is not None:
+        _, matrices = basis_targets({n: matrix_model.targets[n] for n in matrix_model.outputs})
+        ao = matrix_model.targets[matrices[0][1]].basis
+    elif args.ao_basis:
+        from clebsch.basis import GaussianBasis
+
+        file, _, key = args.ao_basis.rpartition(":") if ":" in args.ao_basis else (args.ao_basis, "", None)
+        ao = GaussianBasis.from_file(file, key or None)
+    else:
+        print("no model predicts a Kohn-Sham matrix (on-site and pair blocks of one basis): give the SCF's AO "
+              "basis with --ao-basis FILE:KEY", file=sys.stderr)
         return 1
-    ao = model.targets[matrices[0][1]].basis
-    guesses = ["minao", "atom", "hamiltonian"] + (["density"] if densities else [])
+    guesses = ["minao", "atom"] + (["hamiltonian"] if matrix_model else []) + (["density"] if density_model else [])
     if args.reference:
-        if not densities:
+        if density_model is None:
             print("--reference needs a model with a density target (its auxiliary basis)", file=sys.stderr)
             return 1
         guesses.append("reference")
@@ -76,12 +97,14 @@ def main(argv=None) -> int:
             mf.conv_tol = 1e-9
             t = time.perf_counter()
             if guess in ("hamiltonian", "density"):
-                energy = mf.kernel(dm0=initial_guess(model, atoms, mol, source=guess, xc=args.xc))
+                source = matrix_model if guess == "hamiltonian" else density_model
+                energy = mf.kernel(dm0=initial_guess(source, atoms, mol, source=guess, xc=args.xc))
             elif guess == "reference":
                 if args.reference not in atoms.arrays:
                     raise SystemExit(f"{args.data}, frame {k}: no per-atom key {args.reference!r}; it has "
                                      f"{sorted(atoms.arrays)}")
-                aux = model.targets[densities[0]].basis
+                names, _ = basis_targets({n: density_model.targets[n] for n in density_model.outputs})
+                aux = density_model.targets[names[0]].basis
                 c = native_coefficients(aux, atoms.numbers, aux.native_to_union(atoms.numbers,
                                                                                atoms.arrays[args.reference]))
                 fock = fock_from_density(mol, aux_mole(mol, aux), c, args.xc)
