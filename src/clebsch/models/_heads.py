@@ -392,7 +392,7 @@ class AtomHead(torch.nn.Module):
         self.outputs = (target.name,)
         self.readout = EquivariantReadout(irreps_in, target.irreps_out, cutoff, hidden)
         self.standard = _Standardised(target, num_species, stats)
-        self.conserve = bool(getattr(target, "conserve_electrons", False))
+        self.conserve = bool(target.conserve_electrons)
         if self.conserve:
             if species is None or len(species) != num_species:
                 raise ValueError(f"target {target.name!r}: conserve_electrons needs the model's species")
