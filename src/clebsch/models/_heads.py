@@ -17,6 +17,7 @@ tensors). Every operation is equivariant, so every head is.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -523,8 +524,9 @@ HEADS: dict[str, HeadFactory] = {
     "structure": StructureHead,
     "edge": EdgeHead,
 }
-"""Head kind -> ``factory(irreps_in, target, cutoff, hidden, num_species, stats)``. A target names its
-kind (``Target.head``); without one it gets the generic head of its level."""
+"""Head kind -> ``factory(irreps_in, target, cutoff, hidden, num_species, stats)`` (and ``species=``, the model's
+atomic numbers, where the factory has that parameter). A target names its kind (``Target.head``); without one it
+gets the generic head of its level."""
 
 
 def head_kind(target: Target) -> str:
@@ -539,9 +541,10 @@ def build_head(irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 1
     kind = head_kind(target)
     if kind not in HEADS:
         raise ValueError(f"target {target.name!r} asks for head {kind!r}; known heads: {sorted(HEADS)}")
-    if HEADS[kind] is AtomHead:
-        return AtomHead(irreps_in, target, cutoff, hidden, num_species, stats, species=species)
-    return HEADS[kind](irreps_in, target, cutoff, hidden, num_species, stats)
+    factory = HEADS[kind]
+    takes_species = "species" in inspect.signature(factory).parameters
+    return factory(irreps_in, target, cutoff, hidden, num_species, stats, **({"species": species} if takes_species
+                                                                            else {}))
 
 
 def target_statistics(target: Target, graphs, species: list[int]) -> dict:
