@@ -61,22 +61,30 @@ def main(argv=None) -> int:
 
     lib.num_threads(args.threads)
     torch.set_num_threads(args.threads)
+    def predicted(m):  # (density targets, (on-site, pair) matrix targets) of a packaged model
+        return basis_targets({n: m.targets[n] for n in m.outputs})
+
     model = load(args.model)
     density_model = load(args.density_model) if args.density_model else model
-    matrix_model = model if basis_targets({n: model.targets[n] for n in model.outputs})[1] else None
-    if not basis_targets({n: density_model.targets[n] for n in density_model.outputs})[0]:
-        if args.density_model:
-            print(f"{args.density_model} predicts no density (a per-atom target with a basis)", file=sys.stderr)
-            return 1
-        density_model = None
-    if matrix_model is not None:
-        _, matrices = basis_targets({n: matrix_model.targets[n] for n in matrix_model.outputs})
-        ao = matrix_model.targets[matrices[0][1]].basis
+    densities, _ = predicted(density_model)
+    _, matrices = predicted(model)
+    if not densities and args.density_model:
+        print(f"{args.density_model} predicts no density (a per-atom target with a basis)", file=sys.stderr)
+        return 1
+    aux = density_model.targets[densities[0]].basis if densities else None
+    density_model = density_model if densities else None
+    matrix_model = model if matrices else None
+    if matrices:
+        ao = model.targets[matrices[0][1]].basis
     elif args.ao_basis:
         from clebsch.basis import GaussianBasis
 
-        file, _, key = args.ao_basis.rpartition(":") if ":" in args.ao_basis else (args.ao_basis, "", None)
-        ao = GaussianBasis.from_file(file, key or None)
+        file, _, key = args.ao_basis.rpartition(":") if ":" in args.ao_basis else (args.ao_basis, "", "")
+        try:
+            ao = GaussianBasis.from_file(file, key or None)
+        except (OSError, ValueError) as err:
+            print(f"--ao-basis {args.ao_basis}: {err}", file=sys.stderr)
+            return 1
     else:
         print("no model predicts a Kohn-Sham matrix (on-site and pair blocks of one basis): give the SCF's AO "
               "basis with --ao-basis FILE:KEY", file=sys.stderr)
@@ -103,8 +111,6 @@ def main(argv=None) -> int:
                 if args.reference not in atoms.arrays:
                     raise SystemExit(f"{args.data}, frame {k}: no per-atom key {args.reference!r}; it has "
                                      f"{sorted(atoms.arrays)}")
-                names, _ = basis_targets({n: density_model.targets[n] for n in density_model.outputs})
-                aux = density_model.targets[names[0]].basis
                 c = native_coefficients(aux, atoms.numbers, aux.native_to_union(atoms.numbers,
                                                                                atoms.arrays[args.reference]))
                 fock = fock_from_density(mol, aux_mole(mol, aux), c, args.xc)
