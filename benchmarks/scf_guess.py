@@ -9,9 +9,12 @@ prediction the model makes (``clebsch.basis.pyscf.initial_guess``):
 and ``density``, that of the Kohn-Sham matrix the predicted density defines
 (``T + V_nuc + J[rho] + V_xc[rho]``). With ``--reference KEY`` it also starts
 from the Kohn-Sham matrix of the reference density stored under ``KEY``
-(``reference``): the best a density guess can do, whatever the model. Prints
-the iterations of each and the energy differences of the converged results (all
-must reach the same state).
+(``reference``): the best a density guess can do, whatever the model. With
+``--reference-fock KEY`` it starts from the density matrix of the converged
+Kohn-Sham matrix stored under ``KEY`` (``reference_fock``): the best a matrix
+guess can do. Prints the iterations of each, the energy differences of the
+converged results (all must reach the same state), and the mean wall time of
+each SCF (for the model's guesses, the prediction included).
 
 Needs PySCF beside clebsch (``pip install pyscf``)::
 
@@ -45,6 +48,9 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", metavar="KEY",
                         help="per-atom reference density coefficients in the data (PySCF order, e.g. "
                              "density_coefficients): adds a guess from the reference density")
+    parser.add_argument("--reference-fock", metavar="KEY",
+                        help="the converged Kohn-Sham matrix in the data (n_ao x n_ao in PySCF's AO order, e.g. "
+                             "fock): adds a guess from it")
     parser.add_argument("--max", type=int, default=None, help="at most this many structures")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -95,6 +101,8 @@ def main(argv=None) -> int:
             print("--reference needs a model with a density target (its auxiliary basis)", file=sys.stderr)
             return 1
         guesses.append("reference")
+    if args.reference_fock:
+        guesses.append("reference_fock")
     frames = read_structures(args.data)[: args.max]
     rows = []
     for k, atoms in enumerate(frames):
@@ -115,6 +123,16 @@ def main(argv=None) -> int:
                                                                                atoms.arrays[args.reference]))
                 fock = fock_from_density(mol, aux_mole(mol, aux), c, args.xc)
                 energy = mf.kernel(dm0=density_matrix(fock, mol.intor_symmetric("int1e_ovlp"), mol.nelectron))
+            elif guess == "reference_fock":
+                if args.reference_fock not in atoms.info:
+                    raise SystemExit(f"{args.data}, frame {k}: no key {args.reference_fock!r}; it has "
+                                     f"{sorted(atoms.info)}")
+                fock = np.asarray(atoms.info[args.reference_fock], dtype=np.float64)
+                if fock.size != mol.nao ** 2:
+                    raise SystemExit(f"{args.data}, frame {k}, key {args.reference_fock!r}: {fock.size} numbers, "
+                                     f"the AO basis has {mol.nao} functions ({mol.nao ** 2} numbers)")
+                energy = mf.kernel(dm0=density_matrix(fock.reshape(mol.nao, mol.nao),
+                                                      mol.intor_symmetric("int1e_ovlp"), mol.nelectron))
             else:
                 mf.init_guess = guess
                 energy = mf.kernel()
@@ -132,6 +150,10 @@ def main(argv=None) -> int:
         mean = {guess: np.mean([r[guess][0] for r in sel]) for guess in guesses}
         print(f"{group:>12} {len(sel):3d} " + " ".join(f"{mean[g]:11.1f}" for g in guesses) + "  "
               + " ".join(f"{100 * (1 - mean[g] / mean['minao']):16.0f}%" for g in guesses[2:]))
+    print(f"mean wall time per SCF, s ({args.threads} thread{'s' * (args.threads > 1)})")
+    for group in sorted({g for g, _ in rows}) + ["all"]:
+        sel = [r for g, r in rows if group in ("all", g)]
+        print(f"{group:>12} {len(sel):3d} " + " ".join(f"{np.mean([r[g][2] for r in sel]):11.2f}" for g in guesses))
     unconverged = sum(not r[g][3] for _, r in rows for g in r)
     if unconverged:
         print(f"{unconverged} SCF runs did not converge", file=sys.stderr)
