@@ -27,11 +27,12 @@ WATER_DIMER = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0],
                         [2.9, 0.1, 0.2], [3.3, 0.9, 0.5], [3.3, -0.6, 0.7]])
 
 
-@pytest.fixture(scope="module", params=["nequip", "painn"])
+@pytest.fixture(scope="module", params=["nequip", "painn", "nequip-wide-heads"])
 def model(request):
-    hyper = {"nequip": {"num_layers": 2, "channels": 4, "lmax": 2}, "painn": {"num_layers": 2, "channels": 8}}
-    config = {"name": request.param, "species": ["H", "O"], "cutoff": 4.0, "outputs": ["energy", *TARGETS],
-              "targets": TARGETS, **hyper[request.param]}
+    hyper = {"nequip": {"num_layers": 2, "channels": 4, "lmax": 2}, "painn": {"num_layers": 2, "channels": 8},
+             "nequip-wide-heads": {"num_layers": 2, "channels": 4, "lmax": 2, "readout_channels": 7}}
+    config = {"name": request.param.split("-")[0], "species": ["H", "O"], "cutoff": 4.0,
+              "outputs": ["energy", *TARGETS], "targets": TARGETS, **hyper[request.param]}
     return float64_model(config, seed=1, randomize_zeros=True)
 
 
@@ -83,6 +84,25 @@ def test_density_and_hamiltonian_are_equivariant(model, sign):
         s_rot = overlap_matrix(ao, z, rotated, grid=molecular_grid(z, rotated, 40, 12))
         torch.testing.assert_close(orbital_energies(h_rot.detach(), s_rot), orbital_energies(h.detach(), s),
                                    atol=2e-4, rtol=1e-4)
+
+
+def test_readout_channels_widen_the_basis_heads_and_survive_a_rebuild():
+    from clebsch.models import build_model
+
+    def heads(channels):
+        config = {"name": "nequip", "species": ["H", "O"], "cutoff": 4.0, "outputs": ["energy", *TARGETS],
+                  "targets": TARGETS, "num_layers": 1, "channels": 4, "lmax": 1, "readout_channels": channels}
+        model = build_model(config)
+        return model, {k: v.numel() for k, v in model.heads.state_dict().items()}
+
+    narrow, n4 = heads(4)
+    wide, n9 = heads(9)
+    assert sum(n9.values()) > sum(n4.values())
+    assert n9 != n4 and set(n9) == set(n4)
+    rebuilt = build_model(wide.config)
+    assert {k: v.numel() for k, v in rebuilt.heads.state_dict().items()} == n9
+    assert sum(p.numel() for p in narrow.energy_head.parameters()) == sum(p.numel() for p in
+                                                                            wide.energy_head.parameters())
 
 
 def test_reading_basis_targets_checks_sizes_and_elements():

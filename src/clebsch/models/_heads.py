@@ -387,11 +387,11 @@ class AtomHead(torch.nn.Module):
     """
 
     def __init__(self, irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16, num_species: int = 1,
-                 stats: dict | None = None, species: tuple | None = None):
+                 stats: dict | None = None, species: tuple | None = None, channels: int = 4):
         super().__init__()
         self.target = target
         self.outputs = (target.name,)
-        self.readout = EquivariantReadout(irreps_in, target.irreps_out, cutoff, hidden)
+        self.readout = EquivariantReadout(irreps_in, target.irreps_out, cutoff, hidden, channels)
         self.standard = _Standardised(target, num_species, stats)
         self.conserve = bool(target.conserve_electrons)
         if self.conserve:
@@ -525,7 +525,8 @@ HEADS: dict[str, HeadFactory] = {
     "edge": EdgeHead,
 }
 """Head kind -> ``factory(irreps_in, target, cutoff, hidden, num_species, stats)`` (and ``species=``, the model's
-atomic numbers, where the factory has that parameter). A target names its kind (``Target.head``); without one it
+atomic numbers, and ``channels=``, the copies of each irrep in its feature products, where the factory has those
+parameters). A target names its kind (``Target.head``); without one it
 gets the generic head of its level."""
 
 
@@ -535,16 +536,17 @@ def head_kind(target: Target) -> str:
 
 
 def build_head(irreps_in: Irreps, target: Target, cutoff: float, hidden: int = 16, num_species: int = 1,
-               stats: dict | None = None, species: tuple | None = None) -> torch.nn.Module:
+               stats: dict | None = None, species: tuple | None = None, channels: int = 4) -> torch.nn.Module:
     """The head for ``target`` on features ``irreps_in`` (``stats``: see :func:`target_statistics`;
-    ``species``: the model's atomic numbers, for heads that take them)."""
+    ``species``: the model's atomic numbers, ``channels``: copies of each irrep in the head's feature
+    products, each for the heads that take it)."""
     kind = head_kind(target)
     if kind not in HEADS:
         raise ValueError(f"target {target.name!r} asks for head {kind!r}; known heads: {sorted(HEADS)}")
     factory = HEADS[kind]
-    takes_species = "species" in inspect.signature(factory).parameters
-    return factory(irreps_in, target, cutoff, hidden, num_species, stats, **({"species": species} if takes_species
-                                                                            else {}))
+    takes = inspect.signature(factory).parameters
+    extra = {k: v for k, v in (("species", species), ("channels", channels)) if k in takes}
+    return factory(irreps_in, target, cutoff, hidden, num_species, stats, **extra)
 
 
 def target_statistics(target: Target, graphs, species: list[int]) -> dict:

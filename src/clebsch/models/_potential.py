@@ -348,6 +348,9 @@ class Potential(torch.nn.Module):
         older configs; declare a target instead).
     readout_hidden : int
         Width of the heads' hidden layers.
+    readout_channels : int
+        Copies of each irrep in the feature products of the heads of declared per-atom and per-edge
+        targets (densities, Hamiltonian blocks): their capacity for many output irreps.
     target_stats : dict, optional
         ``{target: {"scale": s, "shift": [...]}}``: the spread and per-element
         mean a declared target's head starts from (the trainer fills it from
@@ -376,6 +379,7 @@ class Potential(torch.nn.Module):
         targets: dict | None = None,
         irreps_heads: dict | None = None,
         readout_hidden: int = 16,
+        readout_channels: int = 4,
         target_stats: dict | None = None,
         physics: dict | None = None,
         conditioning: Sequence[str] | None = None,
@@ -442,7 +446,8 @@ class Potential(torch.nn.Module):
             key = head_kind(t) if t.head else name
             if key not in self.heads:
                 self.heads[key] = build_head(self.irreps, t, self.cutoff, readout_hidden, len(numbers),
-                                             (target_stats or {}).get(name), species=tuple(numbers))
+                                             (target_stats or {}).get(name), species=tuple(numbers),
+                                             channels=int(readout_channels))
             self._head_of[name] = key
         for name, irreps in (irreps_heads or {}).items():
             self.heads[name] = IrrepsHead(self.irreps, irreps)

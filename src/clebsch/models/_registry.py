@@ -31,7 +31,7 @@ REPRESENTATIONS: dict[str, type] = {}
 
 # keys of a model config that belong to the Potential rather than the representation
 POTENTIAL_KEYS = ("species", "cutoff", "atomic_energies", "scale", "outputs", "targets", "irreps_heads",
-                  "readout_hidden", "target_stats", "physics", "conditioning")
+                  "readout_hidden", "readout_channels", "target_stats", "physics", "conditioning")
 
 
 class Representation(Protocol):

@@ -110,6 +110,9 @@ class ModelSection(BaseModel):
                     "gap: {level: structure, irreps: 0e, reduce: mean, unit: eV}}",
     )
     readout_hidden: int = Field(16, ge=0, description="width of the output heads' hidden layers")
+    readout_channels: int = Field(4, ge=1, description="copies of each irrep in the feature products of the heads "
+                                                       "of declared per-atom and per-edge targets (densities, "
+                                                       "Hamiltonian blocks)")
     physics: dict[str, Any] = Field(
         default_factory=dict,
         description="physics terms added to the energy: {zbl: {r_inner: 0.4, r_outer: 0.9}} (radii in Å; {} for "

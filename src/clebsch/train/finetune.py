@@ -139,7 +139,7 @@ def merge_config(config: TrainConfig, package: dict) -> TrainConfig:
     """The config with its model section completed from the packaged model, checked against it.
 
     ``model.name`` and ``model.cutoff`` must be the packaged model's when given;
-    a hyperparameter (or ``readout_hidden``) given with another value than the
+    a hyperparameter (or ``readout_hidden``, ``readout_channels``) given with another value than the
     packaged one is an error when it changes a weight's shape, and is used
     otherwise. Keys not given take the packaged values.
 
@@ -179,18 +179,20 @@ def merge_config(config: TrainConfig, package: dict) -> TrainConfig:
         raise ConfigError(f"model: unknown key(s) {unknown} for model {family!r} (the family of {path}); "
                           f"allowed keys: {', '.join(names)}")
     changed = {k: v for k, v in extra.items() if k != "avg_num_neighbors" and v != base.get(k, allowed.get(k))}
-    if "readout_hidden" in given and m.readout_hidden != base.get("readout_hidden", 16):
-        changed["readout_hidden"] = m.readout_hidden
+    for key, default in (("readout_hidden", 16), ("readout_channels", 4)):
+        if key in given and getattr(m, key) != base.get(key, default):
+            changed[key] = getattr(m, key)
     if "avg_num_neighbors" in allowed and m.avg_num_neighbors != "auto":
         changed["avg_num_neighbors"] = float(m.avg_num_neighbors)
     before = {_current_name(k): tuple(v.shape) for k, v in package["state_dict"].items()
               if not k.startswith("energy_heads.")}
     shapes = _shape_changes(base, changed, before, path)
     if shapes:
+        packaged = {**allowed, "readout_hidden": 16, "readout_channels": 4, **base}
         lines = [f"model.{key}: {changed[key]!r} differs from the packaged model's "
-                 f"{base.get(key, allowed.get(key))!r} and changes the shapes of its weights ({how})"
+                 f"{packaged.get(key)!r} and changes the shapes of its weights ({how})"
                  for key, how in shapes.items()]
-        fix = ", ".join(f"model.{key}: {base.get(key, allowed.get(key))!r}" for key in shapes)
+        fix = ", ".join(f"model.{key}: {packaged.get(key)!r}" for key in shapes)
         raise ConfigError("; ".join(lines) + f" (finetune.init_from {path}); fine-tuning keeps every trained weight: "
                           f"set {fix} or leave {'them' if len(shapes) > 1 else 'it'} out")
     merged = {
@@ -203,6 +205,7 @@ def merge_config(config: TrainConfig, package: dict) -> TrainConfig:
         "outputs": m.outputs,
         "targets": m.targets if "targets" in given else base.get("targets") or {},
         "readout_hidden": m.readout_hidden if "readout_hidden" in given else base.get("readout_hidden", 16),
+        "readout_channels": m.readout_channels if "readout_channels" in given else base.get("readout_channels", 4),
         "physics": m.physics if "physics" in given else base.get("physics") or {},
         "conditioning": m.conditioning if "conditioning" in given else base.get("conditioning") or [],
         **{k: base[k] for k in allowed if k in base and k != "avg_num_neighbors"},

@@ -161,6 +161,7 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
         "scale": float(scale),
         "outputs": outputs,
         "readout_hidden": int(m.readout_hidden),
+        "readout_channels": int(m.readout_channels),
         **({"targets": dict(m.targets)} if m.targets else {}),
         **({"physics": dict(m.physics)} if m.physics else {}),
         **({"conditioning": list(m.conditioning)} if m.conditioning else {}),
