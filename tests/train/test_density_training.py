@@ -37,9 +37,12 @@ def test_packaged_density_holds_the_electrons(tmp_path):
     frames = read_structures(DATA, "95:107")  # monomers and dimers
     data = tmp_path / "water.xyz"
     ase.io.write(data, frames)
-    result = train(_config(tmp_path / "run", data), log=quiet)
+    config = _config(tmp_path / "run", data)
+    config["model"]["readout_channels"] = 5
+    result = train(config, log=quiet)
     model = clebsch.load(result["model_path"])
     assert model.targets["density"].conserve_electrons
+    assert model.config["readout_channels"] == 5
     trimer = read_structures(DATA, "185:186")[0]  # a structure size never trained on
     graph = graph_from_atoms(trimer, model.cutoff, keys={}, dtype=torch.float64)
     rho = model(graph)["density"].detach()
@@ -57,3 +60,15 @@ def test_reference_densities_that_miss_electrons_are_named(tmp_path):
                                           r"holds 20.000\d electrons, but .* make 19"):
         train(_config(tmp_path / "run", data), log=quiet)
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_readout_channels_without_a_declared_target_warn(tmp_path):
+    data = tmp_path / "water.xyz"
+    ase.io.write(data, read_structures(DATA, "95:103"))
+    config = _config(tmp_path / "run", data)
+    config["model"].update(outputs=["energy"], targets={}, readout_channels=8)
+    config["data"]["keys"] = {"energy": "energy"}
+    config["loss"]["weights"] = {"energy": 1.0, "forces": 0.0}
+    config["training"]["max_epochs"] = 1
+    with pytest.warns(UserWarning, match="model.readout_channels: 8 widens the heads of declared targets"):
+        train(config, log=quiet)

@@ -120,6 +120,9 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
                                           key=config.data.keys.get(name) or name)
                 except ValueError as err:
                     raise ConfigError(str(err)) from None
+    if m.readout_channels != 4 and not m.targets:
+        warnings.warn(f"model.readout_channels: {m.readout_channels} widens the heads of declared targets "
+                      f"(model.targets) only; this model declares none, so it changes nothing", stacklevel=2)
     stats = statistics(data.train, zs)
     if m.atomic_energies == "auto":
         if config.data.isolated_atoms:
