@@ -135,6 +135,10 @@ def _current_name(key: str) -> str:
     return key
 
 
+_HEAD_DEFAULTS = {"readout_hidden": 16, "readout_channels": 4}
+"""The heads' sizes a packaged model has when its config does not name them (older packages)."""
+
+
 def merge_config(config: TrainConfig, package: dict) -> TrainConfig:
     """The config with its model section completed from the packaged model, checked against it.
 
@@ -179,7 +183,7 @@ def merge_config(config: TrainConfig, package: dict) -> TrainConfig:
         raise ConfigError(f"model: unknown key(s) {unknown} for model {family!r} (the family of {path}); "
                           f"allowed keys: {', '.join(names)}")
     changed = {k: v for k, v in extra.items() if k != "avg_num_neighbors" and v != base.get(k, allowed.get(k))}
-    for key, default in (("readout_hidden", 16), ("readout_channels", 4)):
+    for key, default in _HEAD_DEFAULTS.items():
         if key in given and getattr(m, key) != base.get(key, default):
             changed[key] = getattr(m, key)
     if "avg_num_neighbors" in allowed and m.avg_num_neighbors != "auto":
@@ -188,7 +192,7 @@ def merge_config(config: TrainConfig, package: dict) -> TrainConfig:
               if not k.startswith("energy_heads.")}
     shapes = _shape_changes(base, changed, before, path)
     if shapes:
-        packaged = {**allowed, "readout_hidden": 16, "readout_channels": 4, **base}
+        packaged = {**allowed, **_HEAD_DEFAULTS, **base}
         lines = [f"model.{key}: {changed[key]!r} differs from the packaged model's "
                  f"{packaged.get(key)!r} and changes the shapes of its weights ({how})"
                  for key, how in shapes.items()]
@@ -204,8 +208,7 @@ def merge_config(config: TrainConfig, package: dict) -> TrainConfig:
         "avg_num_neighbors": m.avg_num_neighbors,
         "outputs": m.outputs,
         "targets": m.targets if "targets" in given else base.get("targets") or {},
-        "readout_hidden": m.readout_hidden if "readout_hidden" in given else base.get("readout_hidden", 16),
-        "readout_channels": m.readout_channels if "readout_channels" in given else base.get("readout_channels", 4),
+        **{key: getattr(m, key) if key in given else base.get(key, default) for key, default in _HEAD_DEFAULTS.items()},
         "physics": m.physics if "physics" in given else base.get("physics") or {},
         "conditioning": m.conditioning if "conditioning" in given else base.get("conditioning") or [],
         **{k: base[k] for k in allowed if k in base and k != "avg_num_neighbors"},
