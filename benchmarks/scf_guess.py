@@ -5,7 +5,9 @@ Kohn-Sham, PBE, def2-SVP, ``conv_tol`` 1e-9) from its default guess
 (``minao``), from a superposition of atomic densities (``atom``), and from each
 prediction the model makes (``clebsch.basis.pyscf.initial_guess``):
 ``hamiltonian``, the density matrix of the predicted Kohn-Sham matrix
-(``H C = S C e`` with PySCF's own overlap, the lowest orbitals doubly occupied),
+(``H C = S C e`` with PySCF's own overlap, the lowest orbitals doubly occupied,
+the combinations of functions of overlap eigenvalue below ``--overlap-cutoff``
+dropped),
 and ``density``, that of the Kohn-Sham matrix the predicted density defines
 (``T + V_nuc + J[rho] + V_xc[rho]``). With ``--reference KEY`` it also starts
 from the Kohn-Sham matrix of the reference density stored under ``KEY``
@@ -51,6 +53,9 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-fock", metavar="KEY",
                         help="the converged Kohn-Sham matrix in the data (n_ao x n_ao in PySCF's AO order, e.g. "
                              "fock): adds a guess from it")
+    parser.add_argument("--overlap-cutoff", type=float, default=None,
+                        help="drop overlap eigenvalues below this from the predicted matrix's guess (default: "
+                             "clebsch.basis.pyscf.PREDICTED_OVERLAP_CUTOFF; 0 keeps every combination)")
     parser.add_argument("--max", type=int, default=None, help="at most this many structures")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -114,7 +119,9 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             if guess in ("hamiltonian", "density"):
                 source = matrix_model if guess == "hamiltonian" else density_model
-                energy = mf.kernel(dm0=initial_guess(source, atoms, mol, source=guess, xc=args.xc))
+                energy = mf.kernel(dm0=initial_guess(source, atoms, mol, source=guess, xc=args.xc,
+                                                     overlap_cutoff=args.overlap_cutoff if guess == "hamiltonian"
+                                                     else None))
             elif guess == "reference":
                 if args.reference not in atoms.arrays:
                     raise SystemExit(f"{args.data}, frame {k}: no per-atom key {args.reference!r}; it has "

@@ -16,8 +16,8 @@ from pyscf import dft, scf  # noqa: E402
 from pyscf.df import incore  # noqa: E402
 
 from clebsch import o3  # noqa: E402
-from clebsch.basis.pyscf import (aux_mole, density_matrix, fock_from_density, initial_guess, mole,  # noqa: E402
-                                 native_coefficients)
+from clebsch.basis.pyscf import (PREDICTED_OVERLAP_CUTOFF, aux_mole, density_matrix,  # noqa: E402
+                                 fock_from_density, initial_guess, mole, native_coefficients)
 from clebsch.testing import float64_model  # noqa: E402
 
 BASIS_FILE = Path(__file__).parents[2] / "examples" / "water_clusters.basis.json"
@@ -152,5 +152,29 @@ def test_errors_name_what_is_wrong(model, ao, aux):
         initial_guess(model, atoms, mol, target="rho")
     with pytest.raises(ValueError, match="even number of electrons"):
         density_matrix(np.eye(3), np.eye(3), 3)
+    with pytest.raises(ValueError, match="overlap_cutoff 2 keeps 0 of 3 .* fewer than the 1 occupied"):
+        density_matrix(np.eye(3), np.eye(3), 2, overlap_cutoff=2.0)
     with pytest.raises(ValueError, match=r"expected coefficients \[6 atoms"):
         native_coefficients(aux, atoms.numbers, torch.zeros(5, aux.union_irreps.dim))
+
+
+def test_a_noisy_kohn_sham_matrix_needs_the_overlap_cutoff(ao):
+    """Matrix errors of a model's size (1.5e-3 Hartree) along ethanol's near-dependent combinations of
+    def2-SVP functions (overlap eigenvalue ~3e-3) wreck the density matrix; dropping combinations below
+    PREDICTED_OVERLAP_CUTOFF keeps it within a few tenths of the exact one."""
+    from clebsch.data.io import read_structures
+
+    atoms = read_structures(Path(__file__).parents[2] / "examples" / "water_clusters.xyz.xz", "212:213")[0]
+    assert atoms.info["config_type"] == "ethanol"
+    mol = mole(atoms, ao)
+    overlap = mol.intor_symmetric("int1e_ovlp")
+    assert np.linalg.eigvalsh(overlap)[0] < PREDICTED_OVERLAP_CUTOFF / 2
+    fock = np.asarray(atoms.info["fock"]).reshape(mol.nao, mol.nao)
+    exact = density_matrix(fock, overlap, mol.nelectron)
+    noise = np.random.default_rng(0).normal(scale=1.5e-3, size=fock.shape)
+    noisy = fock + 0.5 * (noise + noise.T)
+    worst = np.abs(density_matrix(noisy, overlap, mol.nelectron) - exact).max()
+    cut = np.abs(density_matrix(noisy, overlap, mol.nelectron, PREDICTED_OVERLAP_CUTOFF) - exact).max()
+    assert worst > 5.0 and cut < 0.5, (worst, cut)
+    # the cutoff's own cost on the exact matrix is of that size too: a guess, not a converged result
+    assert np.abs(density_matrix(fock, overlap, mol.nelectron, PREDICTED_OVERLAP_CUTOFF) - exact).max() < 0.5
