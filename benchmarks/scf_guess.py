@@ -54,7 +54,8 @@ def main(argv=None) -> int:
                         help="the converged Kohn-Sham matrix in the data (n_ao x n_ao in PySCF's AO order, e.g. "
                              "fock): adds a guess from it")
     parser.add_argument("--overlap-cutoff", type=float, default=None,
-                        help="drop overlap eigenvalues below this from the predicted matrix's guess (default: "
+                        help="the predicted matrix's guess drops the combinations of functions whose overlap eigenvalue "
+                             "is below this (default: "
                              "clebsch.basis.pyscf.PREDICTED_OVERLAP_CUTOFF; 0 keeps every combination)")
     parser.add_argument("--max", type=int, default=None, help="at most this many structures")
     parser.add_argument("--threads", type=int, default=1)

@@ -154,6 +154,8 @@ def test_errors_name_what_is_wrong(model, ao, aux):
         density_matrix(np.eye(3), np.eye(3), 3)
     with pytest.raises(ValueError, match="overlap_cutoff 2 keeps 0 of 3 .* fewer than the 1 occupied"):
         density_matrix(np.eye(3), np.eye(3), 2, overlap_cutoff=2.0)
+    with pytest.raises(ValueError, match="overlap_cutoff must be a number >= 0, got nan"):
+        density_matrix(np.eye(3), np.eye(3), 2, overlap_cutoff=float("nan"))
     with pytest.raises(ValueError, match=r"expected coefficients \[6 atoms"):
         native_coefficients(aux, atoms.numbers, torch.zeros(5, aux.union_irreps.dim))
 
