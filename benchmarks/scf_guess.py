@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max", type=int, default=None, help="at most this many structures")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.overlap_cutoff is not None and not args.overlap_cutoff >= 0:
+        parser.error(f"--overlap-cutoff must be >= 0, got {args.overlap_cutoff}")
     try:
         from pyscf import dft, lib
     except ImportError:
