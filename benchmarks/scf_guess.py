@@ -137,7 +137,11 @@ def main(argv=None) -> int:
                 if args.reference_fock not in atoms.info:
                     raise SystemExit(f"{args.data}, frame {k}: no key {args.reference_fock!r}; it has "
                                      f"{sorted(atoms.info)}")
-                fock = np.asarray(atoms.info[args.reference_fock], dtype=np.float64)
+                try:
+                    fock = np.asarray(atoms.info[args.reference_fock], dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise SystemExit(f"{args.data}, frame {k}, key {args.reference_fock!r}: not a list of numbers "
+                                     f"({type(atoms.info[args.reference_fock]).__name__})") from None
                 if fock.size != mol.nao ** 2:
                     raise SystemExit(f"{args.data}, frame {k}, key {args.reference_fock!r}: {fock.size} numbers, "
                                      f"the AO basis has {mol.nao} functions ({mol.nao ** 2} numbers)")
