@@ -33,11 +33,13 @@ def test_evaluate_reports_density_and_orbital_errors(model_file, tmp_path, capsy
     assert main(["evaluate", str(model_file), f"{DATA}@98:102", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "density eps_rho %" in text and "fock occ. e MAE meV" in text and "fock MAE µHa" in text
+    assert "fock orth. MAE µHa" in text
     assert "monomer" in text and "dimer" in text
     import json
 
     report = json.loads(out.read_text())["electronic"]
     assert report["dimer"]["density_eps_percent"] > 0 and report["monomer"]["fock_matrix_mae"] > 0
+    assert report["dimer"]["fock_orthonormal_mae"] > 0
 
 
 def test_density_cube_and_its_error(model_file, tmp_path, capsys):

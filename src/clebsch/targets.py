@@ -66,6 +66,9 @@ def _block_reduction(formula: str, irreps: str):
 LOSS_METRICS = ("overlap", "coulomb")
 """What a density target's loss can measure besides its coefficients (``Target.loss_metric``)."""
 
+MATRIX_LOSS_METRICS = ("orthonormal",)
+"""What a matrix's pair-block target's loss can measure besides its blocks (``Target.loss_metric``)."""
+
 
 @dataclass(frozen=True)
 class Target:
@@ -94,7 +97,7 @@ class Target:
         ``[U, U]`` with rows and columns laid out by the union irreps.
     matrix : bool
         See ``basis``.
-    loss_metric : {"overlap", "coulomb"}, optional
+    loss_metric : {"overlap", "coulomb", "orthonormal"}, optional
         For a density (a basis target without ``matrix``): the loss measures
         the density rather than its coefficients, ``dc^T S dc`` per atom with
         ``S`` the overlap of the atom's own functions, i.e. the squared L2 error
@@ -105,6 +108,15 @@ class Target:
         (the metric of density fitting, in Hartree per electron squared): the
         loss is the error's Coulomb self-interaction, which weighs the diffuse,
         long-range part of the density that the Coulomb potential depends on.
+        ``"orthonormal"`` is for a matrix's pair blocks (``level: edge``,
+        ``matrix: true``): the term is then the mean squared element of
+        ``X^T (H - H_ref) X`` over each structure's whole matrix (on-site blocks
+        from the per-atom target of the same basis, pairs without an edge zero),
+        ``X`` its functions orthonormalised by the overlap (PySCF's, for open
+        structures) without the combinations below
+        :data:`clebsch.basis.pyscf.PREDICTED_OVERLAP_CUTOFF`: the matrix as its
+        orbital energies and an initial guess see it. An element error of ``d``
+        along a combination with overlap eigenvalue ``s`` weighs ``d / s`` there.
     conserve_electrons : bool
         For a density: the predicted coefficients of each structure are
         corrected so that the density holds the structure's electrons (the sum
@@ -169,12 +181,17 @@ class Target:
         if self.matrix and self.basis is None:
             raise TargetError(f"target {self.name!r}: matrix: true needs a basis")
         if self.loss_metric is not None:
-            if self.loss_metric not in LOSS_METRICS:
+            if self.loss_metric not in LOSS_METRICS + MATRIX_LOSS_METRICS:
                 raise TargetError(f"target {self.name!r}: loss_metric {self.loss_metric!r} is not allowed; allowed "
-                                  f"values: {', '.join(LOSS_METRICS)}")
-            if self.basis is None or self.matrix:
-                raise TargetError(f"target {self.name!r}: loss_metric is for a density (a basis target without "
-                                  f"matrix: true)")
+                                  f"values: {', '.join(LOSS_METRICS)} (a density), "
+                                  f"{', '.join(MATRIX_LOSS_METRICS)} (a matrix's pair blocks)")
+            if self.loss_metric in LOSS_METRICS and (self.basis is None or self.matrix):
+                raise TargetError(f"target {self.name!r}: loss_metric {self.loss_metric} is for a density (a basis "
+                                  f"target without matrix: true)")
+            if self.loss_metric in MATRIX_LOSS_METRICS and not (self.matrix and self.level == "edge"):
+                raise TargetError(f"target {self.name!r}: loss_metric {self.loss_metric} measures a whole matrix "
+                                  f"and is set on its pair blocks (level: edge, matrix: true); the on-site blocks "
+                                  f"of the same basis join in")
         if self.conserve_electrons and (self.basis is None or self.matrix or self.level != "atom"):
             raise TargetError(f"target {self.name!r}: conserve_electrons is for a density (a per-atom basis target "
                               f"without matrix: true)")

@@ -34,7 +34,7 @@ import torch
 from ._gaussian import GaussianBasis
 
 __all__ = ["mole", "aux_mole", "native_coefficients", "fock_from_density", "density_matrix", "initial_guess",
-           "PREDICTED_OVERLAP_CUTOFF"]
+           "overlap", "orthonormal_basis", "PREDICTED_OVERLAP_CUTOFF"]
 
 
 def _pyscf():
@@ -73,6 +73,31 @@ def mole(atoms, basis: GaussianBasis, charge: int | None = None, spin: int = 0, 
     kwargs.setdefault("verbose", 0)
     return gto.M(atom=[(s, tuple(map(float, p))) for s, p in zip(symbols, atoms.positions)], unit="Angstrom",
                  basis=_shells_for(basis, symbols, "basis"), charge=charge, spin=spin, cart=False, **kwargs)
+
+
+def overlap(basis: GaussianBasis, numbers, positions) -> torch.Tensor:
+    """The overlap ``S`` [n_ao, n_ao] of a molecule (``positions`` in Å) in ``basis``, clebsch order, float64
+    (PySCF's analytic ``int1e_ovlp``)."""
+    _, gto, *_ = _pyscf()
+    symbols = _symbols(numbers)
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    mol = gto.M(atom=[(s, tuple(map(float, p))) for s, p in zip(symbols, positions)], unit="Angstrom",
+                basis=_shells_for(basis, symbols, "basis"), cart=False, verbose=0, spin=None)
+    return basis.matrix_to_clebsch([int(z) for z in numbers], mol.intor_symmetric("int1e_ovlp"))
+
+
+def orthonormal_basis(basis: GaussianBasis, numbers, positions, overlap_cutoff: float | None = None) -> torch.Tensor:
+    """``X`` [n_ao, k] (clebsch order, float64) with ``X^T S X = 1``: the canonical orthogonalisation of the
+    molecule's functions, without the combinations whose overlap eigenvalue is below ``overlap_cutoff``
+    (default :data:`PREDICTED_OVERLAP_CUTOFF`, the combinations an initial guess from a predicted matrix
+    drops; see :func:`density_matrix`). ``X^T H X`` is the matrix ``H`` as its orbital energies see it."""
+    cutoff = PREDICTED_OVERLAP_CUTOFF if overlap_cutoff is None else overlap_cutoff
+    if not float(cutoff) >= 0.0:
+        raise ValueError(f"overlap_cutoff must be a number >= 0, got {overlap_cutoff!r}")
+    s = overlap(basis, numbers, positions)
+    values, vectors = torch.linalg.eigh(s)
+    keep = values > max(1e-8 * float(values.max()), float(cutoff))
+    return vectors[:, keep] / values[keep].sqrt()
 
 
 def aux_mole(mol, basis: GaussianBasis):

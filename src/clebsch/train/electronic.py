@@ -9,7 +9,10 @@ each structure's prediction is turned into what it stands for and compared:
 - a matrix (on-site and pair blocks of one basis): the error of every element of
   the whole matrix (pairs beyond the cutoff are predicted as zero), the orbital
   energies of ``H C = S C e`` (overlap by quadrature) of the occupied orbitals,
-  and the HOMO-LUMO gap.
+  the HOMO-LUMO gap, and the error of every element of ``X^T H X`` (``X`` the
+  functions orthonormalised by ``S`` without the combinations below
+  :data:`~clebsch.basis.pyscf.PREDICTED_OVERLAP_CUTOFF`: the matrix as an
+  initial guess uses it; what ``loss_metric: orthonormal`` trains).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from ..basis import assemble_matrix, density_report, molecular_grid, orbital_energies, overlap_matrix
+from ..basis.pyscf import PREDICTED_OVERLAP_CUTOFF
 
 __all__ = ["basis_targets", "check_electron_counts", "electronic_report", "format_electronic"]
 
@@ -118,6 +122,10 @@ def electronic_report(model, graphs, outputs, frames, keys: dict, units: dict | 
                 e_ref, e_pred = orbital_energies(h_ref, s), orbital_energies(h, s)
                 ef = _energy_factor(targets[pair].unit)
                 row.setdefault(f"{pair}_matrix_mae", []).append(factor * float((h - h_ref).abs().mean()))
+                values, vectors = torch.linalg.eigh(s)
+                keep = values > PREDICTED_OVERLAP_CUTOFF
+                x = vectors[:, keep] / values[keep].sqrt()
+                row.setdefault(f"{pair}_orthonormal_mae", []).append(factor * float((x.T @ (h - h_ref) @ x).abs().mean()))
                 row.setdefault(f"{pair}_occupied_mae", []).append(
                     ef * float((e_pred[:occupied] - e_ref[:occupied]).abs().mean()))
                 if occupied < e_ref.numel():
@@ -146,11 +154,12 @@ def format_electronic(report: dict, targets: dict) -> str:
 
     def label(metric: str) -> str:
         for suffix, text in (("_eps_percent", "eps_rho %"), ("_electrons_error", "|dN| e"),
-                             ("_matrix_mae", "MAE"), ("_occupied_mae", "occ. e MAE meV"),
+                             ("_matrix_mae", "MAE"), ("_orthonormal_mae", "orth. MAE"),
+                             ("_occupied_mae", "occ. e MAE meV"),
                              ("_gap_error", "gap err meV")):
             if metric.endswith(suffix):
                 name = metric[: -len(suffix)]
-                unit = f" {targets[name].display_unit}" if suffix == "_matrix_mae" else ""
+                unit = f" {targets[name].display_unit}" if suffix in ("_matrix_mae", "_orthonormal_mae") else ""
                 return f"{name} {text}{unit}"
         return metric
 

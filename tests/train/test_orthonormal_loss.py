@@ -1,0 +1,152 @@
+"""``loss_metric: orthonormal`` on a Kohn-Sham matrix: the loss term is the mean squared element of
+``X^T (H - H_ref) X`` over each structure's whole matrix (``X`` its functions orthonormalised by PySCF's overlap
+without the combinations an initial guess drops), checked element by element against a loop over atoms and
+pairs, invariant under rotations and reflections in float64, masking a structure without a reference, and
+trained from a config."""
+
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pyscf")
+
+import clebsch  # noqa: E402
+from clebsch import o3  # noqa: E402
+from clebsch.basis import assemble_matrix  # noqa: E402
+from clebsch.basis.pyscf import PREDICTED_OVERLAP_CUTOFF, mole  # noqa: E402
+from clebsch.data.io import read_structures  # noqa: E402
+from clebsch.data.targets import graph_from_atoms  # noqa: E402
+from clebsch.graph import batch  # noqa: E402
+from clebsch.targets import TargetError, declare, resolve_targets  # noqa: E402
+from clebsch.train.losses import WeightedLoss  # noqa: E402
+from clebsch.train.trainer import train  # noqa: E402
+
+from .conftest import quiet  # noqa: E402
+
+ROOT = Path(__file__).parents[2]
+DATA = ROOT / "examples" / "water_clusters.xyz.xz"
+AO = {"file": str(ROOT / "examples" / "water_clusters.basis.json"), "key": "ao"}
+DECLARED = {"fock_onsite": {"level": "atom", "basis": AO, "matrix": True, "unit": "Ha"},
+            "fock": {"level": "edge", "basis": AO, "matrix": True, "unit": "Ha", "loss_metric": "orthonormal"}}
+KEYS = {"fock_onsite": "fock", "fock": "fock"}
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return read_structures(DATA, "95:97") + read_structures(DATA, "120:121")  # two monomers and a dimer
+
+
+def _graphs(frames, targets, cutoff=3.0):
+    return [graph_from_atoms(a, cutoff, keys=KEYS, targets=targets, dtype=torch.float64) for a in frames]
+
+
+def _noisy(graph, seed):
+    """Predictions: the reference blocks plus noise of model size (1e-3 Ha), where the reference exists."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in ("fock_onsite", "fock"):
+        ref = torch.nan_to_num(graph.targets[name])
+        out[name] = (ref + 1e-3 * torch.randn(ref.shape, generator=gen, dtype=torch.float64)).requires_grad_()
+    return out
+
+
+def _by_loops(basis, frames, graphs, out):
+    """The same term by assembling each structure's matrices atom by atom and pair by pair."""
+    total, count = 0.0, 0
+    atom0 = edge0 = 0
+    for atoms, g in zip(frames, graphs):
+        z = atoms.numbers.tolist()
+        n, e = g.num_atoms, g.num_edges
+        blocks = [assemble_matrix(basis, z, out["fock_onsite"][atom0:atom0 + n].detach(),
+                                  out["fock"][edge0:edge0 + e].detach(), g.edge_index),
+                  assemble_matrix(basis, z, g.targets["fock_onsite"], g.targets["fock"], g.edge_index)]
+        s = basis.matrix_to_clebsch(z, mole(atoms, basis).intor("int1e_ovlp")).numpy()
+        values, vectors = np.linalg.eigh(s)
+        keep = values > PREDICTED_OVERLAP_CUTOFF
+        x = vectors[:, keep] / np.sqrt(values[keep])
+        d = x.T @ (blocks[0] - torch.nan_to_num(blocks[1])).numpy() @ x
+        total += float((d ** 2).sum())
+        count += d.size
+        atom0 += n
+        edge0 += e
+    return total / count
+
+
+def test_the_term_is_the_orthonormalised_whole_matrix(frames):
+    targets = resolve_targets(DECLARED)
+    graphs = _graphs(frames, targets)
+    g = batch(graphs)
+    out = _noisy(g, 0)
+    loss, parts = WeightedLoss({"fock": 1.0}, targets=targets)(out, g)
+    assert parts["fock"] == pytest.approx(_by_loops(targets["fock"].basis, frames, graphs, out), rel=1e-10)
+    loss.backward()
+    assert out["fock"].grad.abs().sum() > 0 and out["fock_onsite"].grad.abs().sum() > 0
+    # the near-dependent combinations weigh more than in the element-wise loss
+    plain = WeightedLoss({"fock": 1.0}, targets=resolve_targets({**DECLARED, "fock": {
+        k: v for k, v in DECLARED["fock"].items() if k != "loss_metric"}}))(out, g)[1]["fock"]
+    assert parts["fock"] > 3 * plain
+    # a structure without its reference (the dimer) is left out, not counted as zero
+    g.targets["fock"][g.batch[g.edge_index[1]] == 2] = float("nan")
+    masked = WeightedLoss({"fock": 1.0}, targets=targets)(out, g)[1]["fock"]
+    assert masked == pytest.approx(_by_loops(targets["fock"].basis, frames[:2], graphs[:2], {
+        k: v[: graphs[0].num_atoms + graphs[1].num_atoms] if k == "fock_onsite" else
+        v[: graphs[0].num_edges + graphs[1].num_edges] for k, v in out.items()}), rel=1e-10)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_the_term_is_invariant_under_rotations_and_reflections(frames, sign):
+    targets = resolve_targets(DECLARED)
+    basis = targets["fock"].basis
+    atoms = frames[2]
+    g = graph_from_atoms(atoms, 3.0, keys=KEYS, targets=targets, dtype=torch.float64)
+    out = _noisy(g, 1)
+    torch.manual_seed(5)
+    r = o3.rand_matrix(dtype=torch.float64) * sign
+    d = basis.union_irreps.D_from_matrix(r)
+    turned = atoms.copy()
+    turned.positions = atoms.positions @ r.numpy().T
+    turned.info["fock"] = np.zeros(1)  # replaced below: the blocks are turned with the basis's own D
+    g_rot = graph_from_atoms(turned, 3.0, keys={}, targets=targets, dtype=torch.float64)
+    assert torch.equal(g.edge_index, g_rot.edge_index)
+    for name in ("fock_onsite", "fock"):
+        ref = g.targets[name]  # the functions an atom lacks (whole irreps) stay missing
+        g_rot.targets[name] = torch.where(torch.isfinite(ref), d @ torch.nan_to_num(ref) @ d.T, ref)
+    out_rot = {k: d @ v.detach() @ d.T for k, v in out.items()}
+    loss = WeightedLoss({"fock": 1.0}, targets=targets)
+    a, b = loss(out, g)[1]["fock"], loss(out_rot, g_rot)[1]["fock"]
+    assert b == pytest.approx(a, rel=1e-9)
+
+
+def test_declarations_and_missing_pieces_are_named(frames):
+    with pytest.raises(TargetError, match=r"fock_onsite.*orthonormal measures a whole matrix.*level: edge"):
+        declare("fock_onsite", {**DECLARED["fock_onsite"], "loss_metric": "orthonormal"})
+    with pytest.raises(TargetError, match=r"rho.*orthonormal measures a whole matrix"):
+        declare("rho", {"level": "atom", "basis": AO, "loss_metric": "orthonormal"})
+    with pytest.raises(TargetError, match=r"allowed values: overlap, coulomb \(a density\), orthonormal"):
+        declare("fock", {**DECLARED["fock"], "loss_metric": "lowdin"})
+    targets = resolve_targets(DECLARED)
+    g = batch(_graphs(frames[:1], targets))
+    out = _noisy(g, 2)
+    with pytest.raises(ValueError, match=r"'fock' has loss_metric: orthonormal.*on-site blocks of the same basis"):
+        WeightedLoss({"fock": 1.0}, targets=targets)({"fock": out["fock"]}, g)
+
+
+def test_a_matrix_trains_with_the_orthonormal_loss(tmp_path):
+    data = tmp_path / "water.xyz"
+    ase.io.write(data, read_structures(DATA, "95:103") + read_structures(DATA, "120:124"))
+    config = {
+        "run_dir": str(tmp_path / "run"), "seed": 0, "dtype": "float64",
+        "model": {"name": "nequip", "cutoff": 3.0, "num_layers": 1, "channels": 4, "lmax": 2,
+                  "outputs": ["energy", "fock_onsite", "fock"], "targets": DECLARED},
+        "data": {"train": str(data), "valid_fraction": 0.25, "batch_size": 3, "keys": {"energy": "energy", **KEYS}},
+        "loss": {"weights": {"energy": 0.0, "forces": 0.0, "fock_onsite": 1.0, "fock": 1.0}},
+        "training": {"max_epochs": 3, "progress": False, "plots": False},
+    }
+    result = train(config, log=quiet)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4
+    model = clebsch.load(result["model_path"])
+    assert model.targets["fock"].loss_metric == "orthonormal"
