@@ -83,6 +83,7 @@ def _density_metric(target: Target, numbers: torch.Tensor, pred: torch.Tensor, r
 
 
 _PROJECTORS: dict = {}
+_PROJECTOR_BYTES = [0]
 _PROJECTOR_BUDGET = 256 * 2 ** 20  # bytes of cached X matrices (one per structure seen; training revisits them)
 
 
@@ -93,11 +94,13 @@ def _projector(basis, numbers: torch.Tensor, positions: torch.Tensor) -> torch.T
     z = numbers.tolist()
     xyz = positions.detach().to("cpu", torch.float64).numpy()
     key = (id(basis), tuple(z), xyz.tobytes())
-    x = _PROJECTORS.get(key)
-    if x is None:
-        x = orthonormal_basis(basis, z, xyz)
-        if sum(v.numel() for v in _PROJECTORS.values()) * 8 + x.numel() * 8 <= _PROJECTOR_BUDGET:
-            _PROJECTORS[key] = x
+    held = _PROJECTORS.get(key)
+    if held is not None and held[0] is basis:
+        return held[1]
+    x = orthonormal_basis(basis, z, xyz)
+    if _PROJECTOR_BYTES[0] + x.numel() * 8 <= _PROJECTOR_BUDGET:
+        _PROJECTORS[key] = (basis, x)
+        _PROJECTOR_BYTES[0] += x.numel() * 8
     return x
 
 
