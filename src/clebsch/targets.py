@@ -66,7 +66,7 @@ def _block_reduction(formula: str, irreps: str):
 LOSS_METRICS = ("overlap", "coulomb")
 """What a density target's loss can measure besides its coefficients (``Target.loss_metric``)."""
 
-MATRIX_LOSS_METRICS = ("orthonormal",)
+MATRIX_LOSS_METRICS = ("orthonormal", "density_matrix")
 """What a matrix's pair-block target's loss can measure besides its blocks (``Target.loss_metric``)."""
 
 
@@ -97,7 +97,7 @@ class Target:
         ``[U, U]`` with rows and columns laid out by the union irreps.
     matrix : bool
         See ``basis``.
-    loss_metric : {"overlap", "coulomb", "orthonormal"}, optional
+    loss_metric : {"overlap", "coulomb", "orthonormal", "density_matrix"}, optional
         For a density (a basis target without ``matrix``): the loss measures
         the density rather than its coefficients, ``dc^T S dc`` per atom with
         ``S`` the overlap of the atom's own functions, i.e. the squared L2 error
@@ -117,6 +117,14 @@ class Target:
         :data:`clebsch.basis.pyscf.PREDICTED_OVERLAP_CUTOFF`: the matrix as its
         orbital energies and an initial guess see it. An element error of ``d``
         along a combination with overlap eigenvalue ``s`` weighs ``d / s`` there.
+        ``"density_matrix"`` (a closed-shell matrix's pair blocks): the change
+        of the density matrix that the error makes to first order, ``2 (C_o^T
+        dH C_v)_ia / (e_a - e_i)`` between the reference's occupied and virtual
+        orbitals (the reference matrix's own, with PySCF's overlap): what an
+        initial guess from the matrix gets wrong. It leaves the errors within
+        the occupied and within the virtual orbitals free (they move orbital
+        energies, not the density); the on-site target's own loss still fits
+        the blocks.
     conserve_electrons : bool
         For a density: the predicted coefficients of each structure are
         corrected so that the density holds the structure's electrons (the sum

@@ -1,8 +1,9 @@
-"""``loss_metric: orthonormal`` on a Kohn-Sham matrix: the loss term is the mean squared element of
+"""Whole-matrix losses of a Kohn-Sham matrix. ``loss_metric: orthonormal``: the mean squared element of
 ``X^T (H - H_ref) X`` over each structure's whole matrix (``X`` its functions orthonormalised by PySCF's overlap
-without the combinations an initial guess drops), checked element by element against a loop over atoms and
-pairs, invariant under rotations and reflections in float64, masking a structure without a reference, and
-trained from a config."""
+without the combinations an initial guess drops); ``density_matrix``: the first-order change of the density
+matrix, ``2 (C_o^T dH C_v) / (e_a - e_i)`` in the reference's orbitals, checked against the density matrices
+themselves. Both checked element by element against loops over atoms and pairs, invariant under rotations and
+reflections in float64, masking a structure without a reference, and trained from a config."""
 
 from pathlib import Path
 
@@ -53,7 +54,16 @@ def _noisy(graph, seed):
     return out
 
 
-def _by_loops(basis, frames, graphs, out):
+def _orbitals(basis, atoms, h_ref):
+    """Reference orbitals ``C`` (S-orthonormal), energies and the overlap, in clebsch order, float64."""
+    s = basis.matrix_to_clebsch(atoms.numbers.tolist(), mole(atoms, basis).intor("int1e_ovlp")).numpy()
+    values, vectors = np.linalg.eigh(s)
+    x = vectors / np.sqrt(values)
+    e, c = np.linalg.eigh(x.T @ h_ref @ x)
+    return x @ c, e, s
+
+
+def _by_loops(basis, frames, graphs, out, metric="orthonormal"):
     """The same term by assembling each structure's matrices atom by atom and pair by pair."""
     total, count = 0.0, 0
     atom0 = edge0 = 0
@@ -63,11 +73,17 @@ def _by_loops(basis, frames, graphs, out):
         blocks = [assemble_matrix(basis, z, out["fock_onsite"][atom0:atom0 + n].detach(),
                                   out["fock"][edge0:edge0 + e].detach(), g.edge_index),
                   assemble_matrix(basis, z, g.targets["fock_onsite"], g.targets["fock"], g.edge_index)]
-        s = basis.matrix_to_clebsch(z, mole(atoms, basis).intor("int1e_ovlp")).numpy()
-        values, vectors = np.linalg.eigh(s)
-        keep = values > PREDICTED_OVERLAP_CUTOFF
-        x = vectors[:, keep] / np.sqrt(values[keep])
-        d = x.T @ (blocks[0] - torch.nan_to_num(blocks[1])).numpy() @ x
+        h, h_ref = blocks[0].numpy(), torch.nan_to_num(blocks[1]).numpy()
+        if metric == "orthonormal":
+            s = basis.matrix_to_clebsch(z, mole(atoms, basis).intor("int1e_ovlp")).numpy()
+            values, vectors = np.linalg.eigh(s)
+            keep = values > PREDICTED_OVERLAP_CUTOFF
+            x = vectors[:, keep] / np.sqrt(values[keep])
+            d = x.T @ (h - h_ref) @ x
+        else:
+            c, eps, _ = _orbitals(basis, atoms, h_ref)
+            occ = int(sum(z)) // 2
+            d = 2 * (c[:, :occ].T @ (h - h_ref) @ c[:, occ:]) / (eps[None, occ:] - eps[:occ, None])
         total += float((d ** 2).sum())
         count += d.size
         atom0 += n
@@ -75,30 +91,73 @@ def _by_loops(basis, frames, graphs, out):
     return total / count
 
 
-def test_the_term_is_the_orthonormalised_whole_matrix(frames):
-    targets = resolve_targets(DECLARED)
+def _declared(metric):
+    return {**DECLARED, "fock": {**DECLARED["fock"], "loss_metric": metric}}
+
+
+@pytest.mark.parametrize("metric", ["orthonormal", "density_matrix"])
+def test_the_term_is_the_whole_matrix_by_loops(frames, metric):
+    targets = resolve_targets(_declared(metric))
     graphs = _graphs(frames, targets)
     g = batch(graphs)
     out = _noisy(g, 0)
     loss, parts = WeightedLoss({"fock": 1.0}, targets=targets)(out, g)
-    assert parts["fock"] == pytest.approx(_by_loops(targets["fock"].basis, frames, graphs, out), rel=1e-10)
+    assert parts["fock"] == pytest.approx(_by_loops(targets["fock"].basis, frames, graphs, out, metric), rel=1e-9)
     loss.backward()
     assert out["fock"].grad.abs().sum() > 0 and out["fock_onsite"].grad.abs().sum() > 0
-    # the near-dependent combinations weigh more than in the element-wise loss
-    plain = WeightedLoss({"fock": 1.0}, targets=resolve_targets({**DECLARED, "fock": {
-        k: v for k, v in DECLARED["fock"].items() if k != "loss_metric"}}))(out, g)[1]["fock"]
-    assert parts["fock"] > 3 * plain
     # a structure without its reference (the dimer) is left out, not counted as zero
     g.targets["fock"][g.batch[g.edge_index[1]] == 2] = float("nan")
     masked = WeightedLoss({"fock": 1.0}, targets=targets)(out, g)[1]["fock"]
     assert masked == pytest.approx(_by_loops(targets["fock"].basis, frames[:2], graphs[:2], {
         k: v[: graphs[0].num_atoms + graphs[1].num_atoms] if k == "fock_onsite" else
-        v[: graphs[0].num_edges + graphs[1].num_edges] for k, v in out.items()}), rel=1e-10)
+        v[: graphs[0].num_edges + graphs[1].num_edges] for k, v in out.items()}, metric), rel=1e-9)
 
 
-@pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_the_term_is_invariant_under_rotations_and_reflections(frames, sign):
+def test_density_matrix_term_is_the_first_order_change_of_the_density_matrix(frames):
+    """For a small symmetric error dH, the guess's density matrix 2 C'_o C'_o^T (orbitals of H + dH) differs from
+    the reference's by what the term's entries say: in the reference orbitals' basis, its occupied-virtual block."""
+    targets = resolve_targets(_declared("density_matrix"))
+    basis = targets["fock"].basis
+    atoms = frames[2]
+    g = graph_from_atoms(atoms, 3.0, keys=KEYS, targets=targets, dtype=torch.float64)
+    z = atoms.numbers.tolist()
+    gen = torch.Generator().manual_seed(4)
+    noise = {k: 1e-6 * torch.randn(torch.nan_to_num(g.targets[k]).shape, generator=gen, dtype=torch.float64)
+             for k in ("fock_onsite", "fock")}
+    noise["fock_onsite"] = noise["fock_onsite"] + noise["fock_onsite"].transpose(1, 2)
+    pairs = {tuple(p): e for e, p in enumerate(g.edge_index.T.tolist())}
+    for (j, i), e in pairs.items():  # the block of (i, j) is the transpose of that of (j, i): a symmetric H
+        if j < i:
+            noise["fock"][pairs[(i, j)]] = noise["fock"][e].T
+    out = {k: torch.nan_to_num(g.targets[k]) + noise[k] for k in noise}
+    term = WeightedLoss({"fock": 1.0}, targets=targets)(out, g)[1]["fock"]
+    h_ref = assemble_matrix(basis, z, torch.nan_to_num(g.targets["fock_onsite"]),
+                            torch.nan_to_num(g.targets["fock"]), g.edge_index).numpy()
+    h = assemble_matrix(basis, z, out["fock_onsite"], out["fock"], g.edge_index).numpy()
+    assert np.abs(h - h.T).max() < 1e-15
+    occ = int(sum(z)) // 2
+    c, _, s = _orbitals(basis, atoms, h_ref)
+    c_new, _, _ = _orbitals(basis, atoms, h)
+    dp = 2 * c_new[:, :occ] @ c_new[:, :occ].T - 2 * c[:, :occ] @ c[:, :occ].T
+    block = (c.T @ s @ dp @ s @ c)[:occ, occ:]
+    assert term == pytest.approx(float((block ** 2).mean()), rel=1e-4)
+    assert term > 0
+
+
+def test_near_dependent_combinations_weigh_more_in_the_orthonormal_term(frames):
     targets = resolve_targets(DECLARED)
+    g = batch(_graphs(frames, targets))
+    out = _noisy(g, 0)
+    orthonormal = WeightedLoss({"fock": 1.0}, targets=targets)(out, g)[1]["fock"]
+    plain = WeightedLoss({"fock": 1.0}, targets=resolve_targets({**DECLARED, "fock": {
+        k: v for k, v in DECLARED["fock"].items() if k != "loss_metric"}}))(out, g)[1]["fock"]
+    assert orthonormal > 3 * plain
+
+
+@pytest.mark.parametrize("metric", ["orthonormal", "density_matrix"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_the_term_is_invariant_under_rotations_and_reflections(frames, sign, metric):
+    targets = resolve_targets(_declared(metric))
     basis = targets["fock"].basis
     atoms = frames[2]
     g = graph_from_atoms(atoms, 3.0, keys=KEYS, targets=targets, dtype=torch.float64)
@@ -132,6 +191,12 @@ def test_declarations_and_missing_pieces_are_named(frames):
     out = _noisy(g, 2)
     with pytest.raises(ValueError, match=r"'fock' has loss_metric: orthonormal.*on-site blocks of the same basis"):
         WeightedLoss({"fock": 1.0}, targets=targets)({"fock": out["fock"]}, g)
+    targets = resolve_targets(_declared("density_matrix"))
+    g = batch(_graphs(frames[:1], targets))
+    g.total_charge[:] = 1.0  # an open shell: no closed-shell density matrix to compare
+    with pytest.raises(ValueError, match=r"'fock': loss_metric: density_matrix .* structure 0 of the batch has 9 "
+                                         r"electrons"):
+        WeightedLoss({"fock": 1.0}, targets=targets)(out, g)
 
 
 def test_a_matrix_trains_with_the_orthonormal_loss(tmp_path):

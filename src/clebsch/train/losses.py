@@ -56,8 +56,8 @@ def term_values(output: dict, graph, targets: dict[str, Target] | None = None) -
         if t is None or not t.trainable or name not in refs:
             continue
         ref = refs[name].to(pred.dtype)
-        if t.loss_metric == "orthonormal":  # the whole matrix of each structure, as its orbital energies see it
-            out[name] = _orthonormal_matrix(name, targets, output, graph)
+        if t.loss_metric in ("orthonormal", "density_matrix"):  # each structure's whole matrix
+            out[name] = _whole_matrix(name, targets, output, graph)
             continue
         if t.loss_metric is not None:  # per atom: |dc L|^2 = dc^T S dc (S: the atom's overlap or Coulomb matrix)
             pred, ref = _density_metric(t, graph.numbers, pred, ref)
@@ -130,21 +130,23 @@ def _scatter_indices(basis, numbers: torch.Tensor, local: torch.Tensor, rows: to
     return which, sources, targets
 
 
-def _orthonormal_matrix(name: str, targets: dict, output: dict, graph):
-    """``(X^T H X, X^T H_ref X, "structure")`` per structure, padded ``[B, k, k]`` (the reference NaN where a
-    structure has no reference or beyond its own ``k``): ``H`` the structure's whole matrix from its on-site
-    and pair blocks (pairs without an edge are zero in both), ``X`` (:func:`~clebsch.basis.pyscf.orthonormal_basis`)
-    its functions orthonormalised without the near-dependent combinations that an initial guess drops."""
+def _whole_matrix(name: str, targets: dict, output: dict, graph):
+    """``(L^T H R * W, L^T H_ref R * W, "structure")`` per structure, padded ``[B, p, q]`` (the reference NaN
+    where a structure has no reference or beyond its own ``p, q``): ``H`` the structure's whole matrix from its
+    on-site and pair blocks (pairs without an edge are zero in both). ``loss_metric: orthonormal``: ``L = R =
+    X`` (:func:`~clebsch.basis.pyscf.orthonormal_basis`), the functions orthonormalised without the
+    near-dependent combinations that an initial guess drops, ``W = 1``; ``density_matrix``: see
+    :func:`_response`."""
     t = targets[name]
     onsite = next((o for o in output if o in graph.targets and targets.get(o) is not None and targets[o].matrix
                    and targets[o].level == "atom" and targets[o].basis is not None
                    and targets[o].basis.to_dict() == t.basis.to_dict()), None)
     if onsite is None:
-        raise ValueError(f"target {name!r} has loss_metric: orthonormal, which measures the whole matrix: it needs "
+        raise ValueError(f"target {name!r} has loss_metric: {t.loss_metric}, which measures the whole matrix: it needs "
                          f"the on-site blocks of the same basis (a per-atom target with matrix: true) among the "
                          f"model's outputs {sorted(output)} and the batch's references {sorted(graph.targets)}")
     if bool(graph.pbc.any()):
-        raise ValueError(f"target {name!r}: loss_metric: orthonormal needs each molecule's overlap matrix, which "
+        raise ValueError(f"target {name!r}: loss_metric: {t.loss_metric} needs each molecule's overlap matrix, which "
                          f"is computed for open structures only; this batch has a periodic one")
     basis = t.basis
     numbers, batch = graph.numbers, graph.batch
@@ -180,20 +182,73 @@ def _orthonormal_matrix(name: str, targets: dict, output: dict, graph):
             flat_r = flat_r.index_put((dst.reshape(-1),), torch.nan_to_num(r).reshape(-1))
     h_p = flat_p.view(n_b, size, size)
     h_r = flat_r.view(n_b, size, size)
-    xs = []
+    sides = []  # per structure: (left [n, p], right [n, q], weights [p, q] or None)
     for b in range(n_b):
         lo, hi = int(first[b]), int(first[b] + graph.n_atoms[b])
-        xs.append(_projector(basis, numbers[lo:hi].cpu(), graph.positions[lo:hi]))
-    k = max(x.shape[1] for x in xs)
-    x = h_p.new_zeros(n_b, size, k)
-    valid = torch.zeros(n_b, k, k, dtype=torch.bool, device=h_p.device)
-    for b, xb in enumerate(xs):
-        x[b, : xb.shape[0], : xb.shape[1]] = xb.to(device=h_p.device, dtype=dtype)
-        valid[b, : xb.shape[1], : xb.shape[1]] = not bool(missing[b])
-    xt = x.transpose(1, 2)
-    pred = xt @ h_p @ x
-    ref = xt @ h_r @ x
+        if t.loss_metric == "orthonormal":
+            x = _projector(basis, numbers[lo:hi].cpu(), graph.positions[lo:hi])
+            sides.append((x, x, None))
+            continue
+        n = int(per_structure[b])
+        electrons = float(numbers[lo:hi].sum()) - float(graph.total_charge[b])
+        if abs(electrons - round(electrons)) > 1e-6 or round(electrons) % 2:
+            raise ValueError(f"target {name!r}: loss_metric: density_matrix occupies each structure's lowest "
+                             f"orbitals in pairs, but structure {b} of the batch has {electrons:g} electrons "
+                             f"(atomic numbers less its total charge); use loss_metric: orthonormal")
+        if bool(missing[b]):
+            sides.append((h_r.new_zeros(n, 1, dtype=torch.float64), h_r.new_zeros(n, 1, dtype=torch.float64), None))
+            continue
+        sides.append(_response(basis, numbers[lo:hi].cpu(), graph.positions[lo:hi], h_r[b, :n, :n],
+                               int(round(electrons)) // 2, name))
+    p = max(left.shape[1] for left, _, _ in sides)
+    q = max(right.shape[1] for _, right, _ in sides)
+    left = h_p.new_zeros(n_b, size, p)
+    right = h_p.new_zeros(n_b, size, q)
+    weights = h_p.new_ones(n_b, p, q)
+    valid = torch.zeros(n_b, p, q, dtype=torch.bool, device=h_p.device)
+    for b, (lb, rb, wb) in enumerate(sides):
+        left[b, : lb.shape[0], : lb.shape[1]] = lb.to(device=h_p.device, dtype=dtype)
+        right[b, : rb.shape[0], : rb.shape[1]] = rb.to(device=h_p.device, dtype=dtype)
+        if wb is not None:
+            weights[b, : wb.shape[0], : wb.shape[1]] = wb.to(device=h_p.device, dtype=dtype)
+        valid[b, : lb.shape[1], : rb.shape[1]] = not bool(missing[b])
+    lt = left.transpose(1, 2)
+    pred = (lt @ h_p @ right) * weights
+    ref = (lt @ h_r @ right) * weights
     return pred, torch.where(valid, ref, torch.full_like(ref, float("nan"))), "structure"
+
+
+def _response(basis, numbers: torch.Tensor, positions: torch.Tensor, reference: torch.Tensor, occupied: int,
+              name: str):
+    """``(C_occ, C_virt, 2 / (e_a - e_i))`` of the reference matrix ``reference`` of one structure (its
+    orbitals by :func:`~clebsch.basis.pyscf.orthonormal_basis` without a cutoff beyond near-singularity): an
+    error ``dH`` changes the density matrix to first order by ``2 (C_o^T dH C_v)_ia / (e_i - e_a)`` in the
+    orbitals' basis. Cached by elements, positions and reference."""
+    from ..basis.pyscf import orthonormal_basis
+
+    h = reference.detach().to("cpu", torch.float64)
+    xyz = positions.detach().to("cpu", torch.float64).numpy()
+    z = numbers.tolist()
+    key = ("response", id(basis), tuple(z), xyz.tobytes(), h.numpy().tobytes())
+    held = _PROJECTORS.get(key)
+    if held is not None and held[0] is basis:
+        return held[1]
+    x = orthonormal_basis(basis, z, xyz, overlap_cutoff=0.0)
+    e, c = torch.linalg.eigh(x.T @ (0.5 * (h + h.T)) @ x)
+    if occupied >= e.numel():
+        raise ValueError(f"target {name!r}: loss_metric: density_matrix needs virtual orbitals, but a structure "
+                         f"has {occupied} occupied of {e.numel()} orbitals")
+    c = x @ c
+    gap = e[occupied:][None, :] - e[:occupied][:, None]
+    if float(gap.min()) <= 1e-4:
+        raise ValueError(f"target {name!r}: loss_metric: density_matrix needs a HOMO-LUMO gap, but the reference "
+                         f"matrix of a structure ({len(z)} atoms) has {float(gap.min()):.2g} (in its unit)")
+    value = (c[:, :occupied], c[:, occupied:], 2.0 / gap)
+    size = sum(v.numel() for v in value)
+    if _PROJECTOR_BYTES[0] + size * 8 <= _PROJECTOR_BUDGET:
+        _PROJECTORS[key] = (basis, value)
+        _PROJECTOR_BYTES[0] += size * 8
+    return value
 
 
 def _item_weights(weights: torch.Tensor | None, level: str, graph, like: torch.Tensor) -> torch.Tensor | None:
