@@ -199,13 +199,14 @@ def test_declarations_and_missing_pieces_are_named(frames):
         WeightedLoss({"fock": 1.0}, targets=targets)(out, g)
 
 
-def test_a_matrix_trains_with_the_orthonormal_loss(tmp_path):
+@pytest.mark.parametrize("metric", ["orthonormal", "density_matrix"])
+def test_a_matrix_trains_with_a_whole_matrix_loss(tmp_path, metric):
     data = tmp_path / "water.xyz"
     ase.io.write(data, read_structures(DATA, "95:103") + read_structures(DATA, "120:124"))
     config = {
         "run_dir": str(tmp_path / "run"), "seed": 0, "dtype": "float64",
         "model": {"name": "nequip", "cutoff": 3.0, "num_layers": 1, "channels": 4, "lmax": 2,
-                  "outputs": ["energy", "fock_onsite", "fock"], "targets": DECLARED},
+                  "outputs": ["energy", "fock_onsite", "fock"], "targets": _declared(metric)},
         "data": {"train": str(data), "valid_fraction": 0.25, "batch_size": 3, "keys": {"energy": "energy", **KEYS}},
         "loss": {"weights": {"energy": 0.0, "forces": 0.0, "fock_onsite": 1.0, "fock": 1.0}},
         "training": {"max_epochs": 3, "progress": False, "plots": False},
@@ -214,4 +215,25 @@ def test_a_matrix_trains_with_the_orthonormal_loss(tmp_path):
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4
     model = clebsch.load(result["model_path"])
-    assert model.targets["fock"].loss_metric == "orthonormal"
+    assert model.targets["fock"].loss_metric == metric
+
+
+def test_an_open_shell_frame_is_named_before_training(tmp_path):
+    from clebsch.train.config import ConfigError
+
+    frames = read_structures(DATA, "95:101")
+    frames[4].info["charge"] = 1  # 9 electrons: no closed-shell density matrix
+    data = tmp_path / "water.xyz"
+    ase.io.write(data, frames)
+    config = {
+        "run_dir": str(tmp_path / "run"), "seed": 0, "dtype": "float64",
+        "model": {"name": "nequip", "cutoff": 3.0, "num_layers": 1, "channels": 4, "lmax": 1,
+                  "outputs": ["energy", "fock_onsite", "fock"], "targets": _declared("density_matrix")},
+        "data": {"train": str(data), "valid_fraction": 0.25, "batch_size": 3, "keys": {"energy": "energy", **KEYS}},
+        "loss": {"weights": {"energy": 0.0, "forces": 0.0, "fock_onsite": 1.0, "fock": 1.0}},
+        "training": {"max_epochs": 1, "progress": False, "plots": False},
+    }
+    with pytest.raises(ConfigError, match=r"water.xyz', frame 4: target 'fock' has loss_metric: density_matrix.*"
+                                          r"9 electrons"):
+        train(config, log=quiet)
+    assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())

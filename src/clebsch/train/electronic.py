@@ -25,7 +25,7 @@ import torch
 from ..basis import assemble_matrix, density_report, molecular_grid, orbital_energies, overlap_matrix
 from ..basis.pyscf import PREDICTED_OVERLAP_CUTOFF
 
-__all__ = ["basis_targets", "check_electron_counts", "electronic_report", "format_electronic"]
+__all__ = ["basis_targets", "check_electron_counts", "check_whole_matrix_data", "electronic_report", "format_electronic"]
 
 _HA_TO_EV = 27.211386245988
 
@@ -69,6 +69,32 @@ def check_electron_counts(graphs, target, where: str = "the data", frames=None, 
                 f"electrons, but its atoms' atomic numbers less the total charge ({float(g.total_charge[0]):g}) "
                 f"make {expected:g}; conserve_electrons on target {target.name!r} needs all-electron densities and "
                 f"each frame's charge (info 'charge'). Set conserve_electrons: false to train without it")
+
+
+def check_whole_matrix_data(graphs, target, where: str = "the data", frames=None) -> None:
+    """Check that ``target``'s whole-matrix loss (``loss_metric: orthonormal`` or ``density_matrix``) can be
+    computed on every structure: an open structure (PySCF's molecular overlap) in elements of its basis, and for
+    ``density_matrix`` an even number of electrons (the atomic numbers less the total charge). A frame that is
+    not raises, naming it."""
+    from ase.data import chemical_symbols
+
+    graphs = list(graphs)
+    frames = list(range(len(graphs))) if frames is None else [int(f) for f in frames]
+    known = set(target.basis.elements)
+    for g, frame in zip(graphs, frames):
+        if bool(g.pbc.any()):
+            raise ValueError(f"{where}, frame {frame}: target {target.name!r} has loss_metric: {target.loss_metric}, "
+                             f"which needs each molecule's overlap matrix; this frame is periodic")
+        lacking = sorted({chemical_symbols[int(z)] for z in g.numbers.tolist()} - {chemical_symbols[z] for z in known})
+        if lacking:
+            raise ValueError(f"{where}, frame {frame}: target {target.name!r}: basis {target.basis.name!r} has no "
+                             f"functions for {lacking}")
+        if target.loss_metric == "density_matrix":
+            electrons = float(g.numbers.sum()) - float(g.total_charge.reshape(-1)[0])
+            if abs(electrons - round(electrons)) > 1e-6 or round(electrons) % 2:
+                raise ValueError(f"{where}, frame {frame}: target {target.name!r} has loss_metric: density_matrix, "
+                                 f"which occupies the lowest orbitals in pairs, but the frame has {electrons:g} "
+                                 f"electrons (atomic numbers less its charge); use loss_metric: orthonormal")
 
 
 def _energy_factor(unit: str) -> float:

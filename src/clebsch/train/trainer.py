@@ -120,6 +120,16 @@ def resolve_model_config(config: TrainConfig, data: RunData) -> dict:
                                           key=config.data.keys.get(name) or name)
                 except ValueError as err:
                     raise ConfigError(str(err)) from None
+    whole = [(n, t) for n, t in m.known_targets().items() if t.loss_metric in ("orthonormal", "density_matrix")]
+    if whole:  # whole-matrix losses: molecules (PySCF's overlap), closed shells for the density matrix
+        from .electronic import check_whole_matrix_data
+
+        for name, t in whole:
+            for graphs, path, frames, _ in parts:
+                try:
+                    check_whole_matrix_data(graphs, t, where=describe_files(path), frames=frames)
+                except ValueError as err:
+                    raise ConfigError(str(err)) from None
     if m.readout_channels != 4 and not m.targets:
         warnings.warn(f"model.readout_channels: {m.readout_channels} widens the heads of declared targets "
                       f"(model.targets) only; this model declares none, so it changes nothing", stacklevel=2)
