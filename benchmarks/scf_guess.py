@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     parser.add_argument("--overlap-cutoff", type=float, default=None,
                         help="the predicted matrix's guess drops the combinations of functions whose overlap eigenvalue "
                              "is below this (default: "
-                             "clebsch.basis.pyscf.PREDICTED_OVERLAP_CUTOFF; 0 keeps every combination)")
+                             "the one the model was trained with, else clebsch.basis.pyscf.PREDICTED_OVERLAP_CUTOFF; 0 keeps "
+                             "every combination)")
     parser.add_argument("--max", type=int, default=None, help="at most this many structures")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

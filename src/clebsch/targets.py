@@ -125,6 +125,15 @@ class Target:
         the occupied and within the virtual orbitals free (they move orbital
         energies, not the density); the on-site target's own loss still fits
         the blocks.
+    overlap_cutoff : float, optional
+        For ``loss_metric: orthonormal``: the overlap eigenvalue below which
+        combinations of functions are left out of the loss (default
+        :data:`clebsch.basis.pyscf.PREDICTED_OVERLAP_CUTOFF`; 0 keeps every
+        one). :func:`clebsch.basis.pyscf.initial_guess` drops the same ones from
+        the model's guesses. With the converged matrix itself, dropping them
+        costs most of what the matrix saves (ethanol in def2-SVP: 6.5 SCF
+        iterations at 0.02, 1 at 0), so a model meant to save more is trained
+        at 0 and used at 0.
     conserve_electrons : bool
         For a density: the predicted coefficients of each structure are
         corrected so that the density holds the structure's electrons (the sum
@@ -164,6 +173,7 @@ class Target:
     basis: Optional[object] = None
     matrix: bool = False
     loss_metric: Optional[str] = None
+    overlap_cutoff: Optional[float] = None
     conserve_electrons: bool = False
     unit: str = ""
     extensive: bool = True
@@ -200,6 +210,12 @@ class Target:
                 raise TargetError(f"target {self.name!r}: loss_metric {self.loss_metric} measures a whole matrix "
                                   f"and is set on its pair blocks (level: edge, matrix: true); the on-site blocks "
                                   f"of the same basis join in")
+        if self.overlap_cutoff is not None:
+            if self.loss_metric != "orthonormal":
+                raise TargetError(f"target {self.name!r}: overlap_cutoff is for loss_metric: orthonormal")
+            if not (isinstance(self.overlap_cutoff, (int, float)) and 0.0 <= float(self.overlap_cutoff) < 1.0):
+                raise TargetError(f"target {self.name!r}: overlap_cutoff must be a number in [0, 1), got "
+                                  f"{self.overlap_cutoff!r}")
         if self.conserve_electrons and (self.basis is None or self.matrix or self.level != "atom"):
             raise TargetError(f"target {self.name!r}: conserve_electrons is for a density (a per-atom basis target "
                               f"without matrix: true)")
@@ -335,7 +351,8 @@ register_target(Target("born_charges", "atom", cartesian="ij", unit="e", source=
 
 
 # ---------------------------------------------------------------- declared targets
-_DECLARE_KEYS = {"level", "irreps", "cartesian", "basis", "matrix", "loss_metric", "conserve_electrons", "unit",
+_DECLARE_KEYS = {"level", "irreps", "cartesian", "basis", "matrix", "loss_metric", "overlap_cutoff",
+                 "conserve_electrons", "unit",
                  "reduce", "extensive", "description"}
 
 # metrics of declared targets in these units are shown scaled
@@ -368,6 +385,17 @@ def _basis_of(name: str, spec, base_dir=None):
     raise TargetError(f"model.targets.{name}.basis: give 'file' (and 'key') or 'elements', got keys {sorted(spec)}")
 
 
+def _number_or_none(name: str, key: str, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TargetError(f"model.targets.{name}.{key}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise TargetError(f"model.targets.{name}.{key}: expected a number, got {value!r}") from None
+
+
 def declare(name: str, spec: dict, base_dir=None) -> Target:
     """A target from a config entry ``{level, irreps | cartesian | basis, matrix, unit, reduce}``.
 
@@ -395,6 +423,7 @@ def declare(name: str, spec: dict, base_dir=None) -> Target:
                           f"{spec['conserve_electrons']!r}")
     unit = str(spec.get("unit", ""))
     factor, metric_unit = _METRIC_UNITS.get(unit, (1.0, None))
+    overlap_cutoff = _number_or_none(name, "overlap_cutoff", spec.get("overlap_cutoff"))
     try:
         return Target(
             name=name,
@@ -404,6 +433,7 @@ def declare(name: str, spec: dict, base_dir=None) -> Target:
             basis=basis,
             matrix=bool(spec.get("matrix", False)),
             loss_metric=None if spec.get("loss_metric") is None else str(spec["loss_metric"]),
+            overlap_cutoff=overlap_cutoff,
             conserve_electrons=bool(spec.get("conserve_electrons", False)),
             unit=unit,
             extensive=extensive,
@@ -440,6 +470,8 @@ def as_declarations(targets: dict[str, Target]) -> dict:
                 entry["matrix"] = True
             if t.loss_metric:
                 entry["loss_metric"] = t.loss_metric
+            if t.overlap_cutoff is not None:
+                entry["overlap_cutoff"] = float(t.overlap_cutoff)
             if t.conserve_electrons:
                 entry["conserve_electrons"] = True
         else:

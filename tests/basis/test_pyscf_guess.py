@@ -132,6 +132,21 @@ def test_initial_guess_is_a_density_matrix_with_invariant_energy(model, ao, sour
     np.testing.assert_allclose(energies[1:], energies[0], atol=1e-8, rtol=0)
 
 
+def test_a_matrix_trained_with_an_overlap_cutoff_guesses_with_it(model, ao, monkeypatch):
+    from clebsch.targets import replace
+
+    atoms = Atoms("OHHOHH", positions=WATER_DIMER)
+    mol = mole(atoms, ao)
+    plain = initial_guess(model, atoms, mol, source="hamiltonian")
+    dropped = initial_guess(model, atoms, mol, source="hamiltonian", overlap_cutoff=0.3)
+    assert np.abs(plain - dropped).max() > 1e-3
+    monkeypatch.setitem(model.targets, "fock", replace(model.targets["fock"], loss_metric="orthonormal",
+                                                       overlap_cutoff=0.3))
+    np.testing.assert_allclose(initial_guess(model, atoms, mol, source="hamiltonian"), dropped, atol=1e-12)
+    np.testing.assert_allclose(initial_guess(model, atoms, mol, source="hamiltonian", overlap_cutoff=0.02), plain,
+                               atol=1e-12)
+
+
 def test_errors_name_what_is_wrong(model, ao, aux):
     atoms = Atoms("OHHOHH", positions=WATER_DIMER)
     mol = mole(atoms, ao)

@@ -63,7 +63,7 @@ def _orbitals(basis, atoms, h_ref):
     return x @ c, e, s
 
 
-def _by_loops(basis, frames, graphs, out, metric="orthonormal"):
+def _by_loops(basis, frames, graphs, out, metric="orthonormal", cutoff=PREDICTED_OVERLAP_CUTOFF):
     """The same term by assembling each structure's matrices atom by atom and pair by pair."""
     total, count = 0.0, 0
     atom0 = edge0 = 0
@@ -77,7 +77,7 @@ def _by_loops(basis, frames, graphs, out, metric="orthonormal"):
         if metric == "orthonormal":
             s = basis.matrix_to_clebsch(z, mole(atoms, basis).intor("int1e_ovlp")).numpy()
             values, vectors = np.linalg.eigh(s)
-            keep = values > PREDICTED_OVERLAP_CUTOFF
+            keep = values > max(cutoff, 1e-8 * values.max())
             x = vectors[:, keep] / np.sqrt(values[keep])
             d = x.T @ (h - h_ref) @ x
         else:
@@ -237,3 +237,29 @@ def test_an_open_shell_frame_is_named_before_training(tmp_path):
                                           r"9 electrons"):
         train(config, log=quiet)
     assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_the_overlap_cutoff_of_the_loss_is_declared_and_used():
+    """``overlap_cutoff: 0`` keeps every combination of functions in the term (it equals the loops' term without
+    a cutoff, and exceeds the default's on ethanol, whose smallest overlap eigenvalue is ~3e-3), survives the
+    plain-config round trip, and is checked."""
+    from clebsch.targets import as_declarations
+
+    spec = {**DECLARED, "fock": {**DECLARED["fock"], "overlap_cutoff": 0}}
+    targets = resolve_targets(spec)
+    assert targets["fock"].overlap_cutoff == 0.0
+    assert as_declarations(targets)["fock"]["overlap_cutoff"] == 0.0
+    ethanol = read_structures(DATA, "215:216")
+    graphs = _graphs(ethanol, targets)
+    g = batch(graphs)
+    out = _noisy(g, 0)
+    every = WeightedLoss({"fock": 1.0}, targets=targets)(out, g)[1]["fock"]
+    assert every == pytest.approx(_by_loops(targets["fock"].basis, ethanol, graphs, out, cutoff=0.0), rel=1e-9)
+    default = WeightedLoss({"fock": 1.0}, targets=resolve_targets(DECLARED))(out, g)[1]["fock"]
+    assert every > 1.5 * default
+    with pytest.raises(TargetError, match=r"fock.overlap_cutoff: expected a number, got 'lots'"):
+        declare("fock", {**DECLARED["fock"], "overlap_cutoff": "lots"})
+    with pytest.raises(TargetError, match=r"overlap_cutoff must be a number in \[0, 1\), got -0.1"):
+        declare("fock", {**DECLARED["fock"], "overlap_cutoff": -0.1})
+    with pytest.raises(TargetError, match=r"overlap_cutoff is for loss_metric: orthonormal"):
+        declare("fock", {**_declared("density_matrix")["fock"], "overlap_cutoff": 0.0})

@@ -220,8 +220,9 @@ def initial_guess(model, atoms, mol, source: str = "density", xc: str = "pbe", t
     functional ``xc``); ``source="hamiltonian"``: the predicted Kohn-Sham matrix (on-site and pair blocks).
     ``mol`` must hold ``atoms`` in the model's AO basis (see :func:`mole`) and be closed-shell.
     ``target`` chooses the density target, or the pair-block target, where the model has several.
-    ``overlap_cutoff`` (see :func:`density_matrix`): by default :data:`PREDICTED_OVERLAP_CUTOFF` for a
-    predicted Kohn-Sham matrix, 0 for the exact Kohn-Sham matrix of a predicted density.
+    ``overlap_cutoff`` (see :func:`density_matrix`): by default the one the matrix target was trained with
+    (its ``overlap_cutoff``, with ``loss_metric: orthonormal``), else :data:`PREDICTED_OVERLAP_CUTOFF` for a
+    predicted Kohn-Sham matrix; 0 for the exact Kohn-Sham matrix of a predicted density.
     """
     from ..data.targets import graph_from_atoms
     from ..train.electronic import basis_targets
@@ -266,5 +267,7 @@ def initial_guess(model, atoms, mol, source: str = "density", xc: str = "pbe", t
             raise ValueError(f"the model's Kohn-Sham matrix has {fock.shape[0]} functions, mol's basis "
                              f"{overlap.shape[0]}: build mol in the model's basis (clebsch.basis.pyscf.mole)")
     if overlap_cutoff is None:
-        overlap_cutoff = PREDICTED_OVERLAP_CUTOFF if source == "hamiltonian" else 0.0
+        trained = getattr(model.targets[names[0]], "overlap_cutoff", None) if source == "hamiltonian" else None
+        overlap_cutoff = (0.0 if source == "density" else PREDICTED_OVERLAP_CUTOFF if trained is None
+                          else float(trained))
     return density_matrix(fock, overlap, mol.nelectron, overlap_cutoff)

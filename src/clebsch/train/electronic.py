@@ -149,7 +149,8 @@ def electronic_report(model, graphs, outputs, frames, keys: dict, units: dict | 
                 ef = _energy_factor(targets[pair].unit)
                 row.setdefault(f"{pair}_matrix_mae", []).append(factor * float((h - h_ref).abs().mean()))
                 values, vectors = torch.linalg.eigh(s)
-                keep = values > PREDICTED_OVERLAP_CUTOFF
+                cutoff = targets[pair].overlap_cutoff
+                keep = values > max(PREDICTED_OVERLAP_CUTOFF if cutoff is None else cutoff, 1e-8 * float(values.max()))
                 x = vectors[:, keep] / values[keep].sqrt()
                 row.setdefault(f"{pair}_orthonormal_mae", []).append(factor * float((x.T @ (h - h_ref) @ x).abs().mean()))
                 row.setdefault(f"{pair}_occupied_mae", []).append(

@@ -87,17 +87,17 @@ _PROJECTOR_BYTES = [0]
 _PROJECTOR_BUDGET = 256 * 2 ** 20  # bytes of cached X matrices (one per structure seen; training revisits them)
 
 
-def _projector(basis, numbers: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def _projector(basis, numbers: torch.Tensor, positions: torch.Tensor, cutoff: float | None = None) -> torch.Tensor:
     """:func:`~clebsch.basis.pyscf.orthonormal_basis` of one structure, cached by its elements and positions."""
     from ..basis.pyscf import orthonormal_basis
 
     z = numbers.tolist()
     xyz = positions.detach().to("cpu", torch.float64).numpy()
-    key = (id(basis), tuple(z), xyz.tobytes())
+    key = (id(basis), cutoff, tuple(z), xyz.tobytes())
     held = _PROJECTORS.get(key)
     if held is not None and held[0] is basis:
         return held[1]
-    x = orthonormal_basis(basis, z, xyz)
+    x = orthonormal_basis(basis, z, xyz, overlap_cutoff=cutoff)
     if _PROJECTOR_BYTES[0] + x.numel() * 8 <= _PROJECTOR_BUDGET:
         _PROJECTORS[key] = (basis, x)
         _PROJECTOR_BYTES[0] += x.numel() * 8
@@ -186,7 +186,7 @@ def _whole_matrix(name: str, targets: dict, output: dict, graph):
     for b in range(n_b):
         lo, hi = int(first[b]), int(first[b] + graph.n_atoms[b])
         if t.loss_metric == "orthonormal":
-            x = _projector(basis, numbers[lo:hi].cpu(), graph.positions[lo:hi])
+            x = _projector(basis, numbers[lo:hi].cpu(), graph.positions[lo:hi], t.overlap_cutoff)
             sides.append((x, x, None))
             continue
         n = int(per_structure[b])
