@@ -63,3 +63,47 @@ def test_density_errors_name_what_is_wrong(model_file, tmp_path, capsys):
     assert not (tmp_path / "y.cube").exists()
     assert main(["evaluate", str(model_file), str(ROOT / "examples" / "ethanol_xtb.xyz")]) == 2
     assert "ethanol_xtb.xyz', frame 0, atom 0: C (Z=6)" in capsys.readouterr().err
+
+
+def _member(seed, **declared):
+    targets = {"density": {"level": "atom", "basis": {"file": BASIS, "key": "aux"}, **declared},
+               "fock_onsite": {"level": "atom", "basis": {"file": BASIS, "key": "ao"}, "matrix": True, "unit": "Ha"},
+               "fock": {"level": "edge", "basis": {"file": BASIS, "key": "ao"}, "matrix": True, "unit": "Ha"}}
+    return float64_model({"name": "painn", "species": ["H", "O"], "cutoff": 4.0, "num_layers": 1, "channels": 4,
+                          "outputs": ["energy", *targets], "targets": targets}, seed=seed)
+
+
+def test_a_committee_file_is_evaluated_as_its_members_mean(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from clebsch.data.io import read_structures
+    from clebsch.data.targets import graph_from_atoms
+    from clebsch.uncertainty import Committee, CommitteeError, MeanModel, save_committee
+
+    members = [_member(seed) for seed in (1, 2)]
+    paths = []
+    for k, m in enumerate(members):
+        paths.append(tmp_path / f"m{k}.pt")
+        save_package(m, paths[-1], metadata={"train_config": {"data": {"keys": KEYS}}})
+    committee = save_committee(tmp_path / "committee.json", paths)
+    mean = Committee.load(committee).mean_model()
+    atoms = read_structures(DATA, "100:101")[0]
+    graph = graph_from_atoms(atoms, 4.0, keys={"density": "density_coefficients"}, targets=mean.targets,
+                             dtype=torch.float64)
+    out = mean(graph)
+    each = [m(graph) for m in members]
+    for name in ("energy", "density", "fock_onsite", "fock"):
+        torch.testing.assert_close(out[name], 0.5 * (each[0][name] + each[1][name]), atol=1e-12, rtol=0)
+    assert main(["evaluate", str(committee), f"{DATA}@100:101", "--json", str(tmp_path / "m.json")]) == 0
+    text = capsys.readouterr().out
+    assert "the mean of the 2 models of committee" in text and "density eps_rho %" in text
+    report = json.loads((tmp_path / "m.json").read_text())
+    ref = torch.nan_to_num(graph.targets["density"])
+    mask = torch.isfinite(graph.targets["density"])
+    expected = float((out["density"].detach() - ref)[mask].abs().mean())
+    found = [v for k, v in report["metrics"]["all"].items() if k.startswith("density") and k.endswith("mae")]
+    assert found and found[0] == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(CommitteeError, match=r"declare \['density'\] differently"):
+        MeanModel([members[0], _member(3, loss_metric="overlap")])

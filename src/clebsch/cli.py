@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a packaged model on a data set",
                        description="Metrics (per config_type) of a packaged model on a structure file.")
-    p.add_argument("model", help="packaged model file (model.pt)")
+    p.add_argument("model", help="packaged model file (model.pt), or a committee file (committee.json: the "
+                                 "members' mean prediction is evaluated)")
     p.add_argument("data", help="structure file with reference energies / forces")
     p.add_argument("--batch-size", type=positive_int, default=10, help="structures per batch (default 10)")
     p.add_argument("--output", metavar="XYZ", help="write the structures with predictions (pred_energy, pred_forces)")
@@ -171,6 +172,15 @@ def _check_device(device) -> None:
     _as_device(device)
 
 
+def _is_committee_file(path) -> bool:
+    """Whether ``path`` is a JSON file (a committee file; packaged models are zip archives)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(1) == b"{"
+    except OSError:
+        return False
+
+
 def _evaluate(args) -> int:
     import json
 
@@ -210,7 +220,15 @@ def _evaluate(args) -> int:
         existing = next((p for p in [plots, *plots.parents] if p.exists()), Path("."))
         if not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(f"cannot write plots into {str(plots)!r}: folder {str(existing)!r} is not writable")
-    model = load(args.model, device=args.device, head=args.head)
+    if _is_committee_file(args.model):  # the committee's mean prediction
+        from .uncertainty import Committee
+
+        if args.head:
+            raise ValueError(f"--head chooses an energy head of one model; {args.model} is a committee file")
+        model = Committee.load(args.model, device=args.device).mean_model()
+        print(f"clebsch evaluate: the mean of the {len(model.members)} models of committee {args.model}")
+    else:
+        model = load(args.model, device=args.device, head=args.head)
     unknown = sorted(set(overrides) - set(model.targets) - {"weight"})
     if unknown:
         raise ValueError(f"--key names unknown target(s) {unknown}; this model predicts {list(model.outputs)}")

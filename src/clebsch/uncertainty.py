@@ -49,6 +49,7 @@ from .graph import AtomicGraph, batch as batch_graphs
 
 __all__ = [
     "COMMITTEE_FORMAT",
+    "MeanModel",
     "LLPR_FORMAT",
     "Committee",
     "CommitteeError",
@@ -293,6 +294,50 @@ def _load_member(path, device, dtype):
     return model.to(dtype=dtype) if dtype is not None else model
 
 
+class MeanModel(torch.nn.Module):
+    """The mean of several models' outputs, used like one model (``model(graph)``, ``clebsch evaluate``,
+    :func:`clebsch.basis.pyscf.initial_guess`).
+
+    Every output the members share is averaged: energies, forces (the gradient of the mean energy), and
+    declared targets such as densities and Kohn-Sham matrices. Members must agree on the cutoff, the species,
+    the outputs and each output's declaration (layout, basis, unit); any other attribute (``targets``,
+    ``outputs``, ``cutoff``, ``config``, ...) is the first member's.
+    """
+
+    def __init__(self, models: Sequence[torch.nn.Module], names: Sequence[str] | None = None):
+        super().__init__()
+        names = list(names) if names is not None else [f"member {k}" for k in range(len(models))]
+        check_members(list(models), names)
+        first = models[0]
+        from .targets import as_declarations
+
+        for name, model in zip(names[1:], models[1:]):
+            if list(model.outputs) != list(first.outputs):
+                raise CommitteeError(f"committee members differ in outputs: {names[0]} gives {list(first.outputs)}, "
+                                     f"{name} gives {list(model.outputs)}")
+            mine = as_declarations({n: first.targets[n] for n in first.outputs})
+            theirs = as_declarations({n: model.targets[n] for n in model.outputs})
+            differ = sorted(n for n in set(mine) | set(theirs) if mine.get(n) != theirs.get(n))
+            if differ:
+                raise CommitteeError(f"committee members declare {differ} differently ({names[0]} and {name}: "
+                                     f"layout, basis or unit); their mean would mix two quantities")
+        self.members = torch.nn.ModuleList(models)
+        self.names = names
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            members = super().__getattr__("members")
+            return getattr(members[0], name)
+
+    def forward(self, graph: AtomicGraph, *args, **kwargs) -> dict:
+        outs = [m(graph, *args, **kwargs) for m in self.members]
+        shared = [k for k in outs[0] if all(k in o for o in outs[1:])]
+        return {k: torch.stack([o[k] for o in outs]).mean(dim=0) for k in shared
+                if isinstance(outs[0][k], torch.Tensor) and outs[0][k].is_floating_point()}
+
+
 class Committee:
     """Several models evaluated on one graph: mean prediction and spread.
 
@@ -376,6 +421,10 @@ class Committee:
             raise CommitteeError("this committee was built from models in memory; save each with "
                                  "clebsch.models.package.save_package and write the committee with save_committee")
         return save_committee(path, self.paths, self.calibration, metadata)
+
+    def mean_model(self) -> MeanModel:
+        """The members' mean as one model (:class:`MeanModel`): every shared output averaged."""
+        return MeanModel(self.members, self.names)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Committee":
         self.members = [m.to(device=device, dtype=dtype) for m in self.members]
