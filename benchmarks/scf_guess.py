@@ -40,10 +40,11 @@ import torch
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="packaged model with a density target and/or a Kohn-Sham matrix")
+    parser.add_argument("model", help="packaged model with a density target and/or a Kohn-Sham matrix (or a "
+                                      "committee file: the members' mean)")
     parser.add_argument("data", help="structures (e.g. 'examples/water_clusters.xyz.xz@180:211')")
     parser.add_argument("--density-model", metavar="MODEL",
-                        help="a packaged model whose density is used instead of the first model's")
+                        help="a packaged model (or committee file) whose density is used instead of the first model's")
     parser.add_argument("--ao-basis", metavar="FILE:KEY",
                         help="the AO basis of the SCF where no model predicts a Kohn-Sham matrix")
     parser.add_argument("--xc", default="pbe")
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     from clebsch.basis.pyscf import (aux_mole, density_matrix, fock_from_density, initial_guess, mole,
                                      native_coefficients)
     from clebsch.data.io import read_structures
-    from clebsch.models.package import load
+    from clebsch.uncertainty import load_model as load  # a packaged model, or a committee file's mean
     from clebsch.train.electronic import basis_targets
 
     lib.num_threads(args.threads)

@@ -172,15 +172,6 @@ def _check_device(device) -> None:
     _as_device(device)
 
 
-def _is_committee_file(path) -> bool:
-    """Whether ``path`` is a JSON file (a committee file; packaged models are zip archives)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(1) == b"{"
-    except OSError:
-        return False
-
-
 def _evaluate(args) -> int:
     import json
 
@@ -220,12 +211,12 @@ def _evaluate(args) -> int:
         existing = next((p for p in [plots, *plots.parents] if p.exists()), Path("."))
         if not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(f"cannot write plots into {str(plots)!r}: folder {str(existing)!r} is not writable")
-    if _is_committee_file(args.model):  # the committee's mean prediction
-        from .uncertainty import Committee
+    from .uncertainty import is_committee_file, load_model
 
+    if is_committee_file(args.model):  # the committee's mean prediction
         if args.head:
             raise ValueError(f"--head chooses an energy head of one model; {args.model} is a committee file")
-        model = Committee.load(args.model, device=args.device).mean_model()
+        model = load_model(args.model, device=args.device)
         print(f"clebsch evaluate: the mean of the {len(model.members)} models of committee {args.model}")
     else:
         model = load(args.model, device=args.device, head=args.head)

@@ -50,6 +50,7 @@ from .graph import AtomicGraph, batch as batch_graphs
 __all__ = [
     "COMMITTEE_FORMAT",
     "MeanModel",
+    "load_model",
     "LLPR_FORMAT",
     "Committee",
     "CommitteeError",
@@ -336,6 +337,25 @@ class MeanModel(torch.nn.Module):
         shared = [k for k in outs[0] if all(k in o for o in outs[1:])]
         return {k: torch.stack([o[k] for o in outs]).mean(dim=0) for k in shared
                 if isinstance(outs[0][k], torch.Tensor) and outs[0][k].is_floating_point()}
+
+
+def is_committee_file(path) -> bool:
+    """Whether ``path`` is a JSON file (a committee file; packaged models are zip archives)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(1) == b"{"
+    except OSError:
+        return False
+
+
+def load_model(path, device="cpu", dtype: torch.dtype | None = None):
+    """A packaged model file, or a committee file's members as one :class:`MeanModel`."""
+    if is_committee_file(path):
+        return Committee.load(path, device=device, dtype=dtype).mean_model()
+    from .models.package import load
+
+    model = load(path, device=device)
+    return model.to(dtype=dtype) if dtype is not None else model
 
 
 class Committee:
