@@ -72,3 +72,26 @@ def test_readout_channels_without_a_declared_target_warn(tmp_path):
     config["training"]["max_epochs"] = 1
     with pytest.warns(UserWarning, match="model.readout_channels: 8 widens the heads of declared targets"):
         train(config, log=quiet)
+
+
+def test_a_density_committee_trains_and_is_evaluated_as_its_mean(tmp_path, capsys):
+    import json
+
+    from clebsch.cli import main
+    from clebsch.train.committee import train_committee
+
+    data = tmp_path / "water.xyz"
+    ase.io.write(data, read_structures(DATA, "95:107"))
+    config = _config(tmp_path / "run", data)
+    config["data"]["test_fraction"] = 0.2
+    config["training"]["max_epochs"] = 1
+    config["training"]["committee"] = 2
+    messages = []
+    result = train_committee(config, log=messages.append)
+    metrics = json.loads((tmp_path / "run" / "committee_metrics.json").read_text())  # strict JSON: no NaN
+    assert metrics["force_error_mean"] is None and metrics["frames"] == 2
+    assert any("no reference forces" in m for m in messages)
+    capsys.readouterr()
+    assert main(["evaluate", result["committee_path"], f"{DATA}@185:187"]) == 0
+    text = capsys.readouterr().out
+    assert "the mean of the 2 models of committee" in text and "density eps_rho %" in text

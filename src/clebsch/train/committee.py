@@ -28,6 +28,7 @@ trains those not started.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -196,12 +197,18 @@ def train_committee(config, resume: bool = False, overrides=(), on_step=None, lo
     report = {}
     if held:
         report = frame_uncertainty(committee, held, cfg.data.valid_batch_size).summary()
-        report["set"] = name
+        report = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
+        report["set"] = name  # measures the held-out frames lack (no reference forces: a density) are null
         atomic_write_text(json.dumps(report, indent=2) + "\n", run_dir / "committee_metrics.json")
-        log(f"committee on {len(held)} {name} frames: mean |F error| per atom of the mean "
-            f"{1000 * report['force_error_mean']:.1f} meV/Å, mean force uncertainty "
-            f"{1000 * report['force_uncertainty_mean']:.1f} meV/Å, rank correlation of uncertainty and force error "
-            f"{report['spearman_forces']:.2f}")
+        if report["force_error_mean"] is not None:
+            spearman = report["spearman_forces"]
+            log(f"committee on {len(held)} {name} frames: mean |F error| per atom of the mean "
+                f"{1000 * report['force_error_mean']:.1f} meV/Å, mean force uncertainty "
+                f"{1000 * report['force_uncertainty_mean']:.1f} meV/Å, rank correlation of uncertainty and force "
+                f"error {'-' if spearman is None else f'{spearman:.2f}'}")
+        else:
+            log(f"committee on {len(held)} {name} frames: no reference forces; `clebsch evaluate "
+                f"{run_dir / 'committee.json'} FILE` gives the errors of the members' mean")
     seeds = [m.seed for m in members]
     path = committee.save(run_dir / "committee.json", metadata={"seeds": seeds, "held_out_metrics": report})
     log(f"committee of {k_members} models written: {path}")
