@@ -113,9 +113,8 @@ class Target:
         ``X^T (H - H_ref) X`` over each structure's whole matrix (on-site blocks
         from the per-atom target of the same basis, pairs without an edge zero),
         ``X`` its functions orthonormalised by the overlap (PySCF's, for open
-        structures) without the combinations below
-        :data:`clebsch.basis.pyscf.PREDICTED_OVERLAP_CUTOFF`: the matrix as its
-        orbital energies and an initial guess see it. An element error of ``d``
+        structures) without the combinations below ``overlap_cutoff``: the
+        matrix as its orbital energies and an initial guess see it. An element error of ``d``
         along a combination with overlap eigenvalue ``s`` weighs ``d / s`` there.
         ``"density_matrix"`` (a closed-shell matrix's pair blocks): the change
         of the density matrix that the error makes to first order, ``2 (C_o^T
