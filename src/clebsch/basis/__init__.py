@@ -13,9 +13,11 @@ Examples
 1x0e+1x1o
 """
 
-from ._analysis import assemble_matrix, density_report, orbital_energies, overlap_matrix, write_density_cube
+from ._analysis import (assemble_matrix, canonical_orthogonalisation, density_report, orbital_energies, overlap_matrix,
+                        write_density_cube)
 from ._gaussian import BOHR, GaussianBasis, pyscf_to_clebsch, standard_real_harmonics
 from ._grid import molecular_grid
 
-__all__ = ["BOHR", "GaussianBasis", "assemble_matrix", "density_report", "molecular_grid", "orbital_energies",
-           "overlap_matrix", "pyscf_to_clebsch", "standard_real_harmonics", "write_density_cube"]
+__all__ = ["BOHR", "GaussianBasis", "assemble_matrix", "canonical_orthogonalisation", "density_report",
+           "molecular_grid", "orbital_energies", "overlap_matrix", "pyscf_to_clebsch", "standard_real_harmonics",
+           "write_density_cube"]

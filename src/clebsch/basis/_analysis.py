@@ -12,7 +12,8 @@ import torch
 from ._gaussian import GaussianBasis
 from ._grid import molecular_grid
 
-__all__ = ["assemble_matrix", "overlap_matrix", "orbital_energies", "density_report", "write_density_cube"]
+__all__ = ["assemble_matrix", "overlap_matrix", "canonical_orthogonalisation", "orbital_energies", "density_report",
+           "write_density_cube"]
 
 
 def assemble_matrix(basis: GaussianBasis, numbers, onsite, pairs=None, edge_index=None) -> torch.Tensor:
@@ -39,13 +40,19 @@ def overlap_matrix(basis: GaussianBasis, numbers, positions, grid=None) -> torch
     return 0.5 * (s + s.T)
 
 
+def canonical_orthogonalisation(overlap: torch.Tensor, cutoff: float = 0.0) -> torch.Tensor:
+    """``X`` [n, k] with ``X^T S X = 1`` from the eigenvectors of ``S`` whose eigenvalues exceed ``cutoff`` (and
+    1e-8 of the largest: near-singular combinations always go)."""
+    s = torch.as_tensor(overlap, dtype=torch.float64)
+    evals, evecs = torch.linalg.eigh(s)
+    keep = evals > max(1e-8 * float(evals.max()), float(cutoff))
+    return evecs[:, keep] / evals[keep].sqrt()
+
+
 def orbital_energies(hamiltonian: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of the generalised problem ``H C = S C e``, ascending."""
     h = torch.as_tensor(hamiltonian, dtype=torch.float64)
-    s = torch.as_tensor(overlap, dtype=torch.float64)
-    evals, evecs = torch.linalg.eigh(s)
-    keep = evals > 1e-8 * evals.max()
-    x = evecs[:, keep] / evals[keep].sqrt()  # canonical orthogonalisation
+    x = canonical_orthogonalisation(overlap)
     return torch.linalg.eigvalsh(x.T @ h @ x)
 
 

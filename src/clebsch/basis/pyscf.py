@@ -94,10 +94,9 @@ def orthonormal_basis(basis: GaussianBasis, numbers, positions, overlap_cutoff: 
     cutoff = PREDICTED_OVERLAP_CUTOFF if overlap_cutoff is None else overlap_cutoff
     if not float(cutoff) >= 0.0:
         raise ValueError(f"overlap_cutoff must be a number >= 0, got {overlap_cutoff!r}")
-    s = overlap(basis, numbers, positions)
-    values, vectors = torch.linalg.eigh(s)
-    keep = values > max(1e-8 * float(values.max()), float(cutoff))
-    return vectors[:, keep] / values[keep].sqrt()
+    from ._analysis import canonical_orthogonalisation
+
+    return canonical_orthogonalisation(overlap(basis, numbers, positions), cutoff)
 
 
 def aux_mole(mol, basis: GaussianBasis):

@@ -22,10 +22,12 @@ import math
 import numpy as np
 import torch
 
-from ..basis import assemble_matrix, density_report, molecular_grid, orbital_energies, overlap_matrix
+from ..basis import (assemble_matrix, canonical_orthogonalisation, density_report, molecular_grid, orbital_energies,
+                     overlap_matrix)
 from ..basis.pyscf import PREDICTED_OVERLAP_CUTOFF
 
-__all__ = ["basis_targets", "check_electron_counts", "check_whole_matrix_data", "electronic_report", "format_electronic"]
+__all__ = ["basis_targets", "check_electron_counts", "check_whole_matrix_data", "electronic_report",
+           "format_electronic"]
 
 _HA_TO_EV = 27.211386245988
 
@@ -148,11 +150,10 @@ def electronic_report(model, graphs, outputs, frames, keys: dict, units: dict | 
                 e_ref, e_pred = orbital_energies(h_ref, s), orbital_energies(h, s)
                 ef = _energy_factor(targets[pair].unit)
                 row.setdefault(f"{pair}_matrix_mae", []).append(factor * float((h - h_ref).abs().mean()))
-                values, vectors = torch.linalg.eigh(s)
                 cutoff = targets[pair].overlap_cutoff
-                keep = values > max(PREDICTED_OVERLAP_CUTOFF if cutoff is None else cutoff, 1e-8 * float(values.max()))
-                x = vectors[:, keep] / values[keep].sqrt()
-                row.setdefault(f"{pair}_orthonormal_mae", []).append(factor * float((x.T @ (h - h_ref) @ x).abs().mean()))
+                x = canonical_orthogonalisation(s, PREDICTED_OVERLAP_CUTOFF if cutoff is None else cutoff)
+                row.setdefault(f"{pair}_orthonormal_mae", []).append(
+                    factor * float((x.T @ (h - h_ref) @ x).abs().mean()))
                 row.setdefault(f"{pair}_occupied_mae", []).append(
                     ef * float((e_pred[:occupied] - e_ref[:occupied]).abs().mean()))
                 if occupied < e_ref.numel():
