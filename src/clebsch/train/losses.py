@@ -87,21 +87,29 @@ _PROJECTOR_BYTES = [0]
 _PROJECTOR_BUDGET = 256 * 2 ** 20  # bytes of cached X matrices (one per structure seen; training revisits them)
 
 
+def _cached(key: tuple, basis, make):
+    """``make()`` for one structure, kept (up to the budget) under ``key`` for this ``basis``: training revisits
+    every structure each epoch, and what is kept depends only on its elements, positions and reference."""
+    key = (id(basis), *key)
+    held = _PROJECTORS.get(key)
+    if held is not None and held[0] is basis:
+        return held[1]
+    value = make()
+    size = sum(v.numel() for v in (value if isinstance(value, tuple) else (value,))) * 8
+    if _PROJECTOR_BYTES[0] + size <= _PROJECTOR_BUDGET:
+        _PROJECTORS[key] = (basis, value)
+        _PROJECTOR_BYTES[0] += size
+    return value
+
+
 def _projector(basis, numbers: torch.Tensor, positions: torch.Tensor, cutoff: float | None = None) -> torch.Tensor:
     """:func:`~clebsch.basis.pyscf.orthonormal_basis` of one structure, cached by its elements and positions."""
     from ..basis.pyscf import orthonormal_basis
 
     z = numbers.tolist()
     xyz = positions.detach().to("cpu", torch.float64).numpy()
-    key = (id(basis), cutoff, tuple(z), xyz.tobytes())
-    held = _PROJECTORS.get(key)
-    if held is not None and held[0] is basis:
-        return held[1]
-    x = orthonormal_basis(basis, z, xyz, overlap_cutoff=cutoff)
-    if _PROJECTOR_BYTES[0] + x.numel() * 8 <= _PROJECTOR_BUDGET:
-        _PROJECTORS[key] = (basis, x)
-        _PROJECTOR_BYTES[0] += x.numel() * 8
-    return x
+    return _cached(("projector", cutoff, tuple(z), xyz.tobytes()), basis,
+                   lambda: orthonormal_basis(basis, z, xyz, overlap_cutoff=cutoff))
 
 
 def _scatter_indices(basis, numbers: torch.Tensor, local: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
@@ -137,10 +145,11 @@ def _whole_matrix(name: str, targets: dict, output: dict, graph):
     X`` (:func:`~clebsch.basis.pyscf.orthonormal_basis`), the functions orthonormalised without the
     near-dependent combinations that an initial guess drops, ``W = 1``; ``density_matrix``: see
     :func:`_response`."""
+    from .electronic import basis_targets
+
     t = targets[name]
-    onsite = next((o for o in output if o in graph.targets and targets.get(o) is not None and targets[o].matrix
-                   and targets[o].level == "atom" and targets[o].basis is not None
-                   and targets[o].basis.to_dict() == t.basis.to_dict()), None)
+    _, matrices = basis_targets({n: targets[n] for n in output if n in targets})
+    onsite = next((o for o, p in matrices if p == name and o in graph.targets), None)
     if onsite is None:
         raise ValueError(f"target {name!r} has loss_metric: {t.loss_metric}, which measures the whole matrix: it needs "
                          f"the on-site blocks of the same basis (a per-atom target with matrix: true) among the "
@@ -229,26 +238,22 @@ def _response(basis, numbers: torch.Tensor, positions: torch.Tensor, reference: 
     h = reference.detach().to("cpu", torch.float64)
     xyz = positions.detach().to("cpu", torch.float64).numpy()
     z = numbers.tolist()
-    key = ("response", id(basis), tuple(z), xyz.tobytes(), h.numpy().tobytes())
-    held = _PROJECTORS.get(key)
-    if held is not None and held[0] is basis:
-        return held[1]
-    x = orthonormal_basis(basis, z, xyz, overlap_cutoff=0.0)
-    e, c = torch.linalg.eigh(x.T @ (0.5 * (h + h.T)) @ x)
-    if occupied >= e.numel():
-        raise ValueError(f"target {name!r}: loss_metric: density_matrix needs virtual orbitals, but a structure "
-                         f"has {occupied} occupied of {e.numel()} orbitals")
-    c = x @ c
-    gap = e[occupied:][None, :] - e[:occupied][:, None]
-    if float(gap.min()) <= 1e-4:
-        raise ValueError(f"target {name!r}: loss_metric: density_matrix needs a HOMO-LUMO gap, but the reference "
-                         f"matrix of a structure ({len(z)} atoms) has {float(gap.min()):.2g} (in its unit)")
-    value = (c[:, :occupied], c[:, occupied:], 2.0 / gap)
-    size = sum(v.numel() for v in value)
-    if _PROJECTOR_BYTES[0] + size * 8 <= _PROJECTOR_BUDGET:
-        _PROJECTORS[key] = (basis, value)
-        _PROJECTOR_BYTES[0] += size * 8
-    return value
+
+    def make():
+        x = orthonormal_basis(basis, z, xyz, overlap_cutoff=0.0)
+        e, c = torch.linalg.eigh(x.T @ (0.5 * (h + h.T)) @ x)
+        if occupied >= e.numel():
+            raise ValueError(f"target {name!r}: loss_metric: density_matrix needs virtual orbitals, but a structure "
+                             f"has {occupied} occupied of {e.numel()} orbitals")
+        c = x @ c
+        gap = e[occupied:][None, :] - e[:occupied][:, None]
+        if float(gap.min()) <= 1e-4:
+            raise ValueError(f"target {name!r}: loss_metric: density_matrix needs a HOMO-LUMO gap, but the "
+                             f"reference matrix of a structure ({len(z)} atoms) has {float(gap.min()):.2g} (in its "
+                             f"unit)")
+        return c[:, :occupied], c[:, occupied:], 2.0 / gap
+
+    return _cached(("response", tuple(z), xyz.tobytes(), h.numpy().tobytes()), basis, make)
 
 
 def _item_weights(weights: torch.Tensor | None, level: str, graph, like: torch.Tensor) -> torch.Tensor | None:
