@@ -1,4 +1,4 @@
-"""Energy-only models let ET, ViSNet and Allegro skip their last layer's non-scalar work: same energies and forces."""
+"""Energy-only models skip their last layer's non-scalar work (ET, ViSNet, Allegro, NequIP, MACE): same energies and forces."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from clebsch.graph import AtomicGraph
 from clebsch.models import build_model
 
-FAMILIES = ["equivariant_transformer", "visnet", "allegro"]
+FAMILIES = ["equivariant_transformer", "visnet", "allegro", "nequip", "mace"]
 
 
 def molecule():
@@ -38,3 +38,17 @@ def test_a_head_that_reads_vectors_keeps_them(family):
     species = model.species_index(molecule().numbers)
     features = model.representation(species, molecule().edge_index, molecule().edge_vectors())
     assert features[:, model.representation.irreps_out.count("0e"):].abs().max() > 0
+
+
+@pytest.mark.parametrize("path", ["forward_all_species", "forward_grouped"])
+def test_symmetric_contraction_first_output_alone(path):
+    from clebsch.models._symmetric_contraction import SymmetricContraction
+
+    torch.manual_seed(0)
+    sc = SymmetricContraction("0e + 1o + 2e", "0e + 1o + 2e", channels=4, correlation=3, num_species=5).double()
+    a = torch.randn(40, 4, 9, dtype=torch.float64)
+    species = torch.randint(0, 5, (40,))
+    full = getattr(sc, path)(a, species)
+    first = getattr(sc, path)(a, species, first_only=True)
+    assert first.shape == (40, 4, 1)
+    torch.testing.assert_close(first, full[:, :, :1], rtol=0, atol=1e-12)

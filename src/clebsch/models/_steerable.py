@@ -11,7 +11,9 @@ class SteerableStack(torch.nn.Module):
     """Base of representations whose layers take ``(h, species, edge_index, edge_sh, edge_basis, edge_envelope)``.
 
     A subclass sets ``embedding`` ``[num_species, channels]``, ``irreps_sh``,
-    ``basis``, ``envelope`` and ``layers``.
+    ``basis``, ``envelope`` and ``layers``. A subclass with the attribute ``scalars_only``
+    (see :class:`~clebsch.models.Representation`) has layers that take ``scalars_only=True``:
+    the last layer gets it when the attribute is set.
     """
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
@@ -21,6 +23,10 @@ class SteerableStack(torch.nn.Module):
         edge_basis = self.basis(length)
         edge_envelope = self.envelope(length)
         h = self.embedding.to(edge_vectors.dtype)[species]
-        for layer in self.layers:
-            h = layer(h, species, edge_index, edge_sh, edge_basis, edge_envelope)
+        last = len(self.layers) - 1
+        for k, layer in enumerate(self.layers):
+            if k == last and getattr(self, "scalars_only", False):  # a family that can skip non-scalar work
+                h = layer(h, species, edge_index, edge_sh, edge_basis, edge_envelope, scalars_only=True)
+            else:
+                h = layer(h, species, edge_index, edge_sh, edge_basis, edge_envelope)
         return h

@@ -218,8 +218,14 @@ class SymmetricContraction(torch.nn.Module):
         self._num_j = num_j
         u = torch.cat(rows, dim=0)  # [P, M, J, X]
         self.register_buffer("_u", u.reshape(u.shape[0], -1).to(dtype), persistent=False)
+        # the first output irrep alone (the 0e of an energy model's last layer): its columns M, every path
+        # (those of the other outputs are zero there)
+        first = self.irreps_out.slices()[0] if len(self.irreps_out) else slice(0, 0)
+        self.first_dim = first.stop - first.start
+        self.register_buffer("_u_first", u[:, first].reshape(u.shape[0], -1).to(dtype), persistent=False)
         u = torch.cat(rows_all, dim=0)  # [P, M, X + top]: every monomial, for forward_all_species
         self.register_buffer("_u_all", u.reshape(u.shape[0], -1).to(dtype), persistent=False)
+        self.register_buffer("_u_all_first", u[:, first].reshape(u.shape[0], -1).to(dtype), persistent=False)
 
     def monomials(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """The monomials of degree 1 to ``correlation - 1`` of ``x`` ``[K, d, N]``, with ``f = [1, x]`` ``[K, 1 + d, N]``.
@@ -232,11 +238,13 @@ class SymmetricContraction(torch.nn.Module):
             out = out.index_select(1, getattr(self, f"_left{step}")) * f.index_select(1, getattr(self, f"_right{step}"))
         return out
 
-    def coupling(self, weights: torch.Tensor) -> torch.Tensor:
-        """The coupling tensors with the weights ``[Z', P, K]`` of ``Z'`` elements folded in: ``[Z', K, M * J, X]``."""
+    def coupling(self, weights: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """The coupling tensors with the weights ``[Z', P, K]`` of ``Z'`` elements folded in: ``[Z', K, M * J, X]``
+        (``M`` the first output irrep's dimension with ``first_only``)."""
         z, p, k = weights.shape
-        c = weights.transpose(1, 2).reshape(z * k, p) @ self._u.to(weights.dtype)
-        return c.view(z, k, self.irreps_out.dim * self._num_j, self.num_monomials)
+        u, m = (self._u_first, self.first_dim) if first_only else (self._u, self.irreps_out.dim)
+        c = weights.transpose(1, 2).reshape(z * k, p) @ u.to(weights.dtype)
+        return c.view(z, k, m * self._num_j, self.num_monomials)
 
     def _inputs(self, a: torch.Tensor) -> tuple:
         """``[N, K, d]`` -> (factor table ``[K, J, N]`` or ``None``, formed monomials ``[K, X, N]``)."""
@@ -257,13 +265,15 @@ class SymmetricContraction(torch.nn.Module):
     #: than grouping the atoms (measured on CPU, float32, ``0e+1o+2e``, 32 channels, correlation 3)
     grouping_threshold = 256
 
-    def forward(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, species: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """``A`` ``[N, K, d_in]`` -> ``[N, K, d_out]``; with ``first_only``, only the first output irrep
+        ``[N, K, d_first]`` (the others are not computed)."""
         exporting = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
         if exporting or a.shape[0] * self.num_species < self.grouping_threshold:
-            return self.forward_all_species(a, species)
-        return self.forward_grouped(a, species)
+            return self.forward_all_species(a, species, first_only)
+        return self.forward_grouped(a, species, first_only)
 
-    def forward_grouped(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    def forward_grouped(self, a: torch.Tensor, species: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """The contraction with the atoms grouped by element: one matmul per element present.
 
         The atoms are sorted by element (a stable sort), the polynomial of each group
@@ -272,33 +282,33 @@ class SymmetricContraction(torch.nn.Module):
         """
         n, k, d = a.shape
         if n == 0:
-            return a.new_zeros(0, k, self.irreps_out.dim)
+            return a.new_zeros(0, k, self.first_dim if first_only else self.irreps_out.dim)
         counts = torch.bincount(species, minlength=self.num_species)
         present = torch.nonzero(counts).flatten()
         sizes = counts[present].tolist()
         w = torch.cat([w.to(a.dtype) for w in self.weights], dim=1).index_select(0, present)  # [Z', P, K]
         if len(sizes) == 1:  # one element: nothing to sort
             f, mono = self._inputs(a)
-            return self._finish(torch.bmm(self.coupling(w)[0], mono), f).permute(2, 0, 1)
+            return self._finish(torch.bmm(self.coupling(w, first_only)[0], mono), f).permute(2, 0, 1)
         order = torch.argsort(species, stable=True)
         f, mono = self._inputs(a.index_select(0, order))
         fs = f.split(sizes, dim=2) if f is not None else [None] * len(sizes)
         y = torch.cat([self._finish(torch.bmm(c, x), g)
-                       for c, x, g in zip(self.coupling(w).unbind(0), mono.split(sizes, dim=2), fs)], dim=2)
+                       for c, x, g in zip(self.coupling(w, first_only).unbind(0), mono.split(sizes, dim=2), fs)], dim=2)
         back = torch.empty_like(order)
         back[order] = torch.arange(n, device=order.device)
         return y.permute(2, 0, 1).index_select(0, back)
 
-    def forward_all_species(self, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    def forward_all_species(self, a: torch.Tensor, species: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """The contraction as every element's polynomial of every atom, of which each atom keeps its own.
 
         No shape depends on the values (the path taken while tracing or exporting);
         the cost per atom grows with the number of elements.
         """
         n, k, d = a.shape
-        z, m = self.num_species, self.irreps_out.dim
+        z, m = self.num_species, (self.first_dim if first_only else self.irreps_out.dim)
         w = torch.cat([w.to(a.dtype) for w in self.weights], dim=1)  # [Z, P, K]
-        c = w.permute(2, 0, 1).reshape(k * z, -1) @ self._u_all.to(a.dtype)
+        c = w.permute(2, 0, 1).reshape(k * z, -1) @ (self._u_all_first if first_only else self._u_all).to(a.dtype)
         c = c.view(k, z * m, -1)  # [K, Z * M, every monomial]
         f, mono = self._inputs(a)
         if f is not None:  # the monomials of the highest degree too

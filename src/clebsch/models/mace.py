@@ -93,19 +93,27 @@ class MACELayer(torch.nn.Module):
         self._to_channels = ColumnMap(self, "_to_channels_idx", channel_major(self.irreps_a), self.irreps_a.dim)
         self._from_channels = ColumnMap(self, "_from_channels_idx", channel_major(self.irreps_out),
                                         self.irreps_out.dim, place=True)
+        mask = torch.zeros(self.irreps_out.dim)
+        mask[: self.irreps_out[0].dim] = 1  # the 0e features (the first irrep)
+        self.register_buffer("_scalar_mask", mask, persistent=False)
 
-    def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope):
+    def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope, scalars_only: bool = False):
+        """The layer's output features; with ``scalars_only``, only their ``0e`` columns (zeros elsewhere),
+        the symmetric contraction computing its ``0e`` output only."""
         sender, receiver = edge_index[0], edge_index[1]
         x = self.linear_up(h)
         # the product is linear in the harmonics: the envelope scales them ([E, 9]), not the weights ([E, numel])
         weights = self.radial(edge_basis)
         a = self.conv.scatter_sum(x[sender], edge_sh * edge_envelope[:, None], weights, receiver, h.shape[0]) * self.inv_avg
         a = self.linear_a(a)
-        b = self.contraction(self._to_channels(self, a).view(a.shape[0], self.irreps_a[0].mul, -1), species)
+        b = self.contraction(self._to_channels(self, a).view(a.shape[0], self.irreps_a[0].mul, -1), species,
+                             first_only=scalars_only)
+        if scalars_only:  # [N, K, 1]: the 0e output (the first irrep, 1 column per channel), zeros after it
+            b = torch.cat([b, b.new_zeros(b.shape[0], b.shape[1], self.irreps_out.dim // b.shape[1] - 1)], dim=2)
         out = self.linear_out(self._from_channels(self, b.reshape(b.shape[0], -1)))
         if self.residual is not None:
             out = out + self.residual(h, species)
-        return out
+        return out * self._scalar_mask.to(out.dtype) if scalars_only else out
 
 
 @register("mace")
@@ -140,6 +148,10 @@ class MACE(SteerableStack):
         Degree of the polynomial cutoff envelope.
     avg_num_neighbors : float
         The atomic basis is divided by it.
+    scalars_only : bool
+        Attribute (not a parameter), set by a :class:`~clebsch.models.Potential` whose heads read
+        only the ``0e`` features: the last layer's symmetric contraction computes its ``0e``
+        output only (as mace-torch's last layer does) and the other outputs are zero.
     """
 
     def __init__(
@@ -178,3 +190,4 @@ class MACE(SteerableStack):
             self.layers.append(layer)
             irreps = layer.irreps_out
         self.irreps_out = irreps
+        self.scalars_only = False

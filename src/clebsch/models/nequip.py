@@ -73,15 +73,45 @@ class InteractionBlock(torch.nn.Module):
         self.self_connection = SpeciesLinear(self.irreps_in, self.gate.irreps_in, num_species)
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
         self.resnet = resnet and self.irreps_out == self.irreps_in
+        # the block when only its 0e outputs are read: the paths into 0e (consecutive columns of the
+        # convolution's output, which is sorted by irrep), their radial weights, and the 0e columns
+        self.scalar_conv = ChannelwiseTensorProduct(self.irreps_in, irreps_sh, filter_ir_out=["0e"],
+                                                    shared_weights=False, internal_weights=False,
+                                                    recompute_products=recompute_products)
+        numel, columns = 0, []
+        for p in self.conv.paths:
+            if self.conv.irreps_out[p.i_out].ir.l == 0 and self.conv.irreps_out[p.i_out].ir.p == 1:
+                columns += range(numel, numel + self.irreps_in[p.i_in1].mul)
+            numel += self.irreps_in[p.i_in1].mul
+        if numel != self.conv.weight_numel or len(columns) != self.scalar_conv.weight_numel:
+            raise AssertionError("NequIP: the 0e paths' weights could not be located")  # pragma: no cover
+        self.register_buffer("_scalar_weights", torch.tensor(columns, dtype=torch.long), persistent=False)
+        starts = [s.start for s, (_, ir) in zip(self.conv.irreps_out.slices(), self.conv.irreps_out)
+                  if ir.l == 0 and ir.p == 1]
+        self._scalar_start = starts[0] if starts else 0
+        mask = torch.zeros(self.irreps_out.dim)
+        mask[[c for s, (_, ir) in zip(self.irreps_out.slices(), self.irreps_out) if ir.l == 0 and ir.p == 1
+              for c in range(s.start, s.stop)]] = 1
+        self.register_buffer("_scalar_mask", mask, persistent=False)
 
-    def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope):
+    def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope, scalars_only: bool = False):
+        """The block's output features; with ``scalars_only``, only their ``0e`` columns (zeros elsewhere),
+        from the convolution's paths into ``0e`` only (the others are not computed)."""
         sender, receiver = edge_index[0], edge_index[1]
         x = self.self_interaction(h)
         # the product is linear in the harmonics: the envelope scales them ([E, 9]), not the weights ([E, numel])
-        weights = self.radial(edge_basis)
-        conv = self.conv.scatter_sum(x[sender], edge_sh * edge_envelope[:, None], weights, receiver, h.shape[0]) * self.norm
+        sh = edge_sh * edge_envelope[:, None]
+        if scalars_only:
+            weights = self.radial(edge_basis, self._scalar_weights)
+            conv = self.scalar_conv.scatter_sum(x[sender], sh, weights, receiver, h.shape[0]) * self.norm
+            n, a = conv.shape[0], self._scalar_start
+            conv = torch.cat([conv.new_zeros(n, a), conv, conv.new_zeros(n, self.conv.irreps_out.dim - a - conv.shape[1])], 1)
+        else:
+            weights = self.radial(edge_basis)
+            conv = self.conv.scatter_sum(x[sender], sh, weights, receiver, h.shape[0]) * self.norm
         out = self.gate(self.linear(conv) + self.self_connection(h, species))
-        return h + out if self.resnet else out
+        out = h + out if self.resnet else out
+        return out * self._scalar_mask.to(out.dtype) if scalars_only else out
 
 
 @register("nequip")
@@ -117,6 +147,11 @@ class NequIP(SteerableStack):
         Convolutions are divided by its square root.
     resnet : bool
         Residual connections between blocks of equal irreps.
+    scalars_only : bool
+        Attribute (not a parameter), set by a :class:`~clebsch.models.Potential` whose heads read
+        only the ``0e`` features (an energy-only model): the last block computes only its
+        convolution's paths into ``0e`` (nequip's last layer is scalars-only as well) and the
+        other outputs are zero.
     recompute_products : bool
         Keep only the inputs of each convolution for the backward passes and
         recompute its per-edge products there: 35-50% less memory in a force
@@ -163,3 +198,4 @@ class NequIP(SteerableStack):
             self.layers.append(block)
             irreps = block.irreps_out
         self.irreps_out = irreps
+        self.scalars_only = False
