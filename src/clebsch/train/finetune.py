@@ -398,6 +398,8 @@ def _element_roles(representation, num_species: int, names: list[str], cutoff: f
     those of every other element do not.
     """
     probe = copy.deepcopy(representation).to(torch.float64).eval()
+    if hasattr(probe, "scalars_only"):  # every feature, not only those an energy-only model reads
+        probe.scalars_only = False
     generator = torch.Generator().manual_seed(12345)
     with torch.no_grad():
         for p in probe.parameters():
