@@ -39,9 +39,12 @@ both directions of every pair, and no self-loops).
 Matched hyperparameters (``NEQUIP``, ``MACE``, ... below):
 
 * NequIP: 3 layers, 32 channels, l_max 2, both parities, 8 Bessels, radial MLP
-  2 x 64.
+  2 x 64. nequip's last layer outputs scalars only (its convolution has only
+  the paths into ``0e``); clebsch's energy-only model does the same
+  (``scalars_only``).
 * MACE: 2 layers, 32 channels, l_max 2 for the harmonics and the features,
-  correlation 3, 8 Bessels, radial MLP 3 x 64.
+  correlation 3, 8 Bessels, radial MLP 3 x 64. Both sides' last symmetric
+  contraction computes its ``0e`` output only.
 * DimeNet++: 3 blocks, 64 hidden, 32 triplet, 8 basis and 128 output channels,
   7 x 6 spherical basis, envelope exponent 5.
 * Allegro: 2 layers, l_max 2, both parities (tensor track ``0e 0o 1o 1e 2e
