@@ -67,7 +67,8 @@ class Representation(Protocol):
     reads more than the ``0e`` features (an energy-only model), and the family
     may then skip the work that only its non-scalar outputs need, returning
     zeros there (ET, ViSNet and Allegro skip their last layer's vector or
-    tensor update).
+    tensor update, NequIP its last convolution's paths into ``l > 0`` and MACE
+    its last symmetric contraction's ``l > 0`` outputs).
     """
 
     irreps_out: object
