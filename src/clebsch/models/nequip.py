@@ -34,11 +34,13 @@ from ..nn import (
     gate_irreps,  # noqa: F401  (importable from here, as before)
     make_gate,
 )
-from ..o3 import Irreps
+from ..o3 import Irrep, Irreps
 from ._registry import register
 from ._steerable import SteerableStack
 
 __all__ = ["NequIP"]
+
+_SCALAR = Irrep("0e")
 
 
 def hidden_irreps(channels: int, lmax: int, parity: bool) -> Irreps:
@@ -80,17 +82,16 @@ class InteractionBlock(torch.nn.Module):
                                                     recompute_products=recompute_products)
         numel, columns = 0, []
         for p in self.conv.paths:
-            if self.conv.irreps_out[p.i_out].ir.l == 0 and self.conv.irreps_out[p.i_out].ir.p == 1:
+            if self.conv.irreps_out[p.i_out].ir == _SCALAR:
                 columns += range(numel, numel + self.irreps_in[p.i_in1].mul)
             numel += self.irreps_in[p.i_in1].mul
         if numel != self.conv.weight_numel or len(columns) != self.scalar_conv.weight_numel:
             raise AssertionError("NequIP: the 0e paths' weights could not be located")  # pragma: no cover
         self.register_buffer("_scalar_weights", torch.tensor(columns, dtype=torch.long), persistent=False)
-        starts = [s.start for s, (_, ir) in zip(self.conv.irreps_out.slices(), self.conv.irreps_out)
-                  if ir.l == 0 and ir.p == 1]
+        starts = [s.start for s, (_, ir) in zip(self.conv.irreps_out.slices(), self.conv.irreps_out) if ir == _SCALAR]
         self._scalar_start = starts[0] if starts else 0
         mask = torch.zeros(self.irreps_out.dim)
-        mask[[c for s, (_, ir) in zip(self.irreps_out.slices(), self.irreps_out) if ir.l == 0 and ir.p == 1
+        mask[[c for s, (_, ir) in zip(self.irreps_out.slices(), self.irreps_out) if ir == _SCALAR
               for c in range(s.start, s.stop)]] = 1
         self.register_buffer("_scalar_mask", mask, persistent=False)
 
