@@ -108,8 +108,9 @@ class MACELayer(torch.nn.Module):
         a = self.linear_a(a)
         b = self.contraction(self._to_channels(self, a).view(a.shape[0], self.irreps_a[0].mul, -1), species,
                              first_only=scalars_only)
-        if scalars_only:  # [N, K, 1]: the 0e output (the first irrep, 1 column per channel), zeros after it
-            b = torch.cat([b, b.new_zeros(b.shape[0], b.shape[1], self.irreps_out.dim // b.shape[1] - 1)], dim=2)
+        if scalars_only:  # [N, K, 1]: the 0e output (the first irrep), zeros for the others
+            rest = self.contraction.irreps_out.dim - self.contraction.first_dim
+            b = torch.cat([b, b.new_zeros(b.shape[0], b.shape[1], rest)], dim=2)
         out = self.linear_out(self._from_channels(self, b.reshape(b.shape[0], -1)))
         if self.residual is not None:
             out = out + self.residual(h, species)
