@@ -23,6 +23,14 @@ Needs PySCF beside clebsch (``pip install pyscf``)::
     python benchmarks/scf_guess.py runs/water-clusters/model.pt "examples/water_clusters.xyz.xz@180:211" \
         --reference density_coefficients
 
+With ``--error-scales 1,0.3,0.1``, it also starts from the reference plus each
+fraction of the prediction's error (``density x0.1``: the reference density
+coefficients plus a tenth of the predicted ones' error; ``hamiltonian x0.1``:
+the same for the Kohn-Sham matrix, every combination of functions kept unless
+``--overlap-cutoff`` is given): how much more accurate a prediction must be
+for a given saving, along the direction of the model's own error. Needs
+``--reference`` (density) and/or ``--reference-fock`` (matrix).
+
 The density may come from another model (``--density-model``); a model with a
 density alone needs the AO basis the SCF runs in
 (``--ao-basis examples/water_clusters.basis.json:ao``).
@@ -59,18 +67,29 @@ def main(argv=None) -> int:
                              "is below this (default: "
                              "the one the model was trained with, else clebsch.basis.pyscf.PREDICTED_OVERLAP_CUTOFF; 0 keeps "
                              "every combination)")
+    parser.add_argument("--error-scales", metavar="T1,T2,...",
+                        help="also start from the reference plus these fractions of the prediction's error (needs "
+                             "--reference for the density, --reference-fock for the Kohn-Sham matrix)")
     parser.add_argument("--max", type=int, default=None, help="at most this many structures")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.overlap_cutoff is not None and not args.overlap_cutoff >= 0:
         parser.error(f"--overlap-cutoff must be >= 0, got {args.overlap_cutoff}")
+    scales = []
+    if args.error_scales:
+        try:
+            scales = [float(t) for t in args.error_scales.split(",")]
+        except ValueError:
+            parser.error(f"--error-scales takes numbers separated by commas, got {args.error_scales!r}")
+        if not args.reference and not args.reference_fock:
+            parser.error("--error-scales needs --reference (density) and/or --reference-fock (Kohn-Sham matrix)")
     try:
         from pyscf import dft, lib
     except ImportError:
         print("benchmarks/scf_guess.py needs PySCF (pip install pyscf); skipped", file=sys.stderr)
         return 0
     from clebsch.basis.pyscf import (aux_mole, density_matrix, fock_from_density, initial_guess, mole,
-                                     native_coefficients)
+                                     native_coefficients, prediction)
     from clebsch.data.io import read_structures
     from clebsch.uncertainty import load_model as load  # a packaged model, or a committee file's mean
     from clebsch.train.electronic import basis_targets
@@ -113,11 +132,35 @@ def main(argv=None) -> int:
         guesses.append("reference")
     if args.reference_fock:
         guesses.append("reference_fock")
+    scaled = [("density", t) for t in scales if args.reference and density_model is not None] + \
+             [("hamiltonian", t) for t in scales if args.reference_fock and matrix_model is not None]
+    guesses += [f"{what} x{t:g}" for what, t in scaled]
     frames = read_structures(args.data)[: args.max]
     rows = []
+    def reference_coefficients(k, atoms):
+        if args.reference not in atoms.arrays:
+            raise SystemExit(f"{args.data}, frame {k}: no per-atom key {args.reference!r}; it has "
+                             f"{sorted(atoms.arrays)}")
+        return native_coefficients(aux, atoms.numbers, aux.native_to_union(atoms.numbers, atoms.arrays[args.reference]))
+
+    def reference_fock(k, atoms, nao):
+        if args.reference_fock not in atoms.info:
+            raise SystemExit(f"{args.data}, frame {k}: no key {args.reference_fock!r}; it has {sorted(atoms.info)}")
+        try:
+            fock = np.asarray(atoms.info[args.reference_fock], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise SystemExit(f"{args.data}, frame {k}, key {args.reference_fock!r}: not a list of numbers "
+                             f"({type(atoms.info[args.reference_fock]).__name__})") from None
+        if fock.size != nao ** 2:
+            raise SystemExit(f"{args.data}, frame {k}, key {args.reference_fock!r}: {fock.size} numbers, "
+                             f"the AO basis has {nao} functions ({nao ** 2} numbers)")
+        return fock.reshape(nao, nao)
+
     for k, atoms in enumerate(frames):
         mol = mole(atoms, ao)
         runs = {}
+        predicted = {what: prediction(density_model if what == "density" else matrix_model, atoms, mol, what)
+                     for what in {w for w, _ in scaled}}
         for guess in guesses:
             mf = dft.RKS(mol, xc=args.xc)
             mf.conv_tol = 1e-9
@@ -128,27 +171,21 @@ def main(argv=None) -> int:
                                                      overlap_cutoff=args.overlap_cutoff if guess == "hamiltonian"
                                                      else None))
             elif guess == "reference":
-                if args.reference not in atoms.arrays:
-                    raise SystemExit(f"{args.data}, frame {k}: no per-atom key {args.reference!r}; it has "
-                                     f"{sorted(atoms.arrays)}")
-                c = native_coefficients(aux, atoms.numbers, aux.native_to_union(atoms.numbers,
-                                                                               atoms.arrays[args.reference]))
-                fock = fock_from_density(mol, aux_mole(mol, aux), c, args.xc)
+                fock = fock_from_density(mol, aux_mole(mol, aux), reference_coefficients(k, atoms), args.xc)
                 energy = mf.kernel(dm0=density_matrix(fock, mol.intor_symmetric("int1e_ovlp"), mol.nelectron))
             elif guess == "reference_fock":
-                if args.reference_fock not in atoms.info:
-                    raise SystemExit(f"{args.data}, frame {k}: no key {args.reference_fock!r}; it has "
-                                     f"{sorted(atoms.info)}")
-                try:
-                    fock = np.asarray(atoms.info[args.reference_fock], dtype=np.float64)
-                except (TypeError, ValueError):
-                    raise SystemExit(f"{args.data}, frame {k}, key {args.reference_fock!r}: not a list of numbers "
-                                     f"({type(atoms.info[args.reference_fock]).__name__})") from None
-                if fock.size != mol.nao ** 2:
-                    raise SystemExit(f"{args.data}, frame {k}, key {args.reference_fock!r}: {fock.size} numbers, "
-                                     f"the AO basis has {mol.nao} functions ({mol.nao ** 2} numbers)")
-                energy = mf.kernel(dm0=density_matrix(fock.reshape(mol.nao, mol.nao),
+                energy = mf.kernel(dm0=density_matrix(reference_fock(k, atoms, mol.nao),
                                                       mol.intor_symmetric("int1e_ovlp"), mol.nelectron))
+            elif guess.startswith("density x"):
+                ref = reference_coefficients(k, atoms)
+                c = ref + float(guess.split("x")[-1]) * (predicted["density"] - ref)
+                fock = fock_from_density(mol, aux_mole(mol, aux), c, args.xc)
+                energy = mf.kernel(dm0=density_matrix(fock, mol.intor_symmetric("int1e_ovlp"), mol.nelectron))
+            elif guess.startswith("hamiltonian x"):
+                ref = reference_fock(k, atoms, mol.nao)
+                fock = ref + float(guess.split("x")[-1]) * (predicted["hamiltonian"] - ref)
+                energy = mf.kernel(dm0=density_matrix(fock, mol.intor_symmetric("int1e_ovlp"), mol.nelectron,
+                                                      args.overlap_cutoff or 0.0))
             else:
                 mf.init_guess = guess
                 energy = mf.kernel()

@@ -17,7 +17,9 @@ from pyscf.df import incore  # noqa: E402
 
 from clebsch import o3  # noqa: E402
 from clebsch.basis.pyscf import (PREDICTED_OVERLAP_CUTOFF, aux_mole, density_matrix,  # noqa: E402
-                                 fock_from_density, initial_guess, mole, native_coefficients)
+                                 fock_from_density, initial_guess, mole, native_coefficients,
+                                 prediction)
+from clebsch.data.targets import graph_from_atoms  # noqa: E402
 from clebsch.testing import float64_model  # noqa: E402
 
 BASIS_FILE = Path(__file__).parents[2] / "examples" / "water_clusters.basis.json"
@@ -147,6 +149,30 @@ def test_a_matrix_trained_with_an_overlap_cutoff_guesses_with_it(model, ao, monk
                                atol=1e-12)
 
 
+def test_prediction_is_what_the_guesses_are_made_of(model, ao, aux):
+    """``prediction`` gives the model's density coefficients in the auxiliary molecule's order and its
+    Kohn-Sham matrix in PySCF's AO order: the guesses are the density matrices of exactly these."""
+    atoms = Atoms("OHHOHH", positions=WATER_DIMER)
+    mol = mole(atoms, ao)
+    s = mol.intor_symmetric("int1e_ovlp")
+    fock = prediction(model, atoms, mol, "hamiltonian")
+    assert fock.shape == (mol.nao, mol.nao) and np.abs(fock - fock.T).max() < 1e-12
+    np.testing.assert_allclose(initial_guess(model, atoms, mol, source="hamiltonian", overlap_cutoff=0.0),
+                               density_matrix(fock, s, mol.nelectron), atol=1e-12)
+    auxmol = aux_mole(mol, aux)
+    c = prediction(model, atoms, mol, "density")
+    assert c.shape == (auxmol.nao,)
+    out = model(graph_from_atoms(atoms, model.cutoff, keys={}, dtype=torch.float64))
+    np.testing.assert_allclose(c, native_coefficients(model.targets["density"].basis, atoms.numbers,
+                                                      out["density"].detach()), atol=1e-12)
+    grids = dft.gen_grid.Grids(mol)
+    grids.level = 0
+    grids.build()
+    np.testing.assert_allclose(initial_guess(model, atoms, mol, source="density", grids=grids),
+                               density_matrix(fock_from_density(mol, auxmol, c, "pbe", grids), s, mol.nelectron),
+                               atol=1e-10)
+
+
 def test_errors_name_what_is_wrong(model, ao, aux):
     atoms = Atoms("OHHOHH", positions=WATER_DIMER)
     mol = mole(atoms, ao)
@@ -165,6 +191,8 @@ def test_errors_name_what_is_wrong(model, ao, aux):
         initial_guess(model, atoms, mole(atoms, ao, spin=2))
     with pytest.raises(ValueError, match="no density target.*named 'rho'"):
         initial_guess(model, atoms, mol, target="rho")
+    with pytest.raises(ValueError, match="no Kohn-Sham matrix.*named 'density'"):
+        prediction(model, atoms, mol, "hamiltonian", target="density")
     with pytest.raises(ValueError, match="even number of electrons"):
         density_matrix(np.eye(3), np.eye(3), 3)
     with pytest.raises(ValueError, match="overlap_cutoff 2 keeps 0 of 3 .* fewer than the 1 occupied"):

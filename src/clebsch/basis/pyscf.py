@@ -34,7 +34,7 @@ import torch
 from ._gaussian import GaussianBasis
 
 __all__ = ["mole", "aux_mole", "native_coefficients", "fock_from_density", "density_matrix", "initial_guess",
-           "overlap", "orthonormal_basis", "PREDICTED_OVERLAP_CUTOFF"]
+           "prediction", "overlap", "orthonormal_basis", "PREDICTED_OVERLAP_CUTOFF"]
 
 
 def _pyscf():
@@ -211,29 +211,46 @@ matrices off by up to 200 in one element and 9.7 SCF iterations against 10.0 fro
 0.1-0.3 and 7.7 iterations (20 frames)."""
 
 
-def initial_guess(model, atoms, mol, source: str = "density", xc: str = "pbe", target: str | None = None,
-                  grids=None, overlap_cutoff: float | None = None) -> np.ndarray:
-    """A density matrix for PySCF's ``mf.kernel(dm0=...)`` from ``model``'s prediction for ``atoms``.
+def prediction(model, atoms, mol, source: str = "density", target: str | None = None) -> np.ndarray:
+    """What ``model`` predicts for ``atoms`` in PySCF's order: the density coefficients of :func:`aux_mole`
+    (``source="density"``, a vector) or the Kohn-Sham matrix ``[n_ao, n_ao]`` (``source="hamiltonian"``).
 
-    ``source="density"``: the Kohn-Sham matrix of the predicted density (:func:`fock_from_density` with the
-    functional ``xc``); ``source="hamiltonian"``: the predicted Kohn-Sham matrix (on-site and pair blocks).
-    ``mol`` must hold ``atoms`` in the model's AO basis (see :func:`mole`) and be closed-shell.
-    ``target`` chooses the density target, or the pair-block target, where the model has several.
-    ``overlap_cutoff`` (see :func:`density_matrix`): by default the one the matrix target was trained with
-    (its ``overlap_cutoff``, with ``loss_metric: orthonormal``), else :data:`PREDICTED_OVERLAP_CUTOFF` for a
-    predicted Kohn-Sham matrix; 0 for the exact Kohn-Sham matrix of a predicted density.
+    ``mol`` must hold ``atoms`` in the model's AO basis (see :func:`mole`); ``target`` chooses the density
+    target, or the pair-block target, where the model has several. :func:`initial_guess` turns it into a
+    density matrix.
     """
     from ..data.targets import graph_from_atoms
-    from ..train.electronic import basis_targets
 
     if source not in ("density", "hamiltonian"):
         raise ValueError(f"source must be 'density' or 'hamiltonian', got {source!r}")
-    if mol.spin != 0:
-        raise ValueError(f"initial_guess makes closed-shell density matrices; this molecule has spin {mol.spin}")
     if mol.natm != len(atoms) or any(mol.atom_charge(i) != int(z) for i, z in enumerate(atoms.numbers)) \
             or not np.allclose(mol.atom_coords(unit="Angstrom"), atoms.positions, atol=1e-6):
         raise ValueError("mol and atoms differ (atoms, elements or positions): build mol with clebsch.basis.pyscf."
                          "mole(atoms, basis)")
+    name = _predicted_target(model, source, target)
+    graph = graph_from_atoms(atoms, model.cutoff, keys={}, dtype=model.atomic_energies.dtype)
+    with torch.enable_grad():
+        out = model(graph)
+    z = atoms.numbers.tolist()
+    if source == "density":
+        return native_coefficients(model.targets[name].basis, z, out[name].detach())
+    from ._analysis import assemble_matrix
+    from ..train.electronic import basis_targets
+
+    onsite = next(o for o, p in basis_targets({n: model.targets[n] for n in model.outputs})[1] if p == name)
+    basis = model.targets[name].basis
+    h = assemble_matrix(basis, z, out[onsite].detach().double(), out[name].detach().double(), graph.edge_index)
+    fock = basis.matrix_to_native(z, h).numpy()
+    if fock.shape != (mol.nao, mol.nao):
+        raise ValueError(f"the model's Kohn-Sham matrix has {fock.shape[0]} functions, mol's basis "
+                         f"{mol.nao}: build mol in the model's basis (clebsch.basis.pyscf.mole)")
+    return fock
+
+
+def _predicted_target(model, source: str, target: str | None) -> str:
+    """The density target, or the pair-block target of a Kohn-Sham matrix, that ``source`` reads."""
+    from ..train.electronic import basis_targets
+
     densities, matrices = basis_targets({n: model.targets[n] for n in model.outputs})
     if source == "density":
         names = densities if target is None else [t for t in densities if t == target]
@@ -246,27 +263,33 @@ def initial_guess(model, atoms, mol, source: str = "density", xc: str = "pbe", t
                          + f"; its outputs are {list(model.outputs)}")
     if len(names) > 1:
         raise ValueError(f"the model has several: {names}; choose one with target=")
-    graph = graph_from_atoms(atoms, model.cutoff, keys={}, dtype=model.atomic_energies.dtype)
-    with torch.enable_grad():
-        out = model(graph)
-    z = atoms.numbers.tolist()
-    overlap = mol.intor_symmetric("int1e_ovlp")
+    return names[0]
+
+
+def initial_guess(model, atoms, mol, source: str = "density", xc: str = "pbe", target: str | None = None,
+                  grids=None, overlap_cutoff: float | None = None) -> np.ndarray:
+    """A density matrix for PySCF's ``mf.kernel(dm0=...)`` from ``model``'s prediction for ``atoms``.
+
+    ``source="density"``: the Kohn-Sham matrix of the predicted density (:func:`fock_from_density` with the
+    functional ``xc``); ``source="hamiltonian"``: the predicted Kohn-Sham matrix (on-site and pair blocks).
+    ``mol`` must hold ``atoms`` in the model's AO basis (see :func:`mole`) and be closed-shell.
+    ``target`` chooses the density target, or the pair-block target, where the model has several.
+    ``overlap_cutoff`` (see :func:`density_matrix`): by default the one the matrix target was trained with
+    (its ``overlap_cutoff``, with ``loss_metric: orthonormal``), else :data:`PREDICTED_OVERLAP_CUTOFF` for a
+    predicted Kohn-Sham matrix; 0 for the exact Kohn-Sham matrix of a predicted density.
+    """
+    if source not in ("density", "hamiltonian"):
+        raise ValueError(f"source must be 'density' or 'hamiltonian', got {source!r}")
+    if mol.spin != 0:
+        raise ValueError(f"initial_guess makes closed-shell density matrices; this molecule has spin {mol.spin}")
+    predicted = prediction(model, atoms, mol, source, target)
+    name = _predicted_target(model, source, target)
     if source == "density":
-        basis = model.targets[names[0]].basis
-        coefficients = native_coefficients(basis, z, out[names[0]].detach())
-        fock = fock_from_density(mol, aux_mole(mol, basis), coefficients, xc, grids)
+        fock = fock_from_density(mol, aux_mole(mol, model.targets[name].basis), predicted, xc, grids)
     else:
-        from ._analysis import assemble_matrix
-        pair = names[0]
-        onsite = next(o for o, p in matrices if p == pair)
-        basis = model.targets[pair].basis
-        h = assemble_matrix(basis, z, out[onsite].detach().double(), out[pair].detach().double(), graph.edge_index)
-        fock = basis.matrix_to_native(z, h).numpy()
-        if fock.shape != overlap.shape:
-            raise ValueError(f"the model's Kohn-Sham matrix has {fock.shape[0]} functions, mol's basis "
-                             f"{overlap.shape[0]}: build mol in the model's basis (clebsch.basis.pyscf.mole)")
+        fock = predicted
     if overlap_cutoff is None:
-        trained = getattr(model.targets[names[0]], "overlap_cutoff", None) if source == "hamiltonian" else None
+        trained = getattr(model.targets[name], "overlap_cutoff", None) if source == "hamiltonian" else None
         overlap_cutoff = (0.0 if source == "density" else PREDICTED_OVERLAP_CUTOFF if trained is None
                           else float(trained))
-    return density_matrix(fock, overlap, mol.nelectron, overlap_cutoff)
+    return density_matrix(fock, mol.intor_symmetric("int1e_ovlp"), mol.nelectron, overlap_cutoff)
