@@ -97,14 +97,18 @@ class MACELayer(torch.nn.Module):
         mask[: self.irreps_out[0].dim] = 1  # the 0e features (the first irrep)
         self.register_buffer("_scalar_mask", mask, persistent=False)
 
-    def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope, scalars_only: bool = False):
+    def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope, scalars_only: bool = False,
+                edge_slot: torch.Tensor | None = None):
         """The layer's output features; with ``scalars_only``, only their ``0e`` columns (zeros elsewhere),
-        the symmetric contraction computing its ``0e`` output only."""
+        the symmetric contraction computing its ``0e`` output only. ``edge_slot``: each edge's row of
+        ``edge_basis`` (one row per pair of reverse edges, see ``reverse_pairs``)."""
         sender, receiver = edge_index[0], edge_index[1]
         x = self.linear_up(h)
         # the product is linear in the harmonics: the envelope scales them ([E, 9]), not the weights ([E, numel])
         weights = self.radial(edge_basis)
-        a = self.conv.scatter_sum(x[sender], edge_sh * edge_envelope[:, None], weights, receiver, h.shape[0]) * self.inv_avg
+        weights = weights if edge_slot is None else weights.index_select(0, edge_slot)
+        a = self.conv.gather_scatter_sum(x, sender, edge_sh * edge_envelope[:, None], weights, receiver,
+                                        h.shape[0]) * self.inv_avg
         a = self.linear_a(a)
         b = self.contraction(self._to_channels(self, a).view(a.shape[0], self.irreps_a[0].mul, -1), species,
                              first_only=scalars_only)

@@ -95,21 +95,25 @@ class InteractionBlock(torch.nn.Module):
               for c in range(s.start, s.stop)]] = 1
         self.register_buffer("_scalar_mask", mask, persistent=False)
 
-    def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope, scalars_only: bool = False):
+    def forward(self, h, species, edge_index, edge_sh, edge_basis, edge_envelope, scalars_only: bool = False,
+                edge_slot: torch.Tensor | None = None):
         """The block's output features; with ``scalars_only``, only their ``0e`` columns (zeros elsewhere),
-        from the convolution's paths into ``0e`` only (the others are not computed)."""
+        from the convolution's paths into ``0e`` only (the others are not computed). ``edge_slot``: each
+        edge's row of ``edge_basis`` (one row per pair of reverse edges, see ``reverse_pairs``)."""
         sender, receiver = edge_index[0], edge_index[1]
         x = self.self_interaction(h)
         # the product is linear in the harmonics: the envelope scales them ([E, 9]), not the weights ([E, numel])
         sh = edge_sh * edge_envelope[:, None]
         if scalars_only:
             weights = self.radial(edge_basis, self._scalar_weights)
-            conv = self.scalar_conv.scatter_sum(x[sender], sh, weights, receiver, h.shape[0]) * self.norm
+            weights = weights if edge_slot is None else weights.index_select(0, edge_slot)
+            conv = self.scalar_conv.gather_scatter_sum(x, sender, sh, weights, receiver, h.shape[0]) * self.norm
             n, a = conv.shape[0], self._scalar_start
             conv = torch.cat([conv.new_zeros(n, a), conv, conv.new_zeros(n, self.conv.irreps_out.dim - a - conv.shape[1])], 1)
         else:
             weights = self.radial(edge_basis)
-            conv = self.conv.scatter_sum(x[sender], sh, weights, receiver, h.shape[0]) * self.norm
+            weights = weights if edge_slot is None else weights.index_select(0, edge_slot)
+            conv = self.conv.gather_scatter_sum(x, sender, sh, weights, receiver, h.shape[0]) * self.norm
         out = self.gate(self.linear(conv) + self.self_connection(h, species))
         out = h + out if self.resnet else out
         return out * self._scalar_mask.to(out.dtype) if scalars_only else out

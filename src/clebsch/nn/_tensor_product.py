@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..o3 import Irreps, wigner_3j
+from ._fused_conv import FusedChannelwise
 from ._index import ColumnMap
 from ._path import MODES, Path
 
@@ -462,6 +463,8 @@ class TensorProduct(torch.nn.Module):
             self.weight = torch.nn.Parameter(torch.randn(self.weight_numel))
         else:
             self.register_buffer("weight", torch.empty(0), persistent=False)
+        # the channel-wise convolution as one pass over the edges (C kernels on the CPU)
+        self._fused = FusedChannelwise(self, in1, in2, out, in1_starts, in2_starts)
 
     # ------------------------------------------------------------------ build
     def _check_path(self, p: Path, in1, in2, out) -> None:
@@ -731,6 +734,25 @@ class TensorProduct(torch.nn.Module):
             else:
                 out = out.index_add(0, index, self._run_group(plan, x1, x2, weight, z))
         return out
+
+    def gather_scatter_sum(self, x1: torch.Tensor, sender: torch.Tensor, x2: torch.Tensor,
+                           weight: torch.Tensor | None, receiver: torch.Tensor, dim_size: int) -> torch.Tensor:
+        """``scatter_sum(x1[sender], x2, weight, receiver, dim_size)``: the convolution of message passing with
+        per-node features ``x1`` ``[N, irreps_in1.dim]`` read at each edge's sender.
+
+        A channel-wise product (NequIP's and MACE's convolution) with per-edge weights runs, on the CPU, as C
+        kernels that visit each edge once, gather, multiply and sum in registers, and keep only their inputs
+        for the backward passes, whose derivatives of every order run in the same kernels
+        (:mod:`clebsch.nn._fused_conv`). Elsewhere (a GPU, tracing, no compiler, ``CLEBSCH_NATIVE=0``) it is
+        :meth:`scatter_sum` of the gathered features: the same numbers up to rounding.
+        """
+        fused = self._fused
+        if (fused.supported and weight is not None and x1.dim() == 2 and x2.dim() == 2 and weight.dim() == 2
+                and x1.shape[1] == self.irreps_in1.dim and x2.shape == (sender.shape[0], self.irreps_in2.dim)
+                and weight.shape == (sender.shape[0], self.weight_numel) and x1.dtype == x2.dtype == weight.dtype
+                and fused.available(x1, x2, weight)):
+            return fused(self, x1, sender, x2, weight, receiver, dim_size)
+        return self.scatter_sum(x1[sender], x2, weight, receiver, dim_size)
 
     def _prepare(self, x1, x2, weight):
         """Check the inputs and flatten them to ``[z, ...]``; returns ``(x1, x2, weight, batch, z)``."""
