@@ -71,6 +71,28 @@ def test_unweighted_equals_e3nn(mode):
     assert (ours(x1, x2) - ref(x1, x2)).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("weights", ["none", "shared", "per sample"])
+def test_scalar_second_input_equals_e3nn(weights):
+    """``uuu`` with scalars as input 2 (a gate, weighted or not) runs as a gather and a product: as e3nn."""
+    i1, i2, out = "3x1o+3x0e+3x2e", "3x0e+3x0o", "3x1o+3x0e+3x2o+3x1e"
+    ins = [(0, 0, 0, "uuu", weights != "none"), (1, 0, 1, "uuu", weights != "none"),
+           (2, 1, 2, "uuu", weights != "none"), (0, 1, 3, "uuu", weights != "none")]
+    options = dict(shared_weights=weights != "per sample", internal_weights=weights == "shared")
+    ref = eo.TensorProduct(i1, i2, out, ins, **options).double()
+    ours = TensorProduct(i1, i2, out, [Path(*x) for x in ins], **options).double()
+    assert [p["mode"] for p in ours._plans] == ["scale"]
+    x1 = torch.randn(5, ours.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
+    x2 = torch.randn(5, ours.irreps_in2.dim, dtype=torch.float64, requires_grad=True)
+    args = (x1, x2)
+    if weights == "shared":
+        with torch.no_grad():
+            ours.weight.copy_(ref.weight)
+    elif weights == "per sample":
+        args += (torch.randn(5, ours.weight_numel, dtype=torch.float64, requires_grad=True),)
+    torch.testing.assert_close(ours(*args), ref(*args), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradgradcheck(ours, args)
+
+
 @pytest.mark.parametrize("cls", [FullTensorProduct, ElementwiseTensorProduct])
 def test_ready_made_equal_e3nn(cls):
     args = ("2x0e+3x1o+1x2e", "1x0e+4x1e+1x3o")

@@ -493,6 +493,8 @@ class TensorProduct(torch.nn.Module):
             return self._build_channelwise(gi, g, in1, in2, out, s1, s2, so)
         if g.mode == "uvw" and V == 1 and g.has_weight and self.shared_weights:
             return self._build_uvw_shared(gi, g, in1, in2, out, s1, s2, so)
+        if g.mode == "uuu" and all(in2[p.i_in2].ir.l == 0 for _, p, _ in g.paths):
+            return self._build_scale(gi, g, in1, in2, out, s1, s2, so)
         # first input components used by the group: [U, I]
         used1, off1, I, used2, off2, J = _used_inputs(g, in1, in2)
         idx1 = [s1[i] + u * in1[i].ir.dim + m for u in range(U) for i in used1 for m in range(in1[i].ir.dim)]
@@ -602,6 +604,41 @@ class TensorProduct(torch.nn.Module):
         plan["in2"] = ColumnMap(self, pre + "in2", idx2, self.irreps_in2.dim)
         # outputs that no path of this group reaches stay zero
         plan["out"] = ColumnMap(self, pre + "out", out_src, self._irreps_out.dim, place=True)
+        return plan
+
+    def _build_scale(self, gi, g: _Group, in1, in2, out, s1, s2, so) -> dict:
+        """Plan of a ``uuu`` group whose second input is scalars (a gate: each irrep times its own scalar).
+
+        ``l x 0 -> l`` couples each component to itself (the Clebsch-Gordan coefficients are
+        ``delta_mm' / sqrt(2l + 1)``), so the product is ``x1`` times the scalars gathered onto its
+        columns, times a constant per column: no outer product, no matmul.
+        """
+        U, pre = g.U, f"_g{gi}_"
+        src1, src2, coef, cols, widx = [], [], [], [], []
+        for off, p, c in g.paths:
+            ir1, iro = in1[p.i_in1].ir, out[p.i_out].ir
+            w3j = wigner_3j(ir1.l, 0, iro.l).to(torch.float64)[:, 0, :]  # [d, d], diagonal
+            if not torch.equal(w3j, torch.diag(torch.diagonal(w3j))):  # pragma: no cover - l x 0 -> l
+                raise AssertionError(f"{p}: l x 0 -> l is not diagonal")
+            d = ir1.dim
+            for u in range(U):
+                for m in range(d):
+                    src1.append(s1[p.i_in1] + u * d + m)
+                    src2.append(s2[p.i_in2] + u)
+                    coef.append(c * float(w3j[m, m]))
+                    cols.append(so[p.i_out] + u * d + m)
+                    if g.has_weight:
+                        widx.append(off + u)
+        plan = dict(mode="scale", pre=pre, widx=None)
+        plan["in1"] = ColumnMap(self, pre + "in1", src1, self.irreps_in1.dim)
+        plan["in2"] = ColumnMap(self, pre + "in2", src2, self.irreps_in2.dim)
+        ones = all(abs(x - 1.0) == 0.0 for x in coef)
+        self.register_buffer(pre + "coef", None if ones else torch.tensor(coef, dtype=torch.get_default_dtype()),
+                             persistent=False)
+        if widx:
+            self.register_buffer(pre + "widx", torch.tensor(widx, dtype=torch.long), persistent=False)
+            plan["widx"] = pre + "widx"
+        plan["out"] = ColumnMap(self, pre + "out", cols, self._irreps_out.dim, place=True)
         return plan
 
     def _build_channelwise(self, gi, g: _Group, in1, in2, out, s1, s2, so) -> dict:
@@ -829,6 +866,14 @@ class TensorProduct(torch.nn.Module):
     def _run_group(self, plan, x1, x2, weight, z):
         if plan["mode"] == "uvw_shared":
             return self._run_uvw_shared(plan, x1, x2, weight, z)
+        if plan["mode"] == "scale":
+            scalars = plan["in2"](self, x2)
+            coef = getattr(self, plan["pre"] + "coef")
+            if coef is not None:
+                scalars = scalars * coef.to(x1.dtype)
+            if plan["widx"] is not None:
+                scalars = scalars * weight.index_select(-1, getattr(self, plan["widx"])).to(x1.dtype)
+            return self._place(plan, plan["in1"](self, x1) * scalars)
         pre, mode = plan["pre"], plan["mode"]
         U, V, W, I, J, K = plan["U"], plan["V"], plan["W"], plan["I"], plan["J"], plan["K"]
         C = getattr(self, pre + "C").to(x1.dtype)
