@@ -158,10 +158,11 @@ class NequIP(SteerableStack):
         convolution's paths into ``0e`` (nequip's last layer is scalars-only as well) and the
         other outputs are zero.
     recompute_products : bool
-        Keep only the inputs of each convolution for the backward passes and
-        recompute its per-edge products there: 35-50% less memory in a force
-        training step, 5-10% slower on small molecules and 40-50% on a
-        1,000-atom box (:class:`~clebsch.nn.TensorProduct`).
+        Where the convolution runs in PyTorch operations (a GPU, tracing, no C compiler), keep only
+        its inputs for the backward passes and recompute its per-edge products there: 35-50% less
+        memory in a force training step, 5-10% slower on small molecules and 40-50% on a
+        1,000-atom box (:class:`~clebsch.nn.TensorProduct`). On the CPU the convolution's C kernels
+        (:meth:`~clebsch.nn.TensorProduct.gather_scatter_sum`) keep only its inputs anyway.
     """
 
     def __init__(
