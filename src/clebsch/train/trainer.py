@@ -54,6 +54,18 @@ __all__ = ["Trainer", "train", "resolve_model_config", "TrainResult"]
 _Z = {s: z for z, s in enumerate(chemical_symbols)}
 
 
+
+def _adam(cls, params, **options):
+    """``cls(params, **options)`` with PyTorch's fused implementation where it has one for these tensors, else its
+    multi-tensor one: the same update as the default per-tensor loop, in a few calls instead of several small
+    operations per weight tensor, which on small molecules cost a tenth of a step."""
+    for implementation in ({"fused": True}, {"foreach": True}, {}):
+        try:
+            return cls(params, **options, **implementation)
+        except (RuntimeError, TypeError, ValueError):
+            continue
+    raise AssertionError("unreachable")  # pragma: no cover - the plain constructor raises what it raises
+
 class DeadModelError(RuntimeError):
     """The model's forces stayed exactly zero for a whole epoch of force training."""
 
@@ -374,8 +386,8 @@ class Trainer:
             torch.set_default_dtype(previous)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if cfg.optimizer.name == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.trainable, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
-                                 amsgrad=cfg.optimizer.amsgrad)
+        self.optimizer = _adam(opt_cls, self.trainable, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
+                               amsgrad=cfg.optimizer.amsgrad)
         s = cfg.scheduler
         self.schedule = LRSchedule(self.optimizer, cfg.optimizer.lr, s.name, s.warmup_epochs, s.factor, s.patience,
                                    s.min_lr, cfg.training.max_epochs)
