@@ -274,7 +274,8 @@ def time_steps(energy_fn, positions, energy_ref, forces_ref, params, repeats):
 
 def count_flops(fn) -> float:
     """Floating-point operations of the matrix products in one call (torch's FlopCounterMode: mm, bmm, einsum
-    contractions; elementwise work is not counted, so the rate below is a lower bound)."""
+    contractions; elementwise work and clebsch's C kernels, e.g. NequIP's and MACE's convolution, are not
+    counted, so the rate below is a lower bound)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
