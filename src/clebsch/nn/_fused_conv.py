@@ -53,71 +53,51 @@ _SOURCE = r"""
 #define PATHS const int64_t* restrict xo, const int64_t* restrict d1s, const int64_t* restrict d3s, \
     const int64_t* restrict oo, const int64_t* restrict wo, const int64_t* restrict mo, int64_t npaths, int64_t U_
 
-/* dF/dg: for every receiver r in [lo, hi), the sum over its edges (order[start[r]] ... order[start[r + 1] - 1]);
-   every kernel writes whole rows of its output (zeros where no path reaches), which need no initialising */
-void to_g(const T* restrict X, int64_t xs, const T* restrict MM, int64_t ms, const T* restrict W, int64_t ws,
-          T* restrict G, int64_t gs, const int64_t* restrict sender, const int64_t* restrict order,
-          const int64_t* restrict start, PATHS, int64_t lo, int64_t hi, int threads) {
-    const int64_t U = UC ? UC : U_;  /* the channels: a constant where the library is built for them */
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t r = lo; r < hi; ++r) {
-        T wx[MAXD * U];
-        T* restrict g = G + r * gs;
-        for (int64_t c = 0; c < gs; ++c) g[c] = 0;
-        for (int64_t q = start[r]; q < start[r + 1]; ++q) {
-            const int64_t e = order[q];
-            const T* restrict x = X + sender[e] * xs;
-            const T* restrict m = MM + e * ms;
-            const T* restrict w = W + e * ws;
-            for (int64_t p = 0; p < npaths; ++p) {
-                const int64_t d1 = d1s[p], d3 = d3s[p];
-                const T* restrict M = m + mo[p];
-                const T* restrict wp = w + wo[p];
-                const T* restrict xp = x + xo[p];
-                for (int64_t i = 0; i < d1; ++i)
-                    for (int64_t u = 0; u < U; ++u) wx[i * U + u] = wp[u] * xp[i * U + u];
-                for (int64_t k = 0; k < d3; ++k) {
-                    T* restrict gk = g + oo[p] + k * U;
-                    for (int64_t i = 0; i < d1; ++i) {
-                        const T c = M[k * d1 + i];
-                        const T* restrict a = wx + i * U;
-                        for (int64_t u = 0; u < U; ++u) gk[u] += c * a[u];
-                    }
-                }
-            }
-        }
+/* out[u] += sum_j M[j * stride] src[j * U + u]: a combination of n channel vectors */
+static inline void add_combination(T* restrict out, const T* restrict M, int64_t stride, const T* restrict src,
+                                   int64_t n, int64_t U) {
+    for (int64_t j = 0; j < n; ++j) {
+        const T c = M[j * stride];
+        const T* restrict b = src + j * U;
+        for (int64_t u = 0; u < U; ++u) out[u] += c * b[u];
     }
 }
 
-/* dF/dx: for every sender s in [lo, hi), the sum over its edges (order and start by sender) */
-void to_x(const T* restrict G, int64_t gs, const T* restrict MM, int64_t ms, const T* restrict W, int64_t ws,
-          T* restrict X, int64_t xs, const int64_t* restrict receiver, const int64_t* restrict order,
-          const int64_t* restrict start, PATHS, int64_t lo, int64_t hi, int threads) {
-    const int64_t U = UC ? UC : U_;
+/* dF/dg (into_x = 0: for every receiver r in [lo, hi), the sum over its edges, A = x read at each edge's sender)
+   or dF/dx (into_x = 1: for every sender, the sum over its edges, A = g read at each edge's receiver); order[start[r]]
+   ... order[start[r + 1] - 1] are row r's edges, other[e] the row of A an edge reads. Every kernel writes whole rows
+   of its output (zeros where no path reaches), which need no initialising */
+void to_node(const T* restrict A, int64_t as, const T* restrict MM, int64_t ms, const T* restrict W, int64_t ws,
+             T* restrict O, int64_t os, const int64_t* restrict other, const int64_t* restrict order,
+             const int64_t* restrict start, int into_x, PATHS, int64_t lo, int64_t hi, int threads) {
+    const int64_t U = UC ? UC : U_;  /* the channels: a constant where the library is built for them */
     #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t s = lo; s < hi; ++s) {
-        T acc[U];
-        T* restrict x = X + s * xs;
-        for (int64_t c = 0; c < xs; ++c) x[c] = 0;
-        for (int64_t q = start[s]; q < start[s + 1]; ++q) {
+    for (int64_t r = lo; r < hi; ++r) {
+        T buf[MAXD * U];
+        T* restrict o = O + r * os;
+        for (int64_t c = 0; c < os; ++c) o[c] = 0;
+        for (int64_t q = start[r]; q < start[r + 1]; ++q) {
             const int64_t e = order[q];
-            const T* restrict g = G + receiver[e] * gs;
+            const T* restrict a = A + other[e] * as;
             const T* restrict m = MM + e * ms;
             const T* restrict w = W + e * ws;
             for (int64_t p = 0; p < npaths; ++p) {
                 const int64_t d1 = d1s[p], d3 = d3s[p];
                 const T* restrict M = m + mo[p];
                 const T* restrict wp = w + wo[p];
-                const T* restrict gp = g + oo[p];
-                for (int64_t i = 0; i < d1; ++i) {
-                    for (int64_t u = 0; u < U; ++u) acc[u] = 0;
-                    for (int64_t k = 0; k < d3; ++k) {
-                        const T c = M[k * d1 + i];
-                        const T* restrict a = gp + k * U;
-                        for (int64_t u = 0; u < U; ++u) acc[u] += c * a[u];
+                if (!into_x) {  /* g_k += sum_i M[k, i] (w x_i) */
+                    const T* restrict xp = a + xo[p];
+                    for (int64_t i = 0; i < d1; ++i)
+                        for (int64_t u = 0; u < U; ++u) buf[i * U + u] = wp[u] * xp[i * U + u];
+                    for (int64_t k = 0; k < d3; ++k) add_combination(o + oo[p] + k * U, M + k * d1, 1, buf, d1, U);
+                } else {  /* x_i += w sum_k M[k, i] g_k */
+                    const T* restrict gp = a + oo[p];
+                    for (int64_t i = 0; i < d1; ++i) {
+                        for (int64_t u = 0; u < U; ++u) buf[u] = 0;
+                        add_combination(buf, M + i, d1, gp, d3, U);
+                        T* restrict xi = o + xo[p] + i * U;
+                        for (int64_t u = 0; u < U; ++u) xi[u] += wp[u] * buf[u];
                     }
-                    T* restrict xi = x + xo[p] + i * U;
-                    for (int64_t u = 0; u < U; ++u) xi[u] += wp[u] * acc[u];
                 }
             }
         }
@@ -158,11 +138,7 @@ void to_mw(const T* restrict X, int64_t xs, const T* restrict MM, int64_t ms, co
                 for (int64_t u = 0; u < U; ++u) acc[u] = 0;
                 for (int64_t k = 0; k < d3; ++k) {
                     for (int64_t u = 0; u < U; ++u) tmp[u] = 0;
-                    for (int64_t i = 0; i < d1; ++i) {
-                        const T c = M[k * d1 + i];
-                        const T* restrict a = xp + i * U;
-                        for (int64_t u = 0; u < U; ++u) tmp[u] += c * a[u];
-                    }
+                    add_combination(tmp, M + k * d1, 1, xp, d1, U);
                     const T* restrict b = gp + k * U;
                     for (int64_t u = 0; u < U; ++u) acc[u] += tmp[u] * b[u];
                 }
@@ -187,7 +163,7 @@ _KERNELS: dict = {}
 
 
 def _kernels(dtype: torch.dtype, channels: int = 0):
-    """``(to_g, to_x, to_mw, openmp)`` for ``dtype``, or ``None`` where they cannot be built.
+    """``(to_node, to_mw, openmp)`` for ``dtype``, or ``None`` where they cannot be built.
 
     ``channels``: the library is built for this number of channels (a constant the compiler unrolls and
     vectorises for); 0: any number, given at each call.
@@ -201,11 +177,10 @@ def _kernels(dtype: torch.dtype, channels: int = 0):
         if lib is not None:
             p, n, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
             paths = [p] * 6 + [n, n]
-            lib.to_g.argtypes = [p, n, p, n, p, n, p, n, p, p, p] + paths + [n, n, i]
-            lib.to_x.argtypes = [p, n, p, n, p, n, p, n, p, p, p] + paths + [n, n, i]
+            lib.to_node.argtypes = [p, n, p, n, p, n, p, n, p, p, p, i] + paths + [n, n, i]
             lib.to_mw.argtypes = [p, n, p, n, p, n, p, n, p, p, p, n, p, n] + paths + [n, n, i]
-            lib.to_g.restype = lib.to_x.restype = lib.to_mw.restype = None
-            fns = (lib.to_g, lib.to_x, lib.to_mw, lib.openmp)
+            lib.to_node.restype = lib.to_mw.restype = None
+            fns = (lib.to_node, lib.to_mw, lib.openmp)
         _KERNELS[key] = fns
     return _KERNELS[key]
 
@@ -307,7 +282,7 @@ class _Partial(torch.autograd.Function):
 def _run(slot, graph: _Graph, spec: _Spec, x, m, w, g):
     """The kernel that gives ``dF/d slot`` (``"mw"``: both per-edge derivatives, one pass)."""
     ref = next(t for t in (x, m, w, g) if t is not None)
-    to_g, to_x, to_mw, openmp = _kernels(ref.dtype, spec.U)
+    to_node, to_mw, openmp = _kernels(ref.dtype, spec.U)
     E = graph.sender.shape[0]
     if slot == "mw":
         if E == 0:
@@ -319,16 +294,12 @@ def _run(slot, graph: _Graph, spec: _Spec, x, m, w, g):
         out = ref.new_empty(rows, spec.dims[slot])  # every row written by the kernel
     x, m, w, g = (None if t is None else t.contiguous() for t in (x, m, w, g))
     paths = spec.pointers()
-    if slot == "g":
-        order, start = graph.csr("g")
-        _native.parallel_for(to_g, graph.n_g, x.data_ptr(), x.stride(0), m.data_ptr(), m.stride(0), w.data_ptr(),
-                             w.stride(0), out.data_ptr(), out.stride(0), graph.sender.data_ptr(), order.data_ptr(),
-                             start.data_ptr(), *paths, openmp=openmp, grain=8)
-    elif slot == "x":
-        order, start = graph.csr("x")
-        _native.parallel_for(to_x, graph.n_x, g.data_ptr(), g.stride(0), m.data_ptr(), m.stride(0), w.data_ptr(),
-                             w.stride(0), out.data_ptr(), out.stride(0), graph.receiver.data_ptr(), order.data_ptr(),
-                             start.data_ptr(), *paths, openmp=openmp, grain=8)
+    if slot in ("g", "x"):  # a sum over each receiver's edges of x at their senders, or the reverse
+        order, start = graph.csr(slot)
+        a, other, rows = (x, graph.sender, graph.n_g) if slot == "g" else (g, graph.receiver, graph.n_x)
+        _native.parallel_for(to_node, rows, a.data_ptr(), a.stride(0), m.data_ptr(), m.stride(0), w.data_ptr(),
+                             w.stride(0), out.data_ptr(), out.stride(0), other.data_ptr(), order.data_ptr(),
+                             start.data_ptr(), int(slot == "x"), *paths, openmp=openmp, grain=8)
     else:
         both = slot == "mw"
         gm = out if slot == "m" else ref.new_empty(E, spec.dims["m"]) if both else None
