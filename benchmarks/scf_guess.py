@@ -134,6 +134,10 @@ def main(argv=None) -> int:
         guesses.append("reference_fock")
     scaled = [("density", t) for t in scales if args.reference and density_model is not None] + \
              [("hamiltonian", t) for t in scales if args.reference_fock and matrix_model is not None]
+    if scales and not scaled:
+        print("--error-scales: no prediction has its reference here (a density model with --reference, or a "
+              "Kohn-Sham matrix model with --reference-fock)", file=sys.stderr)
+        return 1
     guesses += [f"{what} x{t:g}" for what, t in scaled]
     frames = read_structures(args.data)[: args.max]
     rows = []

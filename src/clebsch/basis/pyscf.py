@@ -227,7 +227,7 @@ def prediction(model, atoms, mol, source: str = "density", target: str | None = 
             or not np.allclose(mol.atom_coords(unit="Angstrom"), atoms.positions, atol=1e-6):
         raise ValueError("mol and atoms differ (atoms, elements or positions): build mol with clebsch.basis.pyscf."
                          "mole(atoms, basis)")
-    name = _predicted_target(model, source, target)
+    name, onsite = _predicted_target(model, source, target)
     graph = graph_from_atoms(atoms, model.cutoff, keys={}, dtype=model.atomic_energies.dtype)
     with torch.enable_grad():
         out = model(graph)
@@ -235,9 +235,7 @@ def prediction(model, atoms, mol, source: str = "density", target: str | None = 
     if source == "density":
         return native_coefficients(model.targets[name].basis, z, out[name].detach())
     from ._analysis import assemble_matrix
-    from ..train.electronic import basis_targets
 
-    onsite = next(o for o, p in basis_targets({n: model.targets[n] for n in model.outputs})[1] if p == name)
     basis = model.targets[name].basis
     h = assemble_matrix(basis, z, out[onsite].detach().double(), out[name].detach().double(), graph.edge_index)
     fock = basis.matrix_to_native(z, h).numpy()
@@ -247,8 +245,9 @@ def prediction(model, atoms, mol, source: str = "density", target: str | None = 
     return fock
 
 
-def _predicted_target(model, source: str, target: str | None) -> str:
-    """The density target, or the pair-block target of a Kohn-Sham matrix, that ``source`` reads."""
+def _predicted_target(model, source: str, target: str | None) -> tuple[str, str | None]:
+    """The density target, or the pair-block target of a Kohn-Sham matrix, that ``source`` reads, and the
+    matrix's on-site target (``None`` for a density)."""
     from ..train.electronic import basis_targets
 
     densities, matrices = basis_targets({n: model.targets[n] for n in model.outputs})
@@ -263,7 +262,8 @@ def _predicted_target(model, source: str, target: str | None) -> str:
                          + f"; its outputs are {list(model.outputs)}")
     if len(names) > 1:
         raise ValueError(f"the model has several: {names}; choose one with target=")
-    return names[0]
+    onsite = None if source == "density" else next(o for o, p in matrices if p == names[0])
+    return names[0], onsite
 
 
 def initial_guess(model, atoms, mol, source: str = "density", xc: str = "pbe", target: str | None = None,
@@ -283,7 +283,7 @@ def initial_guess(model, atoms, mol, source: str = "density", xc: str = "pbe", t
     if mol.spin != 0:
         raise ValueError(f"initial_guess makes closed-shell density matrices; this molecule has spin {mol.spin}")
     predicted = prediction(model, atoms, mol, source, target)
-    name = _predicted_target(model, source, target)
+    name, _ = _predicted_target(model, source, target)
     if source == "density":
         fock = fock_from_density(mol, aux_mole(mol, model.targets[name].basis), predicted, xc, grids)
     else:
