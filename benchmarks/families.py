@@ -59,13 +59,14 @@ def config_for(family: str, data: Path, test: Path, out: Path, budget: float, ov
         "seed": 0,
         "model": {"name": family, "cutoff": 5.0},
         "data": {"train": str(data / "train.xyz"), "valid_fraction": 0.05, "test": str(test),
-                 "isolated_atoms": str(data / "isolated_atoms.xyz"), "keys": {"energy": "energy", "forces": "forces"},
-                 "batch_size": 5, "valid_batch_size": 50},
+                 "keys": {"energy": "energy", "forces": "forces"}, "batch_size": 5, "valid_batch_size": 50},
         "loss": {"weights": {"energy": 1.0, "forces": 100.0}},
         "second_stage": {"enabled": True, "start_fraction": 0.8, "weights": {"energy": 1000.0, "forces": 100.0},
                          "lr": 0.001},
         "training": {"max_epochs": 100000, "max_time": budget, "ema_decay": 0.99, "plots": False},
     }
+    if (data / "isolated_atoms.xyz").exists():  # else the atoms' energies are fitted to the training set
+        base["data"]["isolated_atoms"] = str(data / "isolated_atoms.xyz")
     return load_config(None, overrides, base=base)
 
 
@@ -127,7 +128,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="30m", help="training wall time per family (seconds or '30m')")
     parser.add_argument("--families", default=",".join(families(kind="geometric")), help="comma-separated families")
-    parser.add_argument("--data", default=str(DATA), help="folder with train.xyz, test_MD.xyz, isolated_atoms.xyz")
+    parser.add_argument("--data", default=str(DATA), help="folder with train.xyz, test_MD.xyz and (optional; else fitted) isolated_atoms.xyz")
     parser.add_argument("--out", default="runs/bench-families")
     parser.add_argument("--results", default=None,
                         help="the table's JSON file, kept between runs (default: OUT/families.json)")
@@ -190,7 +191,8 @@ def main(argv=None):
         model = clebsch.load(Path(result["model_path"]))
         with open(Path(result["run_dir"]) / "metrics.csv") as fh:
             epochs = list(csv.DictReader(fh))
-        steps = result["epochs"] * -(-950 // 5)
+        n_train = len(json.loads((Path(result["run_dir"]) / "split.json").read_text())["train"])
+        steps = result["epochs"] * -(-n_train // config.data.batch_size)
         metrics = result["test_metrics"]["all"]
         rows.append({"family": family, "energy_mae": metrics["energy_mae"], "forces_mae": metrics["forces_mae"],
                      "weights": sum(p.numel() for p in model.parameters()), "epochs": result["epochs"],

@@ -11,6 +11,7 @@ tblite). Run from the repository root::
 
     OMP_NUM_THREADS=1 python scripts/make_xtb_dataset.py            # both files
     python scripts/make_xtb_dataset.py --only cu                     # copper only
+    python scripts/make_xtb_dataset.py --molecule CH3CONH2 --out DIR  # another molecule, DIR/CH3CONH2_xtb.xyz
 
 The runs are seeded; the xTB part takes about two minutes on one core.
 """
@@ -49,11 +50,11 @@ def _snapshot(atoms, **extra_info):
     return frame
 
 
-def make_ethanol(path: Path, n_frames: int, equilibration: int, stride: int, temperature: float,
-                 timestep_fs: float, seed: int) -> None:
+def make_molecule(path: Path, n_frames: int, equilibration: int, stride: int, temperature: float,
+                  timestep_fs: float, seed: int, name: str = "CH3CH2OH") -> None:
     from tblite.ase import TBLite
 
-    atoms = molecule("CH3CH2OH")
+    atoms = molecule(name)
     atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
@@ -69,7 +70,7 @@ def make_ethanol(path: Path, n_frames: int, equilibration: int, stride: int, tem
         dyn.run(stride)
         frames.append(_snapshot(atoms, dipole=atoms.get_dipole_moment().copy(), config_type="md_500K"))
         if (k + 1) % 50 == 0:
-            print(f"ethanol: {k + 1}/{n_frames} frames, {time.time() - start:.0f} s", flush=True)
+            print(f"{name}: {k + 1}/{n_frames} frames, {time.time() - start:.0f} s", flush=True)
     write(path, frames, format="extxyz")
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {len(frames)} frames)")
 
@@ -93,6 +94,9 @@ def make_copper(path: Path, n_frames: int, seed: int) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["ethanol", "cu"], help="make just one of the two files")
+    parser.add_argument("--molecule", default=None,
+                        help="instead: the MD of this molecule of ASE's g2 collection (e.g. CH3CONH2, acetamide) "
+                             "into OUT/NAME_xtb.xyz, the same way as ethanol (a second molecule for benchmarks)")
     parser.add_argument("--frames", type=int, default=500, help="ethanol frames (default 500)")
     parser.add_argument("--stride", type=int, default=40, help="MD steps between saved frames")
     parser.add_argument("--equilibration", type=int, default=2000, help="MD steps before the first frame")
@@ -102,11 +106,15 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "examples")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.molecule:
+        make_molecule(args.out / f"{args.molecule}_xtb.xyz", args.frames, args.equilibration, args.stride,
+                      args.temperature, args.timestep, args.seed, args.molecule)
+        return
     if args.only in (None, "cu"):
         make_copper(args.out / "cu_emt.xyz", 50, args.seed)
     if args.only in (None, "ethanol"):
-        make_ethanol(args.out / "ethanol_xtb.xyz", args.frames, args.equilibration, args.stride,
-                     args.temperature, args.timestep, args.seed)
+        make_molecule(args.out / "ethanol_xtb.xyz", args.frames, args.equilibration, args.stride,
+                      args.temperature, args.timestep, args.seed)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Radial MLPs once per pair of reverse edges (clebsch.models._steerable.reverse_pairs): which graphs are paired,
-and NequIP and MACE give the same energies, forces, stress and training gradients either way (float64)."""
+and NequIP, MACE, the Equivariant Transformer and TensorNet give the same energies, forces, stress and training gradients
+either way (float64)."""
 
 import pytest
 import torch
 from ase.build import bulk, molecule
 
 import clebsch.models._steerable as steerable
+import clebsch.models.equivariant_transformer as equivariant_transformer
+import clebsch.models.tensornet as tensornet
 from clebsch.data.targets import graph_from_atoms
 from clebsch.models._steerable import reverse_pairs
 from clebsch.testing import float64_model
@@ -42,7 +45,13 @@ def test_graphs_without_reverse_pairs_are_not_paired():
     assert reverse_pairs(graph.edge_index[:, :0], _vectors(graph)[:0]) is None
 
 
-@pytest.mark.parametrize("family", ["nequip", "mace"])
+SIZES = {"nequip": {"lmax": 2}, "mace": {"lmax": 2}, "equivariant_transformer": {"num_heads": 2, "num_basis": 8},
+         "tensornet": {"num_basis": 8}}
+USERS = {"nequip": steerable, "mace": steerable, "equivariant_transformer": equivariant_transformer,
+         "tensornet": tensornet}
+
+
+@pytest.mark.parametrize("family", list(SIZES))
 @pytest.mark.parametrize("structure", ["molecule", "periodic"])
 def test_pairing_changes_no_output_or_gradient(family, structure, monkeypatch):
     if structure == "molecule":
@@ -52,12 +61,13 @@ def test_pairing_changes_no_output_or_gradient(family, structure, monkeypatch):
         atoms.set_chemical_symbols(["H", "C", "O", "C"] * 8)
     atoms.rattle(0.05, seed=3)
     model = float64_model({"name": family, "species": ["H", "C", "O"], "cutoff": 3.0, "num_layers": 2,
-                           "channels": 4, "lmax": 2, "outputs": ["energy", "forces", "stress"]}, seed=4,
+                           "channels": 4, **SIZES[family], "outputs": ["energy", "forces", "stress"]}, seed=4,
                           randomize_zeros=True)
     graph = graph_from_atoms(atoms, 3.0, keys={}, dtype=torch.float64)
     assert reverse_pairs(graph.edge_index, _vectors(graph)) is not None
     calls = []
-    pairing = steerable.reverse_pairs
+    user = USERS[family]  # the module whose name the family calls
+    pairing = user.reverse_pairs
 
     def counted(*args):
         calls.append(pairing(*args))
@@ -70,10 +80,10 @@ def test_pairing_changes_no_output_or_gradient(family, structure, monkeypatch):
         params = [p for p in model.parameters() if p.requires_grad]
         return [out[k].detach() for k in keys] + list(torch.autograd.grad(loss, params, allow_unused=True))
 
-    monkeypatch.setattr(steerable, "reverse_pairs", counted)
+    monkeypatch.setattr(user, "reverse_pairs", counted)
     paired = run()
     assert calls and calls[-1] is not None
-    monkeypatch.setattr(steerable, "reverse_pairs", lambda *args: None)
+    monkeypatch.setattr(user, "reverse_pairs", lambda *args: None)
     unpaired = run()
     for a, b in zip(paired, unpaired):
         if a is None or b is None:

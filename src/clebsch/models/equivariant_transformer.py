@@ -11,6 +11,7 @@ from ..nn import CosineCutoff
 from ..nn._message import Edges, edge_dot, message_sum
 from ..o3 import Irreps
 from ._registry import register
+from ._steerable import reverse_pairs
 
 __all__ = ["EquivariantTransformer", "ExpNormalBasis", "NeighborEmbedding"]
 
@@ -84,19 +85,27 @@ class AttentionLayer(torch.nn.Module):
         self.output = torch.nn.Linear(channels, 3 * channels)  # O
         self.vector_projection = torch.nn.Linear(channels, 3 * channels, bias=False)  # U1, U2, U3
 
-    def attention_weights(self, x, edges: Edges, rbf, envelope) -> torch.Tensor:
-        """``A_ij`` per edge and head, ``[E, num_heads]``, from the layer-normed scalars ``x``."""
+    def attention_weights(self, x, edges: Edges, rbf, envelope, slot=None) -> torch.Tensor:
+        """``A_ij`` per edge and head, ``[E, num_heads]``, from the layer-normed scalars ``x``; with ``slot``
+        ``[E]``, ``rbf`` holds one row per pair of reverse edges and each edge reads its pair's."""
         dk = silu(self.key_filter(rbf))
+        if slot is not None:
+            dk = dk.index_select(0, slot)
         qk = edge_dot(self.key(x)[:, None], self.query(x)[:, None], edges)[:, 0]  # q_i * k_j per edge
         logits = (qk * dk).reshape(-1, self.num_heads, self.channels // self.num_heads)
         return silu(logits.sum(-1)) * envelope[:, None]
 
-    def forward(self, x, vec, edges: Edges, rbf, envelope, unit, scalars_only: bool = False):
-        """The updated ``(x, vec)``; with ``scalars_only`` the vectors are not updated (nothing reads them)."""
+    def forward(self, x, vec, edges: Edges, rbf, envelope, unit, scalars_only: bool = False, slot=None):
+        """The updated ``(x, vec)``; with ``scalars_only`` the vectors are not updated (nothing reads them).
+        With ``slot`` ``[E]``, ``rbf`` holds one row per pair of reverse edges (the filters, functions of the
+        length alone, are computed once per pair) and each edge reads its pair's row."""
         c = self.channels
         h = self.layer_norm(x)
-        weights = self.attention_weights(h, edges, rbf, envelope)
-        d1, d2, d3 = torch.split(silu(self.value_filter(rbf)) * envelope[:, None], c, dim=-1)
+        weights = self.attention_weights(h, edges, rbf, envelope, slot)
+        filters = silu(self.value_filter(rbf))
+        if slot is not None:
+            filters = filters.index_select(0, slot)
+        d1, d2, d3 = torch.split(filters * envelope[:, None], c, dim=-1)
         v1, v2, v3 = torch.split(self.value(h), c, dim=-1)
         # the messages, each summed in one pass over the edges: y = sum_j A_ij d3_ij v3_j and
         # w = sum_j d1_ij v1_j vec_j + d2_ij v2_j r_ij / |r_ij|
@@ -151,7 +160,9 @@ class EquivariantTransformer(torch.nn.Module):
 
     With ``scalars_only`` set (a :class:`~clebsch.models.Potential` sets it when
     none of its heads reads more than the ``0e`` features) the last layer skips
-    its vector update and the ``1o`` outputs are zero.
+    its vector update and the ``1o`` outputs are zero. Where the edges come in
+    reverse pairs (a radius graph on the CPU, :func:`~clebsch.models._steerable.reverse_pairs`),
+    the key and value filters, functions of the length alone, are computed once per pair.
 
     Parameters
     ----------
@@ -215,9 +226,11 @@ class EquivariantTransformer(torch.nn.Module):
         edges = Edges(sender, receiver, species.shape[0])
         x = self.embedding(species, edges, rbf, envelope)
         vec = x.new_zeros(x.shape[0], 3, self.channels)
+        pairs = reverse_pairs(edge_index, edge_vectors)  # the layers' filters once per pair of reverse edges
+        slot, pair_rbf = (None, rbf) if pairs is None else (pairs[1], rbf.index_select(0, pairs[0]))
         for k, layer in enumerate(self.layers):
             last = self.scalars_only and k == len(self.layers) - 1
-            x, vec = layer(x, vec, edges, rbf, envelope, unit, scalars_only=last)
+            x, vec = layer(x, vec, edges, pair_rbf, envelope, unit, scalars_only=last, slot=slot)
         x = self.out_norm(x)
         if self.scalars_only:
             return torch.cat([x, x.new_zeros(x.shape[0], 3 * self.channels)], dim=-1)

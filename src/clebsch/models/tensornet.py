@@ -69,6 +69,7 @@ from ..nn import CosineCutoff, ScalarMLP, radial_basis_of
 from ..nn._message import Edges, message_sum
 from ..o3 import CartesianTensor, Irreps
 from ._registry import register
+from ._steerable import reverse_pairs
 
 __all__ = ["TensorNet", "decompose", "tensor_basis", "symmetric_product_constants", "PARTS"]
 
@@ -182,6 +183,11 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(1.0 + (x * x).sum(-1, keepdim=True))
 
 
+def _per_edge(rows: torch.Tensor, slot: torch.Tensor | None) -> torch.Tensor:
+    """Radial rows per edge: ``rows`` itself, or (one row per pair of reverse edges) each edge's pair's row."""
+    return rows if slot is None else rows.index_select(0, slot)
+
+
 class Embedding(torch.nn.Module):
     """The first features: edge tensors weighted by distance and element pair, summed, then rescaled."""
 
@@ -196,10 +202,10 @@ class Embedding(torch.nn.Module):
         self.linear = PartLinear(channels, channels)
         self.register_buffer("_part_major", _part_major(channels), persistent=False)
 
-    def forward(self, algebra, species, sender, receiver, edge_tensors, basis, envelope):
+    def forward(self, algebra, species, sender, receiver, edge_tensors, basis, envelope, slot=None):
         z = self.atoms(species).to(basis.dtype)
         z_ij = self.pair(torch.cat([z[receiver], z[sender]], dim=-1))  # [E, C]
-        f = self.radial(basis, self._part_major).view(-1, 3, self.channels)  # f_I^0, f_A^0, f_S^0
+        f = _per_edge(self.radial(basis, self._part_major), slot).view(-1, 3, self.channels)  # f_I^0, f_A^0, f_S^0
         weights = (envelope[:, None] * z_ij)[:, None, :] * f  # [E, 3, C]
         x_ij = weights.index_select(1, algebra.parts) * edge_tensors[:, :, None]  # [E, 9, C]
         x = x_ij.new_zeros(species.shape[0], 9, self.channels).index_add_(0, receiver, x_ij).transpose(1, 2)
@@ -218,10 +224,10 @@ class Interaction(torch.nn.Module):
         self.mix_out = PartLinear(channels, channels)
         self.register_buffer("_part_major", _part_major(channels), persistent=False)
 
-    def forward(self, algebra, x, edges: Edges, basis, envelope):
+    def forward(self, algebra, x, edges: Edges, basis, envelope, slot=None):
         x = _normalise(x)
         y = self.mix_in(x)
-        f = (self.radial(basis, self._part_major) * envelope[:, None]).view(-1, 3, self.channels)
+        f = (_per_edge(self.radial(basis, self._part_major), slot) * envelope[:, None]).view(-1, 3, self.channels)
         # M_i = sum_j f_ij Y_j part by part, one pass over the edges (components ahead of channels)
         m = message_sum(f, y.transpose(1, 2), edges, PARTS).transpose(1, 2)
         dx = self.mix_out(_normalise(algebra.symmetric_product(y, m)))
@@ -246,6 +252,9 @@ class TensorNet(torch.nn.Module):
         Radial basis functions (paper: 32).
     radial_basis : str
         ``"gaussian"`` or ``"bessel"``; the paper uses exponential-normal functions.
+
+    Where the edges come in reverse pairs (a radius graph on the CPU,
+    :func:`~clebsch.models._steerable.reverse_pairs`), the radial MLPs run once per pair.
 
     Examples
     --------
@@ -292,11 +301,14 @@ class TensorNet(torch.nn.Module):
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
         sender, receiver = edge_index[0], edge_index[1]
         r = torch.linalg.norm(edge_vectors, dim=-1)
-        basis, envelope = self.basis(r), self.envelope(r)
-        x = self.embedding(self.algebra, species, sender, receiver, self.edge_tensors(edge_vectors), basis, envelope)
+        pairs = reverse_pairs(edge_index, edge_vectors)  # the radial MLPs once per pair of reverse edges
+        slot = None if pairs is None else pairs[1]
+        basis, envelope = self.basis(r if pairs is None else r.index_select(0, pairs[0])), self.envelope(r)
+        x = self.embedding(self.algebra, species, sender, receiver, self.edge_tensors(edge_vectors), basis, envelope,
+                           slot)
         edges = Edges(sender, receiver, species.shape[0])
         for layer in self.layers:
-            x = layer(self.algebra, x, edges, basis, envelope)
+            x = layer(self.algebra, x, edges, basis, envelope, slot)
         n = x.shape[0]
         norms = self.algebra.part_norms(x).transpose(1, 2).reshape(n, -1)  # [N, 3C]: |I|^2, |A|^2, |S|^2
         scalars = self.readout(self.norm(norms))
