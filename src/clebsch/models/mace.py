@@ -157,7 +157,14 @@ class MACE(SteerableStack):
         Attribute (not a parameter), set by a :class:`~clebsch.models.Potential` whose heads read
         only the ``0e`` features: the last layer's symmetric contraction computes its ``0e``
         output only (as mace-torch's last layer does) and the other outputs are zero.
+
+    Trains by default at a learning rate of 0.02 (``training_defaults``; the trainer's default is 0.01):
+    on rMD17 ethanol in 160 epochs the test force MAE was 7.6 against 8.4 meV/Å, and on 400 frames of
+    GFN2-xTB MD of ethanol and of acetamide 9.8 against 10.1 and 7.1 against 7.4 meV/Å in 200 epochs (one run each,
+    ``benchmarks/families.py``).
     """
+
+    training_defaults = {"optimizer.lr": 0.02}
 
     def __init__(
         self,
