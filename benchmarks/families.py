@@ -30,7 +30,7 @@ The README's 10-minute table ran two single-threaded halves side by side, one pe
         --families egnn,equivariant_transformer,tensornet,segnn,equiformer,cartesian --out runs/families-b
 
 Each family trains with its own defaults (``clebsch.models.training_defaults``:
-DimeNet++ at lr 0.001) and the same loss, schedule and EMA. Not a test.
+DimeNet++ at lr 0.001, MACE at 0.02) and the same loss, schedule and EMA. Not a test.
 """
 
 from __future__ import annotations
