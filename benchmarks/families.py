@@ -128,7 +128,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="30m", help="training wall time per family (seconds or '30m')")
     parser.add_argument("--families", default=",".join(families(kind="geometric")), help="comma-separated families")
-    parser.add_argument("--data", default=str(DATA), help="folder with train.xyz, test_MD.xyz and (optional; else fitted) isolated_atoms.xyz")
+    parser.add_argument("--data", default=str(DATA),
+                        help="folder with train.xyz, test_MD.xyz and (optional; else fitted) isolated_atoms.xyz")
     parser.add_argument("--out", default="runs/bench-families")
     parser.add_argument("--results", default=None,
                         help="the table's JSON file, kept between runs (default: OUT/families.json)")

@@ -338,9 +338,9 @@ def _glibc_keep(enable: bool) -> bool:
 
 def memory_stats() -> dict:
     """The kept allocator's bytes and counts: ``live`` (in tensors), ``kept`` (freed, mapped, for reuse),
-    ``peak`` (the most ever live; live + kept stays within ``SLACK_PERMILLE`` of it), ``maps`` (fresh
-    blocks), ``reuses`` (blocks served from kept memory) and ``unmapped`` (kept bytes given back to keep the
-    bound); zeros before use."""
+    ``peak`` (the most ever live; live + kept stays within ``SLACK_PERMILLE`` of it or ``SLACK_MIN_BYTES``),
+    ``maps`` (fresh blocks), ``reuses`` (blocks served from kept memory) and ``unmapped`` (kept bytes given
+    back to keep the bound); zeros before use."""
     values = (ctypes.c_uint64 * 6)()
     if _state["lib"] is not None:
         _state["lib"].clebsch_keep_stats(values)

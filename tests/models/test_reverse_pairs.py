@@ -1,6 +1,6 @@
 """Radial MLPs once per pair of reverse edges (clebsch.models._steerable.reverse_pairs): which graphs are paired,
-and NequIP, MACE, the Equivariant Transformer and TensorNet give the same energies, forces, stress and training gradients
-either way (float64)."""
+and NequIP, MACE, the Equivariant Transformer and TensorNet give the same energies, forces, stress and
+training gradients either way (float64)."""
 
 import pytest
 import torch

@@ -47,6 +47,12 @@ def reverse_pairs(edge_index: torch.Tensor, edge_vectors: torch.Tensor):
     return first, slot
 
 
+def per_edge(rows: torch.Tensor, slot: torch.Tensor | None) -> torch.Tensor:
+    """Radial rows per edge: ``rows`` itself, or, with ``slot`` from :func:`reverse_pairs` (``rows`` holding one
+    row per pair of reverse edges), each edge's pair's row."""
+    return rows if slot is None else rows.index_select(0, slot)
+
+
 class SteerableStack(torch.nn.Module):
     """Base of representations whose layers take ``(h, species, edge_index, edge_sh, edge_basis, edge_envelope)``.
 

@@ -11,7 +11,7 @@ from ..nn import CosineCutoff
 from ..nn._message import Edges, edge_dot, message_sum
 from ..o3 import Irreps
 from ._registry import register
-from ._steerable import reverse_pairs
+from ._steerable import per_edge, reverse_pairs
 
 __all__ = ["EquivariantTransformer", "ExpNormalBasis", "NeighborEmbedding"]
 
@@ -88,9 +88,7 @@ class AttentionLayer(torch.nn.Module):
     def attention_weights(self, x, edges: Edges, rbf, envelope, slot=None) -> torch.Tensor:
         """``A_ij`` per edge and head, ``[E, num_heads]``, from the layer-normed scalars ``x``; with ``slot``
         ``[E]``, ``rbf`` holds one row per pair of reverse edges and each edge reads its pair's."""
-        dk = silu(self.key_filter(rbf))
-        if slot is not None:
-            dk = dk.index_select(0, slot)
+        dk = per_edge(silu(self.key_filter(rbf)), slot)
         qk = edge_dot(self.key(x)[:, None], self.query(x)[:, None], edges)[:, 0]  # q_i * k_j per edge
         logits = (qk * dk).reshape(-1, self.num_heads, self.channels // self.num_heads)
         return silu(logits.sum(-1)) * envelope[:, None]
@@ -102,9 +100,7 @@ class AttentionLayer(torch.nn.Module):
         c = self.channels
         h = self.layer_norm(x)
         weights = self.attention_weights(h, edges, rbf, envelope, slot)
-        filters = silu(self.value_filter(rbf))
-        if slot is not None:
-            filters = filters.index_select(0, slot)
+        filters = per_edge(silu(self.value_filter(rbf)), slot)
         d1, d2, d3 = torch.split(filters * envelope[:, None], c, dim=-1)
         v1, v2, v3 = torch.split(self.value(h), c, dim=-1)
         # the messages, each summed in one pass over the edges: y = sum_j A_ij d3_ij v3_j and

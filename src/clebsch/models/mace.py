@@ -32,7 +32,7 @@ from ..nn import BesselBasis, ChannelwiseTensorProduct, Linear, PolynomialCutoff
 from ..nn._index import ColumnMap
 from ..o3 import Irreps
 from ._registry import register
-from ._steerable import SteerableStack
+from ._steerable import SteerableStack, per_edge
 
 from ._symmetric_contraction import SymmetricContraction
 
@@ -106,7 +106,7 @@ class MACELayer(torch.nn.Module):
         x = self.linear_up(h)
         # the product is linear in the harmonics: the envelope scales them ([E, 9]), not the weights ([E, numel])
         weights = self.radial(edge_basis)
-        weights = weights if edge_slot is None else weights.index_select(0, edge_slot)
+        weights = per_edge(weights, edge_slot)
         a = self.conv.gather_scatter_sum(x, sender, edge_sh * edge_envelope[:, None], weights, receiver,
                                         h.shape[0]) * self.inv_avg
         a = self.linear_a(a)
@@ -160,8 +160,8 @@ class MACE(SteerableStack):
 
     Trains by default at a learning rate of 0.02 (``training_defaults``; the trainer's default is 0.01):
     on rMD17 ethanol in 160 epochs the test force MAE was 7.6 against 8.4 meV/Å, and on 400 frames of
-    GFN2-xTB MD of ethanol and of acetamide 9.8 against 10.1 and 7.1 against 7.4 meV/Å in 200 epochs (one run each,
-    ``benchmarks/families.py``).
+    GFN2-xTB MD of ethanol and of acetamide 9.8 against 10.1 and 7.1 against 7.4 meV/Å in 200 epochs
+    (one run each, ``benchmarks/families.py``).
     """
 
     training_defaults = {"optimizer.lr": 0.02}

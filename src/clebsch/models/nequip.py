@@ -36,7 +36,7 @@ from ..nn import (
 )
 from ..o3 import Irrep, Irreps
 from ._registry import register
-from ._steerable import SteerableStack
+from ._steerable import SteerableStack, per_edge
 
 __all__ = ["NequIP"]
 
@@ -106,13 +106,13 @@ class InteractionBlock(torch.nn.Module):
         sh = edge_sh * edge_envelope[:, None]
         if scalars_only:
             weights = self.radial(edge_basis, self._scalar_weights)
-            weights = weights if edge_slot is None else weights.index_select(0, edge_slot)
+            weights = per_edge(weights, edge_slot)
             conv = self.scalar_conv.gather_scatter_sum(x, sender, sh, weights, receiver, h.shape[0]) * self.norm
             n, a = conv.shape[0], self._scalar_start
             conv = torch.cat([conv.new_zeros(n, a), conv, conv.new_zeros(n, self.conv.irreps_out.dim - a - conv.shape[1])], 1)
         else:
             weights = self.radial(edge_basis)
-            weights = weights if edge_slot is None else weights.index_select(0, edge_slot)
+            weights = per_edge(weights, edge_slot)
             conv = self.conv.gather_scatter_sum(x, sender, sh, weights, receiver, h.shape[0]) * self.norm
         out = self.gate(self.linear(conv) + self.self_connection(h, species))
         out = h + out if self.resnet else out

@@ -69,7 +69,7 @@ from ..nn import CosineCutoff, ScalarMLP, radial_basis_of
 from ..nn._message import Edges, message_sum
 from ..o3 import CartesianTensor, Irreps
 from ._registry import register
-from ._steerable import reverse_pairs
+from ._steerable import per_edge, reverse_pairs
 
 __all__ = ["TensorNet", "decompose", "tensor_basis", "symmetric_product_constants", "PARTS"]
 
@@ -183,11 +183,6 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(1.0 + (x * x).sum(-1, keepdim=True))
 
 
-def _per_edge(rows: torch.Tensor, slot: torch.Tensor | None) -> torch.Tensor:
-    """Radial rows per edge: ``rows`` itself, or (one row per pair of reverse edges) each edge's pair's row."""
-    return rows if slot is None else rows.index_select(0, slot)
-
-
 class Embedding(torch.nn.Module):
     """The first features: edge tensors weighted by distance and element pair, summed, then rescaled."""
 
@@ -205,7 +200,7 @@ class Embedding(torch.nn.Module):
     def forward(self, algebra, species, sender, receiver, edge_tensors, basis, envelope, slot=None):
         z = self.atoms(species).to(basis.dtype)
         z_ij = self.pair(torch.cat([z[receiver], z[sender]], dim=-1))  # [E, C]
-        f = _per_edge(self.radial(basis, self._part_major), slot).view(-1, 3, self.channels)  # f_I^0, f_A^0, f_S^0
+        f = per_edge(self.radial(basis, self._part_major), slot).view(-1, 3, self.channels)  # f_I^0, f_A^0, f_S^0
         weights = (envelope[:, None] * z_ij)[:, None, :] * f  # [E, 3, C]
         x_ij = weights.index_select(1, algebra.parts) * edge_tensors[:, :, None]  # [E, 9, C]
         x = x_ij.new_zeros(species.shape[0], 9, self.channels).index_add_(0, receiver, x_ij).transpose(1, 2)
@@ -227,7 +222,7 @@ class Interaction(torch.nn.Module):
     def forward(self, algebra, x, edges: Edges, basis, envelope, slot=None):
         x = _normalise(x)
         y = self.mix_in(x)
-        f = (_per_edge(self.radial(basis, self._part_major), slot) * envelope[:, None]).view(-1, 3, self.channels)
+        f = (per_edge(self.radial(basis, self._part_major), slot) * envelope[:, None]).view(-1, 3, self.channels)
         # M_i = sum_j f_ij Y_j part by part, one pass over the edges (components ahead of channels)
         m = message_sum(f, y.transpose(1, 2), edges, PARTS).transpose(1, 2)
         dx = self.mix_out(_normalise(algebra.symmetric_product(y, m)))
