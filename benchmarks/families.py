@@ -156,6 +156,9 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown families {unknown}; registered: {families()}")
     test = data / "test_MD.xyz"
+    missing = [str(f) for f in (data / "train.xyz", test) if not f.is_file()]
+    if missing:
+        parser.error(f"--data {data}: no {' or '.join(missing)} (the folder needs train.xyz and test_MD.xyz)")
     if args.max_test:
         import ase.io
 

@@ -105,6 +105,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "examples")
     args = parser.parse_args(argv)
+    if args.molecule:
+        from ase.collections import g2
+
+        if args.molecule not in g2.names:
+            close = [n for n in g2.names if args.molecule.lower() in n.lower()][:10]
+            parser.error(f"--molecule {args.molecule!r} is not in ASE's g2 collection"
+                         + (f"; names containing it: {', '.join(close)}" if close else
+                            " (names are formulas or names as in ase.collections.g2.names, e.g. CH3CONH2, C6H6)"))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.molecule:
         make_molecule(args.out / f"{args.molecule}_xtb.xyz", args.frames, args.equilibration, args.stride,
