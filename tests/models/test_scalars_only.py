@@ -40,7 +40,7 @@ def test_a_head_that_reads_vectors_keeps_them(family):
     assert features[:, model.representation.irreps_out.count("0e"):].abs().max() > 0
 
 
-@pytest.mark.parametrize("path", ["forward_all_species", "forward_grouped"])
+@pytest.mark.parametrize("path", ["forward_all_species", "forward_grouped", "forward_fused"])
 def test_symmetric_contraction_first_output_alone(path):
     from clebsch.models._symmetric_contraction import SymmetricContraction
 

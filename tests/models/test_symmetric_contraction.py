@@ -59,8 +59,9 @@ def _float64(build):
 
 @pytest.mark.parametrize("correlation", [1, 2, 3, 4])
 def test_grouped_equals_all_species_with_derivatives(correlation):
-    """Atoms grouped by element give the numbers of every element's polynomial of every atom, and the same
-    first and second derivatives (forces in training) with respect to the input and the weights."""
+    """Atoms grouped by element give the numbers of every element's polynomial of every atom, and so do the C
+    kernels, with the same first and second derivatives (forces in training) with respect to the input and
+    the weights."""
     torch.manual_seed(correlation)
     sc = _float64(lambda: SymmetricContraction("0e+1o+2e", "0e+1o+2e", channels=3, correlation=correlation,
                                                num_species=5))
@@ -68,14 +69,15 @@ def test_grouped_equals_all_species_with_derivatives(correlation):
     a0 = torch.randn(8, 3, 9, dtype=torch.float64)
     probe = torch.randn(8, 3, 9, dtype=torch.float64)
     results = []
-    for f in (sc.forward_grouped, sc.forward_all_species):
+    for f in (sc.forward_grouped, sc.forward_all_species, sc.forward_fused):
         a = a0.clone().requires_grad_(True)
         out = f(a, species)
         (g,) = torch.autograd.grad((out * probe).sum() ** 2, a, create_graph=True)
         second = torch.autograd.grad((g**2).sum(), [a, *sc.weights])
         results.append([out.detach(), g.detach(), *second])
-    for x, y in zip(*results):
-        assert (x - y).abs().max() < 1e-10 * max(1.0, y.abs().max().item())
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            assert (x - y).abs().max() < 1e-10 * max(1.0, y.abs().max().item())
     assert (results[0][0] - direct(sc, a0, species)).abs().max() < 1e-10
 
 
@@ -97,3 +99,4 @@ def test_float32_paths_agree():
     a = torch.randn(6, 3, 9)
     species = torch.tensor([0, 1, 1, 0, 0, 1])
     assert (sc.forward_grouped(a, species) - sc.forward_all_species(a, species)).abs().max() < 1e-5
+    assert (sc.forward_fused(a, species) - sc.forward_all_species(a, species)).abs().max() < 1e-5

@@ -36,6 +36,11 @@ where shapes must not depend on the values, and for a few atoms of a few
 elements, where grouping costs more than it saves, the polynomial of every
 element is computed for every atom (on all the monomials, a single matmul) and
 each atom keeps its own: the same numbers.
+
+On the CPU (not traced, a C compiler at hand) neither runs: C kernels
+(:mod:`._fused_contraction`) compute every atom's polynomial with its own
+element's coefficients, and its first and second derivatives, each in one pass
+over the atoms (``SymmetricContraction.fused = False`` turns them off).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import math
 import torch
 
 from ..o3 import Irrep, Irreps, wigner_3j
+from ._fused_contraction import CB, ContractionSpec, contraction_available, fused_contraction
 
 
 def _embeddings(irreps_in: Irreps) -> list[tuple[Irrep, torch.Tensor]]:
@@ -180,6 +186,9 @@ class SymmetricContraction(torch.nn.Module):
         self.register_buffer("_right_top", torch.tensor([t[-1] + 1 for t in top], dtype=torch.long), persistent=False)
         where_all = {**where, **{t: len(formed) + i for i, t in enumerate(top)}}
         num_all = self.num_monomials + len(top)
+        # every monomial (the columns of _u_all) as a product of two earlier ones, for the fused kernels
+        rest = (formed + top)[d:]
+        self._spec = ContractionSpec(d, [where_all[t[:-1]] for t in rest], [t[-1] for t in rest])
         # coupling tensor [P, M, J, X]: J = 1 + d factors (J = 1 for correlation 1), X = formed monomials
         num_j = 1 + d if correlation > 1 else 1
         rows, rows_all = [], []
@@ -269,9 +278,41 @@ class SymmetricContraction(torch.nn.Module):
         """``A`` ``[N, K, d_in]`` -> ``[N, K, d_out]``; with ``first_only``, only the first output irrep
         ``[N, K, d_first]`` (the others are not computed)."""
         exporting = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+        if not exporting and self.fused and contraction_available(a, *self.weights, channels=self.channels):
+            return self.forward_fused(a, species, first_only)
         if exporting or a.shape[0] * self.num_species < self.grouping_threshold:
             return self.forward_all_species(a, species, first_only)
         return self.forward_grouped(a, species, first_only)
+
+    #: whether the C kernels (:mod:`._fused_contraction`) compute the contraction where they can
+    fused = True
+
+    def forward_fused(self, a: torch.Tensor, species: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """The contraction by the C kernels: every atom's polynomial with its own element's coefficients.
+
+        The weights of the elements present are folded into the coefficients of every monomial
+        ``[Z', M, monomials, K]`` (a matmul in PyTorch); the kernels then make one pass over the atoms
+        for the contraction and one for each of its derivatives.
+        """
+        n, k, d = a.shape
+        m = self.first_dim if first_only else self.irreps_out.dim
+        if n == 0:
+            return a.new_zeros(0, k, m)
+        w = torch.cat([w.to(a.dtype) for w in self.weights], dim=1)  # [Z, P, K]
+        if self.num_species > 1:
+            counts = torch.bincount(species, minlength=self.num_species)
+            present = torch.nonzero(counts).flatten()
+            if present.numel() < self.num_species:  # fold the weights of the elements present only
+                w = w.index_select(0, present)
+                lookup = torch.zeros(self.num_species, dtype=torch.long, device=species.device)
+                lookup[present] = torch.arange(present.numel(), device=species.device)
+                species = lookup.index_select(0, species)
+        z, p, _ = w.shape
+        u = self._u_all_first if first_only else self._u_all  # [P, M * monomials]
+        c = (u.t().to(a.dtype) @ w.transpose(0, 1).reshape(p, z * k)).view(m, self._spec.NT, z, k)
+        kp = -(-k // CB) * CB
+        c = torch.nn.functional.pad(c.permute(2, 0, 1, 3), (0, kp - k)).contiguous()
+        return fused_contraction(self._spec, a, c, species)
 
     def forward_grouped(self, a: torch.Tensor, species: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """The contraction with the atoms grouped by element: one matmul per element present.
