@@ -131,3 +131,26 @@ def test_coefficients_must_be_padded():
         fc.fused_contraction(spec, torch.zeros(1, 3, 2), torch.zeros(1, 1, 3, 3), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="two earlier ones"):
         fc.ContractionSpec(2, [2], [0])
+
+
+def test_two_threads_and_chunks_of_atoms_give_the_same_numbers(monkeypatch):
+    """Blocks of atoms split across threads, and the coefficients' gradient summed over chunks of atoms."""
+    monkeypatch.setattr(fc, "_CHUNK", 7)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(3)
+        sc = contraction("0e+1o+2e", "0e+1o+2e", 12, 3, 6)
+        species = torch.randint(0, 6, (40,))
+        species[species == 2] = 5  # one element absent
+        a0 = torch.randn(40, 12, 9, dtype=torch.float64)
+        results = []
+        for f in (sc.forward_fused, sc.forward_all_species):
+            a = a0.clone().requires_grad_(True)
+            out = f(a, species)
+            (g,) = torch.autograd.grad((out**2).sum(), a, create_graph=True)
+            results.append([out.detach(), g.detach(), *torch.autograd.grad((g**2).sum(), [a, *sc.weights])])
+    finally:
+        torch.set_num_threads(threads)
+    for x, y in zip(*results):
+        torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-11)
