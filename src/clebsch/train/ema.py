@@ -33,14 +33,22 @@ class ExponentialMovingAverage:
         self.decay = float(decay)
         self.num_updates = 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        self._pairs = None  # (model, shadow tensors, the model's tensors): built once, one foreach call a step
+
+    def _tensors(self, model: torch.nn.Module) -> tuple[list, list]:
+        if self._pairs is None or self._pairs[0] is not model:
+            state = model.state_dict()  # detached tensors sharing the weights' memory
+            keys = [k for k in self.shadow if k in state]
+            self._pairs = (model, [self.shadow[k] for k in keys], [state[k] for k in keys])
+        return self._pairs[1], self._pairs[2]
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         self.num_updates += 1
         d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for k, v in model.state_dict().items():
-            if k in self.shadow:
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+        shadow, live = self._tensors(model)
+        if shadow:
+            torch._foreach_lerp_(shadow, live, 1 - d)  # s + (1 - d) (p - s) = d s + (1 - d) p
 
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:
@@ -70,3 +78,4 @@ class ExponentialMovingAverage:
         self.num_updates = int(state["num_updates"])
         for k, v in state["shadow"].items():
             self.shadow[k] = v.clone()
+        self._pairs = None
