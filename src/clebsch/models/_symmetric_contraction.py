@@ -307,12 +307,12 @@ class SymmetricContraction(torch.nn.Module):
                 lookup = torch.zeros(self.num_species, dtype=torch.long, device=species.device)
                 lookup[present] = torch.arange(present.numel(), device=species.device)
                 species = lookup.index_select(0, species)
-        z, p, _ = w.shape
-        u = self._u_all_first if first_only else self._u_all  # [P, M * monomials]
-        c = (u.t().to(a.dtype) @ w.transpose(0, 1).reshape(p, z * k)).view(m, self._spec.NT, z, k)
         kp = -(-k // CB) * CB
-        c = torch.nn.functional.pad(c.permute(2, 0, 1, 3), (0, kp - k)).contiguous()
-        return fused_contraction(self._spec, a, c, species)
+        if kp != k:  # the kernels read the channels in vectors of CB
+            w = torch.nn.functional.pad(w, (0, kp - k))
+        u = self._u_all_first if first_only else self._u_all  # [P, M * monomials]
+        c = torch.matmul(u.t().to(a.dtype), w)  # [Z', M * monomials, Kp]: no permutation, forward or backward
+        return fused_contraction(self._spec, a, c.view(w.shape[0], m, self._spec.NT, kp), species)
 
     def forward_grouped(self, a: torch.Tensor, species: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """The contraction with the atoms grouped by element: one matmul per element present.
