@@ -236,27 +236,14 @@ void coefficients(const T* restrict B, const int64_t* restrict order, const int6
 }
 """
 
-_KERNELS: dict = {}
-
-
 def _kernels(dtype: torch.dtype, kp: int = CB):
     """``(atoms, monomials, coefficients, openmp)`` for ``dtype`` and ``kp`` padded channels, or ``None``
     where they cannot be built."""
-    key = (dtype, kp)
-    if key not in _KERNELS:
-        ctype = {torch.float32: "float", torch.float64: "double"}.get(dtype)
-        source = f"#define T {ctype}\n#define KP {int(kp)}\n#define AB {AB}\n#define TC {TC}\n" + _SOURCE
-        lib = _native.load(f"symmetric_contraction_{kp}", source) if ctype else None
-        fns = None
-        if lib is not None:
-            p, n, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-            lib.atoms.argtypes = [i] + [p] * 7 + [n] * 4 + [p] * 5 + [n, n, i]
-            lib.monomials.argtypes = [p] * 3 + [n] * 3 + [p, p, n, n, i]
-            lib.coefficients.argtypes = [p] * 5 + [i] + [n] * 3 + [n, n, i]
-            lib.atoms.restype = lib.monomials.restype = lib.coefficients.restype = None
-            fns = (lib.atoms, lib.monomials, lib.coefficients, lib.openmp)
-        _KERNELS[key] = fns
-    return _KERNELS[key]
+    p, n, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    signatures = {"atoms": [i] + [p] * 7 + [n] * 4 + [p] * 5 + [n, n, i],
+                  "monomials": [p] * 3 + [n] * 3 + [p, p, n, n, i],
+                  "coefficients": [p] * 5 + [i] + [n] * 3 + [n, n, i]}
+    return _native.typed_kernels("symmetric_contraction", _SOURCE, dtype, signatures, KP=kp, AB=AB, TC=TC)
 
 
 def contraction_available(*tensors: torch.Tensor, channels: int = CB) -> bool:

@@ -159,30 +159,17 @@ void to_mw(const T* restrict X, int64_t xs, const T* restrict MM, int64_t ms, co
 }
 """
 
-_KERNELS: dict = {}
-
-
 def _kernels(dtype: torch.dtype, channels: int = 0):
     """``(to_node, to_mw, openmp)`` for ``dtype``, or ``None`` where they cannot be built.
 
     ``channels``: the library is built for this number of channels (a constant the compiler unrolls and
     vectorises for); 0: any number, given at each call.
     """
-    key = (dtype, channels)
-    if key not in _KERNELS:
-        ctype = {torch.float32: "float", torch.float64: "double"}.get(dtype)
-        source = f"#define T {ctype}\n#define UC {int(channels)}\n" + _SOURCE
-        lib = _native.load(f"channelwise_conv_{channels}", source) if ctype else None
-        fns = None
-        if lib is not None:
-            p, n, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-            paths = [p] * 6 + [n, n]
-            lib.to_node.argtypes = [p, n, p, n, p, n, p, n, p, p, p, i] + paths + [n, n, i]
-            lib.to_mw.argtypes = [p, n, p, n, p, n, p, n, p, p, p, n, p, n] + paths + [n, n, i]
-            lib.to_node.restype = lib.to_mw.restype = None
-            fns = (lib.to_node, lib.to_mw, lib.openmp)
-        _KERNELS[key] = fns
-    return _KERNELS[key]
+    p, n, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    paths = [p] * 6 + [n, n]
+    signatures = {"to_node": [p, n, p, n, p, n, p, n, p, p, p, i] + paths + [n, n, i],
+                  "to_mw": [p, n, p, n, p, n, p, n, p, p, p, n, p, n] + paths + [n, n, i]}
+    return _native.typed_kernels("channelwise_conv", _SOURCE, dtype, signatures, UC=channels)
 
 
 class _Graph:

@@ -36,12 +36,13 @@ import torch
 
 from ._cache import tracing
 
-__all__ = ["enabled", "load", "parallel_for", "cache_dir", "usable"]
+__all__ = ["enabled", "load", "typed_kernels", "parallel_for", "cache_dir", "usable"]
 
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno"]
 _LOCK = threading.Lock()
 _LIBRARIES: dict = {}
 _FAILED: dict = {}
+_TYPED: dict = {}
 _POOL = None
 _OPENMP_PID = None
 
@@ -169,6 +170,34 @@ def load(name: str, source: str):
         lib.openmp = bool(lib.clebsch_openmp())
         _LIBRARIES[key] = lib
         return lib
+
+
+def typed_kernels(name: str, source: str, dtype: torch.dtype, signatures: dict, **defines: int):
+    """The functions of ``source`` built for ``dtype`` (``T`` is ``float`` or ``double``) and the integer
+    ``defines`` (``#define KEY value``, constants the compiler unrolls and vectorises for), cached per
+    ``(name, dtype, defines)``.
+
+    ``signatures`` maps each function's name to its :mod:`ctypes` argument types (the functions return
+    nothing). Returns ``(*functions, openmp)`` in that order, or ``None`` where they cannot be built
+    (another dtype, no compiler, ``CLEBSCH_NATIVE=0``).
+    """
+    key = (name, dtype, tuple(defines.items()))
+    if not enabled():
+        return None
+    if key not in _TYPED:
+        ctype = {torch.float32: "float", torch.float64: "double"}.get(dtype)
+        head = f"#define T {ctype}\n" + "".join(f"#define {k} {int(v)}\n" for k, v in defines.items())
+        lib = load("_".join([name, *(str(int(v)) for v in defines.values())]), head + source) if ctype else None
+        fns = None
+        if lib is not None:
+            fns = []
+            for fname, argtypes in signatures.items():
+                fn = getattr(lib, fname)
+                fn.argtypes, fn.restype = argtypes, None
+                fns.append(fn)
+            fns = (*fns, lib.openmp)
+        _TYPED[key] = fns
+    return _TYPED[key]
 
 
 def parallel_for(fn, n: int, *pointers, openmp: bool = False, grain: int = 8192) -> None:
