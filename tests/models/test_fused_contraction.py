@@ -135,7 +135,7 @@ def test_coefficients_must_be_padded():
 
 def test_two_threads_and_chunks_of_atoms_give_the_same_numbers(monkeypatch):
     """Blocks of atoms split across threads, and the coefficients' gradient summed over chunks of atoms."""
-    monkeypatch.setattr(fc, "_CHUNK", 7)
+    monkeypatch.setattr(fc, "_CHUNK_BYTES", 7 * 219 * 16 * 8)  # 7 atoms a chunk
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -154,3 +154,15 @@ def test_two_threads_and_chunks_of_atoms_give_the_same_numbers(monkeypatch):
         torch.set_num_threads(threads)
     for x, y in zip(*results):
         torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-11)
+
+
+def test_a_species_index_out_of_range_is_refused_not_read():
+    sc = contraction("0e+1o", "0e+1o", 4, 3, 3)
+    a = torch.randn(4, 4, 4, dtype=torch.float64)
+    with pytest.raises(IndexError, match="species index 5 out of range: the contraction knows 3"):
+        sc.forward_fused(a, torch.tensor([0, 1, 2, 5]))
+    one = contraction("0e+1o", "0e+1o", 4, 3, 1)
+    with pytest.raises(IndexError, match="species index 1 out of range"):
+        one.forward_fused(a, torch.tensor([0, 0, 1, 0]))
+    with pytest.raises(RuntimeError):
+        sc.forward_fused(a, torch.tensor([0, -1, 2, 0]))

@@ -313,8 +313,8 @@ def _call_atoms(mode, spec, a, c, species, gb=None, v=None):
     return o1 if mode < 2 else (o1, o2)
 
 
-#: atoms whose monomials are held at once while summing the coefficients' gradient
-_CHUNK = 2048
+#: bytes of monomials held at once while summing the coefficients' gradient (atoms in chunks)
+_CHUNK_BYTES = 64 << 20
 
 
 def _call_coefficients(spec, a, species, gb, kp, v=None):
@@ -326,8 +326,9 @@ def _call_coefficients(spec, a, species, gb, kp, v=None):
     v = v.contiguous() if v is not None else None
     if n == 0:
         return out.zero_()
-    for lo in range(0, n, _CHUNK):  # the monomials of a chunk of atoms, then their sums per element
-        hi = min(n, lo + _CHUNK)
+    chunk = max(1, _CHUNK_BYTES // (spec.NT * kp * a.element_size()))
+    for lo in range(0, n, chunk):  # the monomials of a chunk of atoms, then their sums per element
+        hi = min(n, lo + chunk)
         sub = _Species(species.sp[lo:hi], species.rows)
         order, start = sub.groups()
         buf = a.new_empty(hi - lo, spec.NT, kp)

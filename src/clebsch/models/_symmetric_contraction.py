@@ -299,8 +299,11 @@ class SymmetricContraction(torch.nn.Module):
         if n == 0:
             return a.new_zeros(0, k, m)
         w = torch.cat([w.to(a.dtype) for w in self.weights], dim=1)  # [Z, P, K]
+        counts = torch.bincount(species, minlength=self.num_species)  # (negative indices raise here)
+        if counts.numel() > self.num_species:  # the kernels would read past the coefficients
+            raise IndexError(f"species index {int(species.max())} out of range: the contraction knows "
+                             f"{self.num_species} element(s)")
         if self.num_species > 1:
-            counts = torch.bincount(species, minlength=self.num_species)
             present = torch.nonzero(counts).flatten()
             if present.numel() < self.num_species:  # fold the weights of the elements present only
                 w = w.index_select(0, present)
