@@ -168,3 +168,35 @@ def test_models_give_the_same_energies_forces_and_training_gradients_with_and_wi
     assert len(fused) == len(plain)
     for a, b in zip(fused, plain):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_forces_skip_the_first_layers_feature_gradient(monkeypatch):
+    """Taking the forces, the first layer's input features (a function of the elements and weights alone) need
+    no gradient: the kernels skip that pass; the loss's backward still computes it, and the forces and weight
+    gradients are those of the PyTorch form."""
+    from clebsch.graph import AtomicGraph
+    from clebsch.models import build_model
+    from clebsch.nn import _fused_conv as fcv
+
+    g = torch.Generator().manual_seed(0)
+    graph = AtomicGraph.from_tensors(torch.randn(9, 3, generator=g, dtype=torch.float64) * 1.4,
+                                     torch.tensor([8, 6, 1, 1, 6, 1, 1, 1, 1]), 4.0)
+    torch.manual_seed(0)
+    model = build_model({"name": "nequip", "species": ["H", "C", "O"], "cutoff": 4.0, "num_layers": 3}).double()
+    calls = []
+    real = fcv._run
+    monkeypatch.setattr(fcv, "_run", lambda slot, *a, **k: calls.append(slot) or real(slot, *a, **k))
+    out = model(graph)
+    assert sorted(calls) == ["g"] * 3 + ["mw"] * 3 + ["x"] * 2
+    calls.clear()
+    ((out["forces"] ** 2).sum() + out["energy"].sum()).backward()
+    assert "x" in calls
+    fused = [out["forces"].detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    monkeypatch.setenv("CLEBSCH_NATIVE", "0")
+    model.zero_grad()
+    out = model(graph)
+    ((out["forces"] ** 2).sum() + out["energy"].sum()).backward()
+    plain = [out["forces"].detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert len(fused) == len(plain) > 1
+    for x, y in zip(fused, plain):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11)

@@ -37,6 +37,7 @@ import ctypes
 
 import torch
 
+from .._autograd import gradient_wanted
 from ..o3 import _native
 
 __all__ = ["ContractionSpec", "fused_contraction", "contraction_available"]
@@ -352,16 +353,6 @@ def reference(spec: ContractionSpec, a: torch.Tensor, c: torch.Tensor, sp: torch
     return torch.einsum("nmtk,ntk->nkm", c[..., :k].index_select(0, sp), mono)
 
 
-def _needed(t: torch.Tensor) -> bool:
-    """Whether the backward now running will use a gradient with respect to ``t``: the coefficients'
-    gradient is not wanted while the forces are taken (``autograd.grad`` of the energy with respect to the
-    positions), only in the loss's backward."""
-    try:
-        return bool(torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(t).node))
-    except (AttributeError, RuntimeError):
-        return True
-
-
 def _recompute_backward(spec, species, saved, grads, outputs_fn):
     """Derivatives of a second-order function by recomputing it in PyTorch operations (third order only)."""
     with torch.enable_grad():
@@ -388,7 +379,7 @@ class _P(torch.autograd.Function):
             return None, None, None, None
         a, c = ctx.saved_tensors
         ga = _G.apply(ctx.spec, ctx.species, a, c, gb) if ctx.needs_input_grad[2] else None
-        gc = _H.apply(ctx.spec, ctx.species, a, gb, c.shape[3]) if ctx.needs_input_grad[3] and _needed(c) else None
+        gc = _H.apply(ctx.spec, ctx.species, a, gb, c.shape[3]) if ctx.needs_input_grad[3] and gradient_wanted(c) else None
         return None, None, ga, gc
 
 
@@ -408,7 +399,7 @@ class _G(torch.autograd.Function):
             return (None,) * 5
         a, c, gb = ctx.saved_tensors
         need_a, need_c, need_g = ctx.needs_input_grad[2:5]
-        need_c = need_c and _needed(c)
+        need_c = need_c and gradient_wanted(c)
         ga = gg = gc = None
         if need_a or need_g:
             ga, gg = _Second.apply(ctx.spec, ctx.species, a, c, gb, v)

@@ -38,6 +38,7 @@ import ctypes
 
 import torch
 
+from .._autograd import gradient_wanted
 from ..o3 import _native
 
 __all__ = ["FusedChannelwise", "fused_available"]
@@ -253,7 +254,9 @@ class _Partial(torch.autograd.Function):
             return (None,) * 8
         args = dict(zip(_SLOTS, ctx.saved_tensors))
         args[ctx.slot] = h
-        need = [name for k, name in enumerate(_SLOTS) if name != ctx.slot and ctx.needs_input_grad[3 + k]]
+        # (taking the forces, the first layer's features, a function of the weights alone, need none)
+        need = [name for k, name in enumerate(_SLOTS)
+                if name != ctx.slot and ctx.needs_input_grad[3 + k] and gradient_wanted(args[name])]
         grads = {}
         if "m" in need and "w" in need and _native_ok(ctx.spec, list(args.values())):
             # both per-edge derivatives in one pass over the edges
