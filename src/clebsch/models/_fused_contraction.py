@@ -379,7 +379,9 @@ class _P(torch.autograd.Function):
             return None, None, None, None
         a, c = ctx.saved_tensors
         ga = _G.apply(ctx.spec, ctx.species, a, c, gb) if ctx.needs_input_grad[2] else None
-        gc = _H.apply(ctx.spec, ctx.species, a, gb, c.shape[3]) if ctx.needs_input_grad[3] and gradient_wanted(c) else None
+        gc = None
+        if ctx.needs_input_grad[3] and gradient_wanted(c):
+            gc = _H.apply(ctx.spec, ctx.species, a, gb, c.shape[3])
         return None, None, ga, gc
 
 
