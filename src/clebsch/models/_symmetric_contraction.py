@@ -303,13 +303,12 @@ class SymmetricContraction(torch.nn.Module):
         if counts.numel() > self.num_species:  # the kernels would read past the coefficients
             raise IndexError(f"species index {int(species.max())} out of range: the contraction knows "
                              f"{self.num_species} element(s)")
-        if self.num_species > 1:
-            present = torch.nonzero(counts).flatten()
-            if present.numel() < self.num_species:  # fold the weights of the elements present only
-                w = w.index_select(0, present)
-                lookup = torch.zeros(self.num_species, dtype=torch.long, device=species.device)
-                lookup[present] = torch.arange(present.numel(), device=species.device)
-                species = lookup.index_select(0, species)
+        present = torch.nonzero(counts).flatten()
+        if present.numel() < self.num_species:  # fold the weights of the elements present only
+            w = w.index_select(0, present)
+            lookup = torch.zeros(self.num_species, dtype=torch.long, device=species.device)
+            lookup[present] = torch.arange(present.numel(), device=species.device)
+            species = lookup.index_select(0, species)
         kp = -(-k // CB) * CB
         if kp != k:  # the kernels read the channels in vectors of CB
             w = torch.nn.functional.pad(w, (0, kp - k))

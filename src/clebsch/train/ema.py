@@ -14,6 +14,9 @@ class ExponentialMovingAverage:
 
     The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n``
     updates, so early averages are not dominated by the random start.
+    An update is one fused operation over the model's tensors, found once per
+    model: they must be updated in place (as optimisers and ``load_state_dict``
+    do), not replaced by new tensors.
 
     Examples
     --------
