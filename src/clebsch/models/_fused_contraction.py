@@ -353,7 +353,7 @@ def reference(spec: ContractionSpec, a: torch.Tensor, c: torch.Tensor, sp: torch
     return torch.einsum("nmtk,ntk->nkm", c[..., :k].index_select(0, sp), mono)
 
 
-def _recompute_backward(spec, species, saved, grads, outputs_fn):
+def _recompute_backward(saved, grads, outputs_fn):
     """Derivatives of a second-order function by recomputing it in PyTorch operations (third order only)."""
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in saved]
@@ -450,8 +450,7 @@ class _Second(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, h_a, h_g):
-        grads = _recompute_backward(ctx.spec, ctx.species, ctx.saved_tensors, (h_a, h_g),
-                                    _second_reference(ctx.spec, ctx.species))
+        grads = _recompute_backward(ctx.saved_tensors, (h_a, h_g), _second_reference(ctx.spec, ctx.species))
         return (None, None, *grads)
 
 
@@ -473,7 +472,7 @@ class _Hv(torch.autograd.Function):
             (ga,) = torch.autograd.grad(y, a, gb, create_graph=True)
             return torch.autograd.grad((ga * v).sum(), c, create_graph=True)
 
-        grads = _recompute_backward(ctx.spec, ctx.species, ctx.saved_tensors, (h,), outputs)
+        grads = _recompute_backward(ctx.saved_tensors, (h,), outputs)
         return (None, None, *grads, None)
 
 
