@@ -95,6 +95,8 @@ def test_empty_and_single_element_inputs():
     a = torch.randn(7, 5, 4, dtype=torch.float64)
     species = torch.full((7,), 3)
     torch.testing.assert_close(sc.forward_fused(a, species), sc.forward_all_species(a, species), rtol=0, atol=1e-12)
+    mixed = torch.tensor([0, 3, 3, 1, 2, 0, 1], dtype=torch.int32)  # every element present, 32-bit indices
+    torch.testing.assert_close(sc.forward_fused(a, mixed), sc.forward_all_species(a, mixed.long()), rtol=0, atol=1e-12)
 
 
 def test_mace_same_energy_forces_and_training_gradient_with_and_without_kernels(monkeypatch):

@@ -270,7 +270,7 @@ class _Species:
     """The atoms' rows of the coefficients, and the atoms grouped by row (for the sums over each element)."""
 
     def __init__(self, sp: torch.Tensor, rows: int):
-        self.sp, self.rows = sp.contiguous(), rows
+        self.sp, self.rows = sp.to(torch.long).contiguous(), rows  # the kernels read 64-bit indices
         self._groups = self._blocks = None
 
     def groups(self):
