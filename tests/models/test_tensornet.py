@@ -74,6 +74,29 @@ def test_symmetric_product_constants():
     assert torch.allclose(got, expected, atol=1e-13)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["kernels", "pytorch"])
+def test_symmetric_product_of_the_algebra(native, monkeypatch):
+    """``TensorAlgebra.symmetric_product`` (a sparse bilinear map of the coordinates) is YM + MY of the
+    matrices, 2 Y^2 for one operand, with first and second derivatives (force training) in float64."""
+    from clebsch.models.tensornet import TensorAlgebra
+
+    if not native:
+        monkeypatch.setenv("CLEBSCH_NATIVE", "0")
+    torch.manual_seed(3)
+    algebra = TensorAlgebra().double()
+    B = tensor_basis()
+    y = torch.randn(5, 6, 9, dtype=torch.float64, requires_grad=True)
+    m = torch.randn(6, 5, 9, dtype=torch.float64).transpose(0, 1).requires_grad_()  # strided rows
+    Y, M = torch.einsum("nck,kij->ncij", y, B), torch.einsum("nck,kij->ncij", m, B)
+    expected = torch.einsum("ncij,kij->nck", Y @ M + M @ Y, B)
+    assert torch.allclose(algebra.symmetric_product(y, m), expected, atol=1e-13)
+    square = torch.einsum("ncij,kij->nck", 2 * Y @ Y, B)
+    assert torch.allclose(algebra.symmetric_product(y, y), square, atol=1e-13)
+    assert torch.autograd.gradcheck(algebra.symmetric_product, (y, m))
+    assert torch.autograd.gradgradcheck(algebra.symmetric_product, (y, m))
+    assert torch.autograd.gradgradcheck(lambda a: algebra.symmetric_product(a, a), (y,))
+
+
 def representation_and_graph(seed=1):
     torch.manual_seed(0)
     with torch.random.fork_rng():

@@ -67,7 +67,9 @@ import torch
 
 from ..nn import CosineCutoff, ScalarMLP, radial_basis_of
 from ..nn._message import Edges, message_sum
+from ..nn._sparse import _bilinear
 from ..o3 import CartesianTensor, Irreps
+from ..o3._cache import constant_cache
 from ._registry import register
 from ._steerable import per_edge, reverse_pairs
 
@@ -142,35 +144,54 @@ class PartLinear(torch.nn.Module):
         return torch.einsum("nck,kcd->ndk", x, w).contiguous()
 
 
+@constant_cache
+def _tables(dtype: torch.dtype, device: torch.device):
+    """``(basis [9, 3, 3], spread [3, 9], product [83], product_terms [3, 83])`` in ``dtype``, from float64.
+
+    Not buffers: a model built in float32 and moved to float64 (``.double()``) would keep constants
+    rounded to float32, and its equivariance would hold to 1e-8 instead of float64's precision.
+    ``product`` and ``product_terms`` are the non-zero terms of :func:`symmetric_product_constants`
+    (83 of 729): ``YM + MY`` as a sparse bilinear map of the coordinates.
+    """
+    basis = tensor_basis()
+    table = symmetric_product_constants(basis).view(9, 9, 9)
+    ia, ib, ik = (table.abs() > 1e-12).nonzero(as_tuple=True)
+    return (basis.to(dtype=dtype, device=device), _spread().to(dtype=dtype, device=device),
+            table[ia, ib, ik].to(dtype=dtype, device=device), torch.stack([ia, ib, ik]).to(device))
+
+
 class TensorAlgebra(torch.nn.Module):
     """Fixed tables for matrices held by coordinates ``[..., 9]``: part norms, part weights, products."""
 
     def __init__(self):
         super().__init__()
-        dtype = torch.get_default_dtype()
-        basis = tensor_basis()
-        self.register_buffer("basis", basis.to(dtype), persistent=False)
-        self.register_buffer("spread", _spread(dtype), persistent=False)
         self.register_buffer("parts", torch.tensor(PARTS), persistent=False)
+
+    def basis(self, like: torch.Tensor) -> torch.Tensor:
+        """:func:`tensor_basis` in the dtype and on the device of ``like``."""
+        return _tables(like.dtype, like.device)[0]
 
     def part_norms(self, x: torch.Tensor) -> torch.Tensor:
         """Squared norms of ``I``, ``A`` and ``S``: ``[..., 9] -> [..., 3]``."""
-        return (x * x) @ self.spread.T
+        return (x * x) @ _tables(x.dtype, x.device)[1].T
 
     def weigh(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``w_I I + w_A A + w_S S`` for weights ``[..., 3]``."""
         return x * w.index_select(-1, self.parts)
 
     def symmetric_product(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """Coordinates of ``YM + MY`` (``2 Y^2`` when ``m`` is ``y``), through the 3x3 matrices."""
-        to_matrix = self.basis.reshape(9, 9).to(y.dtype)  # coordinates -> the 9 matrix entries, row-major
-        a = (y @ to_matrix).unflatten(-1, (3, 3))
-        if m is y:
-            p = 2.0 * torch.matmul(a, a)
-        else:
-            b = (m @ to_matrix).unflatten(-1, (3, 3))
-            p = torch.matmul(a, b) + torch.matmul(b, a)
-        return p.flatten(-2) @ to_matrix.T  # the basis is orthonormal
+        """Coordinates of ``YM + MY`` (``2 Y^2`` when ``m`` is ``y``) for ``[..., 9]`` coordinates.
+
+        One sparse bilinear map of the rows (:func:`clebsch.nn.sparse_bilinear`: C kernels with
+        their derivatives of every order on the CPU, the dense form elsewhere), not a batch of
+        3x3 matrix products: those are one tiny matmul per channel and atom, and their backward
+        and double backward (force training) as many again.
+        """
+        _, _, product, terms = _tables(y.dtype, y.device)
+        rows = y.reshape(-1, 9)
+        out = _bilinear(rows, rows if m is y else m.reshape(-1, 9), product, (terms[0], terms[1], terms[2]), 9,
+                        False)
+        return out.view(y.shape)
 
 
 def _part_major(channels: int) -> torch.Tensor:
@@ -290,7 +311,7 @@ class TensorNet(torch.nn.Module):
         """Coordinates ``[E, 9]`` of the unit-norm ``Id``, skew and traceless outer-product tensors of ``r̂``."""
         unit = edge_vectors / torch.linalg.norm(edge_vectors, dim=-1, keepdim=True)
         outer = unit[:, :, None] * unit[:, None, :]
-        sym = torch.einsum("eij,kij->ek", outer, self.algebra.basis[4:].to(unit.dtype)) * math.sqrt(1.5)
+        sym = torch.einsum("eij,kij->ek", outer, self.algebra.basis(unit)[4:]) * math.sqrt(1.5)
         return torch.cat([torch.ones_like(unit[:, :1]), unit, sym], dim=-1)
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:

@@ -144,18 +144,35 @@ def _new(rows: int, k: int, like: torch.Tensor, components_major: bool) -> torch
     return like.new_empty(k, rows).T if components_major else like.new_empty(rows, k)
 
 
+_PLANS: dict = {}  # the terms grouped by output, per (terms, k_out); holds the terms, so their addresses stay theirs
+_MAX_PLANS = 256
+
+
+def _plan(terms, k_out: int):
+    """``(order, start, i, j)``: the terms sorted by output component (so that each output is summed in
+    registers), ``start[k]`` the first of output ``k``; cached, as the terms are usually a module's buffers."""
+    key = (k_out, *((t.data_ptr(), t._version, t.shape[0]) for t in terms))
+    plan = _PLANS.get(key)
+    if plan is None:
+        ia, ib, io = terms
+        order = torch.sort(io, stable=True).indices
+        start = torch.zeros(k_out + 1, dtype=torch.long)
+        torch.cumsum(torch.bincount(io, minlength=k_out), 0, out=start[1:])
+        plan = (order, start, ia[order].contiguous(), ib[order].contiguous(), terms)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan[:4]
+
+
 class _Bilinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, c, terms, k_out, components_major):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(a, b, c)
         ctx.terms = terms
-        ia, ib, io = terms
-        # the terms grouped by output component, so that each output is summed in registers
-        order = torch.sort(io, stable=True).indices
-        start = torch.zeros(k_out + 1, dtype=torch.long)
-        torch.cumsum(torch.bincount(io, minlength=k_out), 0, out=start[1:])
-        cs, ias, ibs = c.index_select(0, order).contiguous(), ia[order].contiguous(), ib[order].contiguous()
+        order, start, ias, ibs = _plan(terms, k_out)
+        cs = c.index_select(0, order)
         out = _new(a.shape[0], k_out, a, components_major)
         fn, _, openmp = _kernels(a.dtype)
         _native.parallel_for(fn, a.shape[0], a.data_ptr(), a.stride(0), a.stride(1), a.shape[1],
