@@ -61,10 +61,10 @@ class NeighborEmbedding(torch.nn.Module):
         self.distance_projection = torch.nn.Linear(num_basis, channels)
         self.combine = torch.nn.Linear(2 * channels, channels)
 
-    def forward(self, species, edges: Edges, rbf, envelope):
+    def forward(self, species, edges: Edges, rbf, envelope, slot=None):
         x = self.embedding(species).to(rbf.dtype)
         neighbor = self.neighbor_embedding(species).to(rbf.dtype)
-        filters = self.distance_projection(rbf) * envelope[:, None]
+        filters = per_edge(self.distance_projection(rbf) * envelope[:, None], slot)
         neighbors = message_sum(filters[:, None], neighbor[:, None], edges)[:, 0]
         return self.combine(torch.cat([x, neighbors], dim=-1))
 
@@ -87,21 +87,21 @@ class AttentionLayer(torch.nn.Module):
 
     def attention_weights(self, x, edges: Edges, rbf, envelope, slot=None) -> torch.Tensor:
         """``A_ij`` per edge and head, ``[E, num_heads]``, from the layer-normed scalars ``x``; with ``slot``
-        ``[E]``, ``rbf`` holds one row per pair of reverse edges and each edge reads its pair's."""
+        ``[E]``, ``rbf`` and ``envelope`` hold one row per pair of reverse edges and each edge reads its pair's."""
         dk = per_edge(silu(self.key_filter(rbf)), slot)
         qk = edge_dot(self.key(x)[:, None], self.query(x)[:, None], edges)[:, 0]  # q_i * k_j per edge
         logits = (qk * dk).reshape(-1, self.num_heads, self.channels // self.num_heads)
-        return silu(logits.sum(-1)) * envelope[:, None]
+        return silu(logits.sum(-1)) * per_edge(envelope, slot)[:, None]
 
     def forward(self, x, vec, edges: Edges, rbf, envelope, unit, scalars_only: bool = False, slot=None):
         """The updated ``(x, vec)``; with ``scalars_only`` the vectors are not updated (nothing reads them).
-        With ``slot`` ``[E]``, ``rbf`` holds one row per pair of reverse edges (the filters, functions of the
+        With ``slot`` ``[E]``, ``rbf`` and ``envelope`` hold one row per pair of reverse edges (the filters, functions of the
         length alone, are computed once per pair) and each edge reads its pair's row."""
         c = self.channels
         h = self.layer_norm(x)
         weights = self.attention_weights(h, edges, rbf, envelope, slot)
-        filters = per_edge(silu(self.value_filter(rbf)), slot)
-        d1, d2, d3 = torch.split(filters * envelope[:, None], c, dim=-1)
+        filters = per_edge(silu(self.value_filter(rbf)) * envelope[:, None], slot)
+        d1, d2, d3 = torch.split(filters, c, dim=-1)
         v1, v2, v3 = torch.split(self.value(h), c, dim=-1)
         # the messages, each summed in one pass over the edges: y = sum_j A_ij d3_ij v3_j and
         # w = sum_j d1_ij v1_j vec_j + d2_ij v2_j r_ij / |r_ij|
@@ -211,22 +211,24 @@ class EquivariantTransformer(torch.nn.Module):
         self.layers = torch.nn.ModuleList(AttentionLayer(channels, num_heads, num_basis) for _ in range(num_layers))
         self.out_norm = torch.nn.LayerNorm(channels)
 
-    def _edges(self, edge_vectors):
+    def _edges(self, edge_index, edge_vectors):
+        """``(rbf, envelope, unit, slot)``: the basis (times the cutoff) and the cutoff of each pair of reverse
+        edges (functions of the length alone, :func:`reverse_pairs`) or of each edge, the unit vectors."""
         r = torch.linalg.norm(edge_vectors, dim=-1)
-        envelope = self.envelope(r)
-        return self.rbf(r) * envelope[:, None], envelope, edge_vectors / r[:, None]
+        pairs = reverse_pairs(edge_index, edge_vectors)
+        slot, length = (None, r) if pairs is None else (pairs[1], r.index_select(0, pairs[0]))
+        envelope = self.envelope(length)
+        return self.rbf(length) * envelope[:, None], envelope, edge_vectors / r[:, None], slot
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
         sender, receiver = edge_index[0], edge_index[1]
-        rbf, envelope, unit = self._edges(edge_vectors)
+        rbf, envelope, unit, slot = self._edges(edge_index, edge_vectors)
         edges = Edges(sender, receiver, species.shape[0])
-        x = self.embedding(species, edges, rbf, envelope)
+        x = self.embedding(species, edges, rbf, envelope, slot)
         vec = x.new_zeros(x.shape[0], 3, self.channels)
-        pairs = reverse_pairs(edge_index, edge_vectors)  # the layers' filters once per pair of reverse edges
-        slot, pair_rbf = (None, rbf) if pairs is None else (pairs[1], rbf.index_select(0, pairs[0]))
         for k, layer in enumerate(self.layers):
             last = self.scalars_only and k == len(self.layers) - 1
-            x, vec = layer(x, vec, edges, pair_rbf, envelope, unit, scalars_only=last, slot=slot)
+            x, vec = layer(x, vec, edges, rbf, envelope, unit, scalars_only=last, slot=slot)
         x = self.out_norm(x)
         if self.scalars_only:
             return torch.cat([x, x.new_zeros(x.shape[0], 3 * self.channels)], dim=-1)
@@ -236,12 +238,12 @@ class EquivariantTransformer(torch.nn.Module):
                           edge_vectors: torch.Tensor) -> list[torch.Tensor]:
         """The attention weights ``A_ij`` of every layer, ``[E, num_heads]`` each (same inputs as ``forward``)."""
         sender, receiver = edge_index[0], edge_index[1]
-        rbf, envelope, unit = self._edges(edge_vectors)
+        rbf, envelope, unit, slot = self._edges(edge_index, edge_vectors)
         edges = Edges(sender, receiver, species.shape[0])
-        x = self.embedding(species, edges, rbf, envelope)
+        x = self.embedding(species, edges, rbf, envelope, slot)
         vec = x.new_zeros(x.shape[0], 3, self.channels)
         weights = []
         for layer in self.layers:
-            weights.append(layer.attention_weights(layer.layer_norm(x), edges, rbf, envelope))
-            x, vec = layer(x, vec, edges, rbf, envelope, unit)
+            weights.append(layer.attention_weights(layer.layer_norm(x), edges, rbf, envelope, slot))
+            x, vec = layer(x, vec, edges, rbf, envelope, unit, slot=slot)
         return weights

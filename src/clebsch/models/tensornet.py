@@ -221,8 +221,9 @@ class Embedding(torch.nn.Module):
     def forward(self, algebra, species, sender, receiver, edge_tensors, basis, envelope, slot=None):
         z = self.atoms(species).to(basis.dtype)
         z_ij = self.pair(torch.cat([z[receiver], z[sender]], dim=-1))  # [E, C]
-        f = per_edge(self.radial(basis, self._part_major), slot).view(-1, 3, self.channels)  # f_I^0, f_A^0, f_S^0
-        weights = (envelope[:, None] * z_ij)[:, None, :] * f  # [E, 3, C]
+        # f_I^0, f_A^0, f_S^0 times the cutoff, per pair of reverse edges (functions of the length alone)
+        f = per_edge(self.radial(basis, self._part_major) * envelope[:, None], slot).view(-1, 3, self.channels)
+        weights = z_ij[:, None, :] * f  # [E, 3, C]
         x_ij = weights.index_select(1, algebra.parts) * edge_tensors[:, :, None]  # [E, 9, C]
         x = x_ij.new_zeros(species.shape[0], 9, self.channels).index_add_(0, receiver, x_ij).transpose(1, 2)
         g = self.scaling(self.norm((x * x).sum(-1))).view(-1, self.channels, 3)
@@ -243,7 +244,7 @@ class Interaction(torch.nn.Module):
     def forward(self, algebra, x, edges: Edges, basis, envelope, slot=None):
         x = _normalise(x)
         y = self.mix_in(x)
-        f = (per_edge(self.radial(basis, self._part_major), slot) * envelope[:, None]).view(-1, 3, self.channels)
+        f = per_edge(self.radial(basis, self._part_major) * envelope[:, None], slot).view(-1, 3, self.channels)
         # M_i = sum_j f_ij Y_j part by part, one pass over the edges (components ahead of channels)
         m = message_sum(f, y.transpose(1, 2), edges, PARTS).transpose(1, 2)
         dx = self.mix_out(_normalise(algebra.symmetric_product(y, m)))
@@ -319,7 +320,8 @@ class TensorNet(torch.nn.Module):
         r = torch.linalg.norm(edge_vectors, dim=-1)
         pairs = reverse_pairs(edge_index, edge_vectors)  # the radial MLPs once per pair of reverse edges
         slot = None if pairs is None else pairs[1]
-        basis, envelope = self.basis(r if pairs is None else r.index_select(0, pairs[0])), self.envelope(r)
+        length = r if pairs is None else r.index_select(0, pairs[0])  # basis and cutoff per pair of reverse edges
+        basis, envelope = self.basis(length), self.envelope(length)
         x = self.embedding(self.algebra, species, sender, receiver, self.edge_tensors(edge_vectors), basis, envelope,
                            slot)
         edges = Edges(sender, receiver, species.shape[0])
