@@ -85,12 +85,12 @@ def test_symmetric_product_of_the_algebra(native, monkeypatch):
     torch.manual_seed(3)
     algebra = TensorAlgebra().double()
     B = tensor_basis()
-    y = torch.randn(5, 6, 9, dtype=torch.float64, requires_grad=True)
-    m = torch.randn(6, 5, 9, dtype=torch.float64).transpose(0, 1).requires_grad_()  # strided rows
-    Y, M = torch.einsum("nck,kij->ncij", y, B), torch.einsum("nck,kij->ncij", m, B)
-    expected = torch.einsum("ncij,kij->nck", Y @ M + M @ Y, B)
+    y = torch.randn(5, 9, 6, dtype=torch.float64, requires_grad=True)  # [atoms, coordinates, channels]
+    m = torch.randn(5, 6, 9, dtype=torch.float64).transpose(1, 2).requires_grad_()  # strided
+    Y, M = torch.einsum("nkc,kij->ncij", y, B), torch.einsum("nkc,kij->ncij", m, B)
+    expected = torch.einsum("ncij,kij->nkc", Y @ M + M @ Y, B)
     assert torch.allclose(algebra.symmetric_product(y, m), expected, atol=1e-13)
-    square = torch.einsum("ncij,kij->nck", 2 * Y @ Y, B)
+    square = torch.einsum("ncij,kij->nkc", 2 * Y @ Y, B)
     assert torch.allclose(algebra.symmetric_product(y, y), square, atol=1e-13)
     assert torch.autograd.gradcheck(algebra.symmetric_product, (y, m))
     assert torch.autograd.gradgradcheck(algebra.symmetric_product, (y, m))

@@ -77,6 +77,28 @@ def test_native_and_dense_forms_agree_and_threads_do_not_matter(monkeypatch):
         torch.testing.assert_close(x, y, rtol=2e-4, atol=2e-3)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["kernels", "pytorch"])
+def test_operands_of_nodes_components_and_channels(native, monkeypatch):
+    """``[N, K, C]`` operands (any strides) are the rows ``(n, c)``: the same map and derivatives as flattened."""
+    if not native:
+        monkeypatch.setenv("CLEBSCH_NATIVE", "0")
+    t = terms(5, 4, 6, 30, seed=4)
+    torch.manual_seed(5)
+    a = torch.randn(7, 5, 13, dtype=torch.float64, requires_grad=True)  # 91 rows: blocks straddle the nodes
+    b = torch.randn(7, 13, 4, dtype=torch.float64).transpose(1, 2).requires_grad_()
+    c = torch.randn(30, dtype=torch.float64, requires_grad=True)
+    out = sparse_bilinear(a, b, c, t, 6)
+    assert out.shape == (7, 6, 13)
+    flat = naive(_sparse._flat(a), _sparse._flat(b), c, t, 6).view(7, 13, 6).transpose(1, 2)
+    torch.testing.assert_close(out, flat, rtol=1e-12, atol=1e-12)
+    g = torch.randn(7, 6, 13, dtype=torch.float64)
+    expected = (_sparse._flat(a)[:, t[0]] * _sparse._flat(b)[:, t[1]] * _sparse._flat(g)[:, t[2]]).sum(0)
+    torch.testing.assert_close(sparse_trilinear_sum(a, b, g, t), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradgradcheck(lambda a, b, c: sparse_bilinear(a, b, c, t, 6), (a, b, c))
+    with pytest.raises(ValueError, match="same N and C"):
+        sparse_bilinear(a, torch.randn(7, 4, 12, dtype=torch.float64), c, t, 6)
+
+
 def test_terms_out_of_range_or_of_other_lengths_raise():
     a, b = torch.randn(4, 3), torch.randn(4, 2)
     good = (torch.tensor([0, 2]), torch.tensor([1, 0]), torch.tensor([0, 1]))

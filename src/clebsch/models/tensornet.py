@@ -52,10 +52,12 @@ symmetric traceless parts, in the ``2e`` components of
 features are the same for every element (the isolated-atom reference).
 
 Internally a matrix is held by its nine coordinates in an orthonormal basis
-adapted to the split (1 + 3 + 5, see :func:`tensor_basis`): a part-wise map
-is one batched product, norms are sums of squares, and ``YM + MY`` is taken
-on the 3x3 matrices (:func:`symmetric_product_constants` gives the same map on
-the coordinates). The neighbour sums ``M_i`` run in one pass over the edges
+adapted to the split (1 + 3 + 5, see :func:`tensor_basis`), an atom's features
+as ``[9, C]`` (coordinates ahead of channels): a part-wise map is one batched
+matmul over the coordinates, norms are sums of squares, and ``YM + MY`` is a
+bilinear map of the coordinates with 83 non-zero terms
+(:func:`symmetric_product_constants`, run by :func:`clebsch.nn.sparse_bilinear`).
+The neighbour sums ``M_i`` run in one pass over the edges
 (:func:`clebsch.nn.message_sum`).
 """
 
@@ -131,7 +133,7 @@ def tensor_basis(dtype=torch.float64) -> torch.Tensor:
 
 
 class PartLinear(torch.nn.Module):
-    """Channel mixing of each part on its own: ``W^I I + W^A A + W^S S``, ``[N, C, 9] -> [N, C', 9]``."""
+    """Channel mixing of each part on its own: ``W^I I + W^A A + W^S S``, ``[N, 9, C] -> [N, 9, C']``."""
 
     def __init__(self, channels_in: int, channels_out: int):
         super().__init__()
@@ -140,8 +142,9 @@ class PartLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight[self.parts] / math.sqrt(self.weight.shape[1])  # [9, C, C']
-        # contiguous: gathers and scatters of [E, C, 9] gradients are much slower on strided tensors
-        return torch.einsum("nck,kcd->ndk", x, w).contiguous()
+        # one batched matmul over the coordinates (each a strided [N, C] matrix, read without a copy); contiguous
+        # for the neighbour sums that read it
+        return torch.bmm(x.transpose(0, 1), w).transpose(0, 1).contiguous()
 
 
 @constant_cache
@@ -161,7 +164,8 @@ def _tables(dtype: torch.dtype, device: torch.device):
 
 
 class TensorAlgebra(torch.nn.Module):
-    """Fixed tables for matrices held by coordinates ``[..., 9]``: part norms, part weights, products."""
+    """Operations on features ``[N, 9, C]``, ``C`` matrices per atom held by their coordinates: part norms,
+    part weights, products."""
 
     def __init__(self):
         super().__init__()
@@ -172,15 +176,16 @@ class TensorAlgebra(torch.nn.Module):
         return _tables(like.dtype, like.device)[0]
 
     def part_norms(self, x: torch.Tensor) -> torch.Tensor:
-        """Squared norms of ``I``, ``A`` and ``S``: ``[..., 9] -> [..., 3]``."""
-        return (x * x) @ _tables(x.dtype, x.device)[1].T
+        """Squared norms of ``I``, ``A`` and ``S``: ``[N, 9, C] -> [N, 3, C]``."""
+        xx = x * x
+        return torch.stack([xx[:, 0], xx[:, 1:4].sum(1), xx[:, 4:].sum(1)], dim=1)
 
     def weigh(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """``w_I I + w_A A + w_S S`` for weights ``[..., 3]``."""
-        return x * w.index_select(-1, self.parts)
+        """``w_I I + w_A A + w_S S`` for weights ``[N, 3, C]``."""
+        return x * w.index_select(1, self.parts)
 
     def symmetric_product(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """Coordinates of ``YM + MY`` (``2 Y^2`` when ``m`` is ``y``) for ``[..., 9]`` coordinates.
+        """Coordinates of ``YM + MY`` (``2 Y^2`` when ``m`` is ``y``), ``[N, 9, C]`` (any strides).
 
         One sparse bilinear map of the rows (:func:`clebsch.nn.sparse_bilinear`: C kernels with
         their derivatives of every order on the CPU, the dense form elsewhere), not a batch of
@@ -188,10 +193,7 @@ class TensorAlgebra(torch.nn.Module):
         and double backward (force training) as many again.
         """
         _, _, product, terms = _tables(y.dtype, y.device)
-        rows = y.reshape(-1, 9)
-        out = _bilinear(rows, rows if m is y else m.reshape(-1, 9), product, (terms[0], terms[1], terms[2]), 9,
-                        False)
-        return out.view(y.shape)
+        return _bilinear(y, m, product, (terms[0], terms[1], terms[2]), 9, False)
 
 
 def _part_major(channels: int) -> torch.Tensor:
@@ -201,7 +203,7 @@ def _part_major(channels: int) -> torch.Tensor:
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     """``X / sqrt(1 + |X|^2)`` per channel."""
-    return x * torch.rsqrt(1.0 + (x * x).sum(-1, keepdim=True))
+    return x * torch.rsqrt(1.0 + (x * x).sum(1, keepdim=True))
 
 
 class Embedding(torch.nn.Module):
@@ -225,8 +227,8 @@ class Embedding(torch.nn.Module):
         f = per_edge(self.radial(basis, self._part_major) * envelope[:, None], slot).view(-1, 3, self.channels)
         weights = z_ij[:, None, :] * f  # [E, 3, C]
         x_ij = weights.index_select(1, algebra.parts) * edge_tensors[:, :, None]  # [E, 9, C]
-        x = x_ij.new_zeros(species.shape[0], 9, self.channels).index_add_(0, receiver, x_ij).transpose(1, 2)
-        g = self.scaling(self.norm((x * x).sum(-1))).view(-1, self.channels, 3)
+        x = x_ij.new_zeros(species.shape[0], 9, self.channels).index_add_(0, receiver, x_ij)
+        g = self.scaling(self.norm((x * x).sum(1))).view(-1, self.channels, 3).transpose(1, 2)  # [N, 3, C]
         return algebra.weigh(self.linear(x), g)
 
 
@@ -245,8 +247,8 @@ class Interaction(torch.nn.Module):
         x = _normalise(x)
         y = self.mix_in(x)
         f = per_edge(self.radial(basis, self._part_major) * envelope[:, None], slot).view(-1, 3, self.channels)
-        # M_i = sum_j f_ij Y_j part by part, one pass over the edges (components ahead of channels)
-        m = message_sum(f, y.transpose(1, 2), edges, PARTS).transpose(1, 2)
+        # M_i = sum_j f_ij Y_j part by part, one pass over the edges
+        m = message_sum(f, y, edges, PARTS)
         dx = self.mix_out(_normalise(algebra.symmetric_product(y, m)))
         return x + dx + 0.5 * algebra.symmetric_product(dx, dx)
 
@@ -328,6 +330,7 @@ class TensorNet(torch.nn.Module):
         for layer in self.layers:
             x = layer(self.algebra, x, edges, basis, envelope, slot)
         n = x.shape[0]
-        norms = self.algebra.part_norms(x).transpose(1, 2).reshape(n, -1)  # [N, 3C]: |I|^2, |A|^2, |S|^2
+        norms = self.algebra.part_norms(x).reshape(n, -1)  # [N, 3C]: |I|^2, |A|^2, |S|^2
         scalars = self.readout(self.norm(norms))
-        return torch.cat([scalars, x[:, :, 1:4].reshape(n, -1), x[:, :, 4:].reshape(n, -1)], dim=-1)
+        vectors, tensors = x[:, 1:4].transpose(1, 2).reshape(n, -1), x[:, 4:].transpose(1, 2).reshape(n, -1)
+        return torch.cat([scalars, vectors, tensors], dim=-1)

@@ -19,7 +19,10 @@ the dense form with PyTorch operations: the same numbers up to rounding.
 
 Rows may be laid out either way round: ``[R, K]`` row-major, or a transposed
 view of a ``[K, R]`` tensor (components major), read without a copy; the
-result can be asked for in either layout (``components_major``).
+result can be asked for in either layout (``components_major``). Operands may
+also be ``[N, K, C]`` (components between two row indices, as features of
+``C`` channels per node are held): the rows are then the ``N * C`` pairs
+``(n, c)``, and the result is ``[N, k_out, C]``.
 """
 
 from __future__ import annotations
@@ -42,29 +45,44 @@ _SOURCE = r"""
 #define RB 16
 #define CH 256
 
-/* rows [r0, r0 + nb) of src, component k at dst[k * width + r], zero-padded to width */
-static void load(const T* restrict src, int64_t sr, int64_t sk, int64_t K, int64_t r0, int64_t nb, int64_t width,
-                 T* restrict dst) {
+/* where rows [r0, r0 + nb) start: row r is (n, c) = (r / inner, r % inner), at n * sn + c * sc
+   (a [R, K] operand: inner = R; an [N, K, C] operand: inner = C) */
+static void offsets(int64_t sn, int64_t sc, int64_t inner, int64_t r0, int64_t nb, int64_t* restrict off) {
+    int64_t n = r0 / inner, c = r0 - n * inner;
+    for (int64_t r = 0; r < nb; ++r) {
+        off[r] = n * sn + c * sc;
+        if (++c == inner) { c = 0; ++n; }
+    }
+}
+
+/* rows [r0, r0 + nb) of src (their offsets off), component k at dst[k * width + r], zero-padded to width */
+static void load(const T* restrict src, const int64_t* restrict off, int64_t sk, int64_t K, int64_t nb,
+                 int64_t width, T* restrict dst) {
     for (int64_t k = 0; k < K; ++k) {
         T* restrict d = dst + k * width;
-        for (int64_t r = 0; r < nb; ++r) d[r] = src[(r0 + r) * sr + k * sk];
+        const T* restrict s = src + k * sk;
+        for (int64_t r = 0; r < nb; ++r) d[r] = s[off[r]];
         for (int64_t r = nb; r < width; ++r) d[r] = 0;
     }
 }
 
 /* out[r, k] = sum over the terms t of output k (start[k] <= t < start[k + 1]) of c[t] a[r, ia[t]] b[r, ib[t]] */
-void bilinear(const T* restrict a, int64_t a_sr, int64_t a_sk, int64_t Ka,
-              const T* restrict b, int64_t b_sr, int64_t b_sk, int64_t Kb,
+void bilinear(const T* restrict a, int64_t a_sn, int64_t a_sc, int64_t a_in, int64_t a_sk, int64_t Ka,
+              const T* restrict b, int64_t b_sn, int64_t b_sc, int64_t b_in, int64_t b_sk, int64_t Kb,
               const T* restrict c, const int64_t* restrict ia, const int64_t* restrict ib,
-              const int64_t* restrict start, T* restrict out, int64_t o_sr, int64_t o_sk, int64_t Ko,
+              const int64_t* restrict start,
+              T* restrict out, int64_t o_sn, int64_t o_sc, int64_t o_in, int64_t o_sk, int64_t Ko,
               int64_t lo, int64_t hi, int threads) {
     int64_t nblocks = (hi - lo + RB - 1) / RB;
     #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
         T A[Ka * RB], B[Kb * RB];
-        int64_t r0 = lo + blk * RB, nb = hi - r0 < RB ? hi - r0 : RB;
-        load(a, a_sr, a_sk, Ka, r0, nb, RB, A);
-        load(b, b_sr, b_sk, Kb, r0, nb, RB, B);
+        int64_t off[RB], r0 = lo + blk * RB, nb = hi - r0 < RB ? hi - r0 : RB;
+        offsets(a_sn, a_sc, a_in, r0, nb, off);
+        load(a, off, a_sk, Ka, nb, RB, A);
+        offsets(b_sn, b_sc, b_in, r0, nb, off);
+        load(b, off, b_sk, Kb, nb, RB, B);
+        offsets(o_sn, o_sc, o_in, r0, nb, off);
         for (int64_t k = 0; k < Ko; ++k) {
             T acc[RB];
             for (int j = 0; j < RB; ++j) acc[j] = 0;
@@ -74,24 +92,27 @@ void bilinear(const T* restrict a, int64_t a_sr, int64_t a_sk, int64_t Ka,
                 const T* restrict y = B + ib[t] * RB;
                 for (int j = 0; j < RB; ++j) acc[j] += ct * x[j] * y[j];
             }
-            for (int64_t r = 0; r < nb; ++r) out[(r0 + r) * o_sr + k * o_sk] = acc[r];
+            for (int64_t r = 0; r < nb; ++r) out[off[r] + k * o_sk] = acc[r];
         }
     }
 }
 
 /* part[q, t] = sum over the rows of chunk q (CH rows) of a[r, ia[t]] b[r, ib[t]] g[r, ig[t]] */
-void trilinear(const T* restrict a, int64_t a_sr, int64_t a_sk, int64_t Ka,
-               const T* restrict b, int64_t b_sr, int64_t b_sk, int64_t Kb,
-               const T* restrict g, int64_t g_sr, int64_t g_sk, int64_t Kg,
+void trilinear(const T* restrict a, int64_t a_sn, int64_t a_sc, int64_t a_in, int64_t a_sk, int64_t Ka,
+               const T* restrict b, int64_t b_sn, int64_t b_sc, int64_t b_in, int64_t b_sk, int64_t Kb,
+               const T* restrict g, int64_t g_sn, int64_t g_sc, int64_t g_in, int64_t g_sk, int64_t Kg,
                const int64_t* restrict ia, const int64_t* restrict ib, const int64_t* restrict ig, int64_t nnz,
                T* restrict part, int64_t rows, int64_t lo, int64_t hi, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t q = lo; q < hi; ++q) {
         T A[Ka * CH], B[Kb * CH], G[Kg * CH];
-        int64_t r0 = q * CH, nb = rows - r0 < CH ? rows - r0 : CH;
-        load(a, a_sr, a_sk, Ka, r0, nb, CH, A);
-        load(b, b_sr, b_sk, Kb, r0, nb, CH, B);
-        load(g, g_sr, g_sk, Kg, r0, nb, CH, G);
+        int64_t off[CH], r0 = q * CH, nb = rows - r0 < CH ? rows - r0 : CH;
+        offsets(a_sn, a_sc, a_in, r0, nb, off);
+        load(a, off, a_sk, Ka, nb, CH, A);
+        offsets(b_sn, b_sc, b_in, r0, nb, off);
+        load(b, off, b_sk, Kb, nb, CH, B);
+        offsets(g_sn, g_sc, g_in, r0, nb, off);
+        load(g, off, g_sk, Kg, nb, CH, G);
         for (int64_t t = 0; t < nnz; ++t) {
             const T* restrict x = A + ia[t] * CH;
             const T* restrict y = B + ib[t] * CH;
@@ -119,8 +140,10 @@ def _kernels(dtype: torch.dtype):
         fns = None
         if lib is not None:
             p, n = ctypes.c_void_p, ctypes.c_int64
-            lib.bilinear.argtypes = [p, n, n, n, p, n, n, n, p, p, p, p, p, n, n, n, n, n, ctypes.c_int]
-            lib.trilinear.argtypes = [p, n, n, n, p, n, n, n, p, n, n, n, p, p, p, n, p, n, n, n, ctypes.c_int]
+            lib.bilinear.argtypes = [p, n, n, n, n, n, p, n, n, n, n, n, p, p, p, p, p, n, n, n, n, n, n, n,
+                                     ctypes.c_int]
+            lib.trilinear.argtypes = [p, n, n, n, n, n, p, n, n, n, n, n, p, n, n, n, n, n, p, p, p, n, p, n, n, n,
+                                      ctypes.c_int]
             lib.bilinear.restype = lib.trilinear.restype = None
             fns = (lib.bilinear, lib.trilinear, lib.openmp)
         _KERNELS[dtype] = fns
@@ -131,17 +154,28 @@ def _native_ok(*tensors) -> bool:
     return _native.usable(*tensors) and _kernels(tensors[0].dtype) is not None
 
 
-def _layout(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself if its rows or its components are evenly strided (any 2-D view is), else a copy."""
-    return t if t.dim() == 2 else t.reshape(-1, t.shape[-1])
-
-
 def _components_major(t: torch.Tensor) -> bool:
-    return t.shape[0] > 1 and t.stride(0) == 1 and t.shape[1] > 1
+    return t.dim() == 2 and t.shape[0] > 1 and t.stride(0) == 1 and t.shape[1] > 1
 
 
-def _new(rows: int, k: int, like: torch.Tensor, components_major: bool) -> torch.Tensor:
-    return like.new_empty(k, rows).T if components_major else like.new_empty(rows, k)
+def _rows(t: torch.Tensor) -> int:
+    """Rows of an operand: ``R`` of ``[R, K]``, ``N * C`` of ``[N, K, C]``."""
+    return t.shape[0] if t.dim() == 2 else t.shape[0] * t.shape[2]
+
+
+def _geometry(t: torch.Tensor) -> tuple:
+    """``(data, sn, sc, inner, sk, K)`` as the kernels read an operand: row ``r`` is ``(n, c) = (r // inner,
+    r % inner)`` at ``n * sn + c * sc``, component ``k`` ``k * sk`` further."""
+    if t.dim() == 2:
+        return t.data_ptr(), 0, t.stride(0), max(t.shape[0], 1), t.stride(1), t.shape[1]
+    return t.data_ptr(), t.stride(0), t.stride(2), max(t.shape[2], 1), t.stride(1), t.shape[1]
+
+
+def _new(like: torch.Tensor, k: int, components_major: bool) -> torch.Tensor:
+    """A result of ``k`` components with the rows of ``like``: ``[N, k, C]`` for an ``[N, K, C]`` operand."""
+    if like.dim() == 3:
+        return like.new_empty(like.shape[0], k, like.shape[2])
+    return like.new_empty(k, like.shape[0]).T if components_major else like.new_empty(like.shape[0], k)
 
 
 _PLANS: dict = {}  # the terms grouped by output, per (terms, k_out); holds the terms, so their addresses stay theirs
@@ -173,12 +207,10 @@ class _Bilinear(torch.autograd.Function):
         ctx.terms = terms
         order, start, ias, ibs = _plan(terms, k_out)
         cs = c.index_select(0, order)
-        out = _new(a.shape[0], k_out, a, components_major)
+        out = _new(a, k_out, components_major)
         fn, _, openmp = _kernels(a.dtype)
-        _native.parallel_for(fn, a.shape[0], a.data_ptr(), a.stride(0), a.stride(1), a.shape[1],
-                             b.data_ptr(), b.stride(0), b.stride(1), b.shape[1], cs.data_ptr(), ias.data_ptr(),
-                             ibs.data_ptr(), start.data_ptr(), out.data_ptr(), out.stride(0), out.stride(1),
-                             k_out, openmp=openmp, grain=4096)
+        _native.parallel_for(fn, _rows(a), *_geometry(a), *_geometry(b), cs.data_ptr(), ias.data_ptr(),
+                             ibs.data_ptr(), start.data_ptr(), *_geometry(out), openmp=openmp, grain=4096)
         return out
 
     @staticmethod
@@ -204,13 +236,11 @@ class _Trilinear(torch.autograd.Function):
         ctx.save_for_backward(a, b, g)
         ctx.terms = terms
         ia, ib, ig = terms
-        rows, nnz = a.shape[0], ia.shape[0]
+        rows, nnz = _rows(a), ia.shape[0]
         chunks = max(1, -(-rows // _CHUNK))
         part = a.new_empty(chunks, nnz)
         _, fn, openmp = _kernels(a.dtype)
-        _native.parallel_for(fn, chunks, a.data_ptr(), a.stride(0), a.stride(1), a.shape[1],
-                             b.data_ptr(), b.stride(0), b.stride(1), b.shape[1],
-                             g.data_ptr(), g.stride(0), g.stride(1), g.shape[1],
+        _native.parallel_for(fn, chunks, *_geometry(a), *_geometry(b), *_geometry(g),
                              ia.data_ptr(), ib.data_ptr(), ig.data_ptr(), nnz, part.data_ptr(), rows,
                              openmp=openmp, grain=2)
         return part.sum(0)
@@ -235,9 +265,11 @@ def _checked(terms, count, operands, k_out=None):
     """``terms`` as three contiguous long tensors of one length, each index within its operand's components."""
     if len(terms) != 3:
         raise ValueError(f"terms must be three index tensors (i, j, k), got {len(terms)}")
-    if any(x.dim() != 2 for x in operands) or any(x.shape[0] != operands[0].shape[0] for x in operands):
-        raise ValueError(f"the operands must be [R, K] with the same rows R, got shapes "
-                         f"{[tuple(x.shape) for x in operands]}")
+    first = operands[0]
+    if (first.dim() not in (2, 3) or any(x.dim() != first.dim() for x in operands)
+            or any(x.shape[0] != first.shape[0] or x.shape[2:] != first.shape[2:] for x in operands)):
+        raise ValueError(f"the operands must all be [R, K] with the same rows R, or all [N, K, C] with the same "
+                         f"N and C, got shapes {[tuple(x.shape) for x in operands]}")
     terms = tuple(torch.as_tensor(t, device=operands[0].device).long().contiguous() for t in terms)
     if tracing():
         return terms
@@ -256,8 +288,16 @@ def _outer(a, b):
     return (a.unsqueeze(2) * b.unsqueeze(1)).reshape(a.shape[0], a.shape[1] * b.shape[1])
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """An ``[N, K, C]`` operand as rows ``[N * C, K]``."""
+    return t if t.dim() == 2 else t.transpose(1, 2).reshape(-1, t.shape[1])
+
+
 def _bilinear_torch(a, b, c, terms, k_out, components_major):
     """The dense form: the outer product of each row times the matrix of the terms."""
+    if a.dim() == 3:
+        out = _bilinear_torch(_flat(a), _flat(b), c, terms, k_out, False)
+        return out.view(a.shape[0], a.shape[2], k_out).transpose(1, 2)
     ia, ib, io = terms
     kb = b.shape[1]
     matrix = c.new_zeros(a.shape[1] * kb * k_out).index_add(0, (ia * kb + ib) * k_out + io, c)
@@ -272,7 +312,9 @@ def sparse_bilinear(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, terms, k_
 
     ``a`` is ``[R, K_a]`` and ``b`` ``[R, K_b]`` (any strides), ``c`` is ``[T]`` and
     ``terms = (i, j, k)`` three ``[T]`` long tensors. With ``components_major`` the
-    result is the transposed view of a ``[k_out, R]`` tensor.
+    result is the transposed view of a ``[k_out, R]`` tensor. For ``a`` ``[N, K_a, C]``
+    and ``b`` ``[N, K_b, C]`` the rows are the pairs ``(n, c)`` and the result is
+    ``[N, k_out, C]``.
 
     Examples
     --------
@@ -299,5 +341,6 @@ def _trilinear(a, b, g, terms):
     if _native_ok(a, b, g) and max(a.shape[1], b.shape[1], g.shape[1]) <= _MAX_K:
         return _Trilinear.apply(a, b, g, terms)
     ia, ib, ig = terms
+    a, b, g = _flat(a), _flat(b), _flat(g)
     summed = _outer(a, b).T @ g  # [K_a * K_b, K_g]
     return summed[ia * b.shape[1] + ib, ig]
