@@ -36,6 +36,7 @@ from ..o3._cache import tracing
 
 __all__ = ["sparse_bilinear", "sparse_trilinear_sum"]
 
+_BLOCK = 16  # rows per block of sparse_bilinear (RB in the kernel)
 _CHUNK = 256  # rows per partial sum of sparse_trilinear_sum (CH in the kernel)
 _MAX_K = 128  # components per operand the kernels hold on the stack (more: the dense form)
 
@@ -45,44 +46,35 @@ _SOURCE = r"""
 #define RB 16
 #define CH 256
 
-/* where rows [r0, r0 + nb) start: row r is (n, c) = (r / inner, r % inner), at n * sn + c * sc
-   (a [R, K] operand: inner = R; an [N, K, C] operand: inner = C) */
-static void offsets(int64_t sn, int64_t sc, int64_t inner, int64_t r0, int64_t nb, int64_t* restrict off) {
-    int64_t n = r0 / inner, c = r0 - n * inner;
-    for (int64_t r = 0; r < nb; ++r) {
-        off[r] = n * sn + c * sc;
-        if (++c == inner) { c = 0; ++n; }
-    }
-}
+/* An operand holds N nodes of `inner` rows: row c of node n at n * sn + c * sc, component k k * sk further
+   (a [R, K] operand: N = 1, inner = R; an [N, K, C] operand: inner = C). Blocks of rows never straddle nodes,
+   so each is read at a fixed stride. */
 
-/* rows [r0, r0 + nb) of src (their offsets off), component k at dst[k * width + r], zero-padded to width */
-static void load(const T* restrict src, const int64_t* restrict off, int64_t sk, int64_t K, int64_t nb,
-                 int64_t width, T* restrict dst) {
+/* nb rows from src (stride sr), component k at dst[k * width + r], zero-padded to width */
+static void load(const T* restrict src, int64_t sr, int64_t sk, int64_t K, int64_t nb, int64_t width,
+                 T* restrict dst) {
     for (int64_t k = 0; k < K; ++k) {
         T* restrict d = dst + k * width;
-        const T* restrict s = src + k * sk;
-        for (int64_t r = 0; r < nb; ++r) d[r] = s[off[r]];
+        for (int64_t r = 0; r < nb; ++r) d[r] = src[r * sr + k * sk];
         for (int64_t r = nb; r < width; ++r) d[r] = 0;
     }
 }
 
-/* out[r, k] = sum over the terms t of output k (start[k] <= t < start[k + 1]) of c[t] a[r, ia[t]] b[r, ib[t]] */
-void bilinear(const T* restrict a, int64_t a_sn, int64_t a_sc, int64_t a_in, int64_t a_sk, int64_t Ka,
-              const T* restrict b, int64_t b_sn, int64_t b_sc, int64_t b_in, int64_t b_sk, int64_t Kb,
+/* out[r, k] = sum over the terms t of output k (start[k] <= t < start[k + 1]) of c[t] a[r, ia[t]] b[r, ib[t]],
+   over the blocks [lo, hi) of RB rows (block q: node q / per, rows from (q % per) * RB, per = ceil(inner / RB)) */
+void bilinear(const T* restrict a, int64_t a_sn, int64_t a_sr, int64_t a_sk, int64_t Ka,
+              const T* restrict b, int64_t b_sn, int64_t b_sr, int64_t b_sk, int64_t Kb,
               const T* restrict c, const int64_t* restrict ia, const int64_t* restrict ib,
-              const int64_t* restrict start,
-              T* restrict out, int64_t o_sn, int64_t o_sc, int64_t o_in, int64_t o_sk, int64_t Ko,
-              int64_t lo, int64_t hi, int threads) {
-    int64_t nblocks = (hi - lo + RB - 1) / RB;
+              const int64_t* restrict start, T* restrict out, int64_t o_sn, int64_t o_sr, int64_t o_sk, int64_t Ko,
+              int64_t inner, int64_t lo, int64_t hi, int threads) {
+    int64_t per = (inner + RB - 1) / RB;
     #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t blk = 0; blk < nblocks; ++blk) {
+    for (int64_t q = lo; q < hi; ++q) {
         T A[Ka * RB], B[Kb * RB];
-        int64_t off[RB], r0 = lo + blk * RB, nb = hi - r0 < RB ? hi - r0 : RB;
-        offsets(a_sn, a_sc, a_in, r0, nb, off);
-        load(a, off, a_sk, Ka, nb, RB, A);
-        offsets(b_sn, b_sc, b_in, r0, nb, off);
-        load(b, off, b_sk, Kb, nb, RB, B);
-        offsets(o_sn, o_sc, o_in, r0, nb, off);
+        int64_t n = q / per, r0 = (q - n * per) * RB, nb = inner - r0 < RB ? inner - r0 : RB;
+        load(a + n * a_sn + r0 * a_sr, a_sr, a_sk, Ka, nb, RB, A);
+        load(b + n * b_sn + r0 * b_sr, b_sr, b_sk, Kb, nb, RB, B);
+        T* restrict o = out + n * o_sn + r0 * o_sr;
         for (int64_t k = 0; k < Ko; ++k) {
             T acc[RB];
             for (int j = 0; j < RB; ++j) acc[j] = 0;
@@ -92,27 +84,26 @@ void bilinear(const T* restrict a, int64_t a_sn, int64_t a_sc, int64_t a_in, int
                 const T* restrict y = B + ib[t] * RB;
                 for (int j = 0; j < RB; ++j) acc[j] += ct * x[j] * y[j];
             }
-            for (int64_t r = 0; r < nb; ++r) out[off[r] + k * o_sk] = acc[r];
+            for (int64_t r = 0; r < nb; ++r) o[r * o_sr + k * o_sk] = acc[r];
         }
     }
 }
 
-/* part[q, t] = sum over the rows of chunk q (CH rows) of a[r, ia[t]] b[r, ib[t]] g[r, ig[t]] */
-void trilinear(const T* restrict a, int64_t a_sn, int64_t a_sc, int64_t a_in, int64_t a_sk, int64_t Ka,
-               const T* restrict b, int64_t b_sn, int64_t b_sc, int64_t b_in, int64_t b_sk, int64_t Kb,
-               const T* restrict g, int64_t g_sn, int64_t g_sc, int64_t g_in, int64_t g_sk, int64_t Kg,
+/* part[q, t] = sum over the rows of chunk q of a[r, ia[t]] b[r, ib[t]] g[r, ig[t]]
+   (chunk q: node q / per, rows from (q % per) * CH, per = ceil(inner / CH)) */
+void trilinear(const T* restrict a, int64_t a_sn, int64_t a_sr, int64_t a_sk, int64_t Ka,
+               const T* restrict b, int64_t b_sn, int64_t b_sr, int64_t b_sk, int64_t Kb,
+               const T* restrict g, int64_t g_sn, int64_t g_sr, int64_t g_sk, int64_t Kg,
                const int64_t* restrict ia, const int64_t* restrict ib, const int64_t* restrict ig, int64_t nnz,
-               T* restrict part, int64_t rows, int64_t lo, int64_t hi, int threads) {
+               T* restrict part, int64_t inner, int64_t lo, int64_t hi, int threads) {
+    int64_t per = (inner + CH - 1) / CH;
     #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t q = lo; q < hi; ++q) {
         T A[Ka * CH], B[Kb * CH], G[Kg * CH];
-        int64_t off[CH], r0 = q * CH, nb = rows - r0 < CH ? rows - r0 : CH;
-        offsets(a_sn, a_sc, a_in, r0, nb, off);
-        load(a, off, a_sk, Ka, nb, CH, A);
-        offsets(b_sn, b_sc, b_in, r0, nb, off);
-        load(b, off, b_sk, Kb, nb, CH, B);
-        offsets(g_sn, g_sc, g_in, r0, nb, off);
-        load(g, off, g_sk, Kg, nb, CH, G);
+        int64_t n = q / per, r0 = (q - n * per) * CH, nb = inner - r0 < CH ? inner - r0 : CH;
+        load(a + n * a_sn + r0 * a_sr, a_sr, a_sk, Ka, nb, CH, A);
+        load(b + n * b_sn + r0 * b_sr, b_sr, b_sk, Kb, nb, CH, B);
+        load(g + n * g_sn + r0 * g_sr, g_sr, g_sk, Kg, nb, CH, G);
         for (int64_t t = 0; t < nnz; ++t) {
             const T* restrict x = A + ia[t] * CH;
             const T* restrict y = B + ib[t] * CH;
@@ -140,9 +131,8 @@ def _kernels(dtype: torch.dtype):
         fns = None
         if lib is not None:
             p, n = ctypes.c_void_p, ctypes.c_int64
-            lib.bilinear.argtypes = [p, n, n, n, n, n, p, n, n, n, n, n, p, p, p, p, p, n, n, n, n, n, n, n,
-                                     ctypes.c_int]
-            lib.trilinear.argtypes = [p, n, n, n, n, n, p, n, n, n, n, n, p, n, n, n, n, n, p, p, p, n, p, n, n, n,
+            lib.bilinear.argtypes = [p, n, n, n, n, p, n, n, n, n, p, p, p, p, p, n, n, n, n, n, n, n, ctypes.c_int]
+            lib.trilinear.argtypes = [p, n, n, n, n, p, n, n, n, n, p, n, n, n, n, p, p, p, n, p, n, n, n,
                                       ctypes.c_int]
             lib.bilinear.restype = lib.trilinear.restype = None
             fns = (lib.bilinear, lib.trilinear, lib.openmp)
@@ -158,17 +148,17 @@ def _components_major(t: torch.Tensor) -> bool:
     return t.dim() == 2 and t.shape[0] > 1 and t.stride(0) == 1 and t.shape[1] > 1
 
 
-def _rows(t: torch.Tensor) -> int:
-    """Rows of an operand: ``R`` of ``[R, K]``, ``N * C`` of ``[N, K, C]``."""
-    return t.shape[0] if t.dim() == 2 else t.shape[0] * t.shape[2]
+def _nodes(t: torch.Tensor) -> tuple[int, int]:
+    """``(N, inner)``: an ``[N, K, C]`` operand holds N nodes of C rows, an ``[R, K]`` one 1 of R."""
+    return (1, t.shape[0]) if t.dim() == 2 else (t.shape[0], t.shape[2])
 
 
 def _geometry(t: torch.Tensor) -> tuple:
-    """``(data, sn, sc, inner, sk, K)`` as the kernels read an operand: row ``r`` is ``(n, c) = (r // inner,
-    r % inner)`` at ``n * sn + c * sc``, component ``k`` ``k * sk`` further."""
+    """``(data, sn, sr, sk, K)`` as the kernels read an operand: row ``c`` of node ``n`` at
+    ``n * sn + c * sr``, component ``k`` ``k * sk`` further."""
     if t.dim() == 2:
-        return t.data_ptr(), 0, t.stride(0), max(t.shape[0], 1), t.stride(1), t.shape[1]
-    return t.data_ptr(), t.stride(0), t.stride(2), max(t.shape[2], 1), t.stride(1), t.shape[1]
+        return t.data_ptr(), 0, t.stride(0), t.stride(1), t.shape[1]
+    return t.data_ptr(), t.stride(0), t.stride(2), t.stride(1), t.shape[1]
 
 
 def _new(like: torch.Tensor, k: int, components_major: bool) -> torch.Tensor:
@@ -209,8 +199,11 @@ class _Bilinear(torch.autograd.Function):
         cs = c.index_select(0, order)
         out = _new(a, k_out, components_major)
         fn, _, openmp = _kernels(a.dtype)
-        _native.parallel_for(fn, _rows(a), *_geometry(a), *_geometry(b), cs.data_ptr(), ias.data_ptr(),
-                             ibs.data_ptr(), start.data_ptr(), *_geometry(out), openmp=openmp, grain=4096)
+        nodes, inner = _nodes(a)
+        blocks = nodes * -(-inner // _BLOCK)  # blocks of rows within one node each
+        _native.parallel_for(fn, blocks, *_geometry(a), *_geometry(b), cs.data_ptr(), ias.data_ptr(),
+                             ibs.data_ptr(), start.data_ptr(), *_geometry(out), inner, openmp=openmp,
+                             grain=4096 // _BLOCK)
         return out
 
     @staticmethod
@@ -236,12 +229,15 @@ class _Trilinear(torch.autograd.Function):
         ctx.save_for_backward(a, b, g)
         ctx.terms = terms
         ia, ib, ig = terms
-        rows, nnz = _rows(a), ia.shape[0]
-        chunks = max(1, -(-rows // _CHUNK))
+        nnz = ia.shape[0]
+        nodes, inner = _nodes(a)
+        chunks = nodes * -(-inner // _CHUNK)  # within one node each
+        if chunks == 0:
+            return a.new_zeros(nnz)
         part = a.new_empty(chunks, nnz)
         _, fn, openmp = _kernels(a.dtype)
         _native.parallel_for(fn, chunks, *_geometry(a), *_geometry(b), *_geometry(g),
-                             ia.data_ptr(), ib.data_ptr(), ig.data_ptr(), nnz, part.data_ptr(), rows,
+                             ia.data_ptr(), ib.data_ptr(), ig.data_ptr(), nnz, part.data_ptr(), inner,
                              openmp=openmp, grain=2)
         return part.sum(0)
 
