@@ -63,6 +63,7 @@ The neighbour sums ``M_i`` run in one pass over the edges
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -147,6 +148,15 @@ class PartLinear(torch.nn.Module):
         return torch.bmm(x.transpose(0, 1), w).transpose(0, 1).contiguous()
 
 
+@functools.lru_cache(maxsize=None)
+def _float64_tables():
+    """The tables of :func:`_tables` in float64 on the CPU, built once (before any tracing: see ``TensorAlgebra``)."""
+    basis = tensor_basis()
+    table = symmetric_product_constants(basis).view(9, 9, 9)
+    ia, ib, ik = (table.abs() > 1e-12).nonzero(as_tuple=True)
+    return basis, _spread(), table[ia, ib, ik], torch.stack([ia, ib, ik])
+
+
 @constant_cache
 def _tables(dtype: torch.dtype, device: torch.device):
     """``(basis [9, 3, 3], spread [3, 9], product [83], product_terms [3, 83])`` in ``dtype``, from float64.
@@ -156,11 +166,9 @@ def _tables(dtype: torch.dtype, device: torch.device):
     ``product`` and ``product_terms`` are the non-zero terms of :func:`symmetric_product_constants`
     (83 of 729): ``YM + MY`` as a sparse bilinear map of the coordinates.
     """
-    basis = tensor_basis()
-    table = symmetric_product_constants(basis).view(9, 9, 9)
-    ia, ib, ik = (table.abs() > 1e-12).nonzero(as_tuple=True)
-    return (basis.to(dtype=dtype, device=device), _spread().to(dtype=dtype, device=device),
-            table[ia, ib, ik].to(dtype=dtype, device=device), torch.stack([ia, ib, ik]).to(device))
+    basis, spread, product, terms = _float64_tables()
+    return (basis.to(dtype=dtype, device=device), spread.to(dtype=dtype, device=device),
+            product.to(dtype=dtype, device=device), terms.to(device))
 
 
 class TensorAlgebra(torch.nn.Module):
@@ -170,6 +178,10 @@ class TensorAlgebra(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.register_buffer("parts", torch.tensor(PARTS), persistent=False)
+        # built here, not first under a tracer (make_fx, export), where their construction cannot run
+        _float64_tables()
+        for dtype in (torch.float32, torch.float64):
+            _tables(dtype, torch.device("cpu"))
 
     def basis(self, like: torch.Tensor) -> torch.Tensor:
         """:func:`tensor_basis` in the dtype and on the device of ``like``."""
