@@ -157,3 +157,15 @@ def test_forces_under_no_grad(family):
         out = model(g)
     assert torch.allclose(out["forces"], expected, rtol=0, atol=1e-12)
     assert not any(v.requires_grad for v in out.values() if isinstance(v, torch.Tensor)), "a graph was kept alive"
+
+
+def test_no_atoms_and_an_atom_alone(family):
+    """A domain without atoms (an empty LAMMPS subdomain, an empty frame) gives features of no rows, and an atom
+    without neighbours a finite row of the same width: no size is inferred from an empty tensor."""
+    model = small_model(family)
+    rep = model.representation
+    no_edges, no_vectors = torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, 3, dtype=torch.float64)
+    empty = rep(torch.zeros(0, dtype=torch.long), no_edges, no_vectors)
+    alone = rep(torch.zeros(1, dtype=torch.long), no_edges, no_vectors)
+    assert empty.shape == (0, alone.shape[1]) and alone.shape[0] == 1
+    assert torch.isfinite(alone).all()

@@ -110,12 +110,12 @@ class MACELayer(torch.nn.Module):
         a = self.conv.gather_scatter_sum(x, sender, edge_sh * edge_envelope[:, None], weights, receiver,
                                         h.shape[0]) * self.inv_avg
         a = self.linear_a(a)
-        b = self.contraction(self._to_channels(self, a).view(a.shape[0], self.irreps_a[0].mul, -1), species,
+        b = self.contraction(self._to_channels(self, a).view(a.shape[0], self.irreps_a[0].mul, self.irreps_a.dim // self.irreps_a[0].mul), species,
                              first_only=scalars_only)
         if scalars_only:  # [N, K, 1]: the 0e output (the first irrep), zeros for the others
             rest = self.contraction.irreps_out.dim - self.contraction.first_dim
             b = torch.cat([b, b.new_zeros(b.shape[0], b.shape[1], rest)], dim=2)
-        out = self.linear_out(self._from_channels(self, b.reshape(b.shape[0], -1)))
+        out = self.linear_out(self._from_channels(self, b.reshape(b.shape[0], b.shape[1] * b.shape[2])))
         if self.residual is not None:
             out = out + self.residual(h, species)
         return out * self._scalar_mask.to(out.dtype) if scalars_only else out

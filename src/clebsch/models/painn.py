@@ -145,4 +145,4 @@ class PaiNN(torch.nn.Module):
         for message, update in zip(self.messages, self.updates):
             s, v = message(s, v, edges, basis, envelope, unit)
             s, v = update(s, v)
-        return torch.cat([s, v.reshape(v.shape[0], -1)], dim=-1)
+        return torch.cat([s, v.reshape(v.shape[0], 3 * self.channels)], dim=-1)  # sizes spelled out: no atoms is valid

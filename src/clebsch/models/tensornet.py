@@ -341,8 +341,8 @@ class TensorNet(torch.nn.Module):
         edges = Edges(sender, receiver, species.shape[0])
         for layer in self.layers:
             x = layer(self.algebra, x, edges, basis, envelope, slot)
-        n = x.shape[0]
-        norms = self.algebra.part_norms(x).reshape(n, -1)  # [N, 3C]: |I|^2, |A|^2, |S|^2
+        n, c = x.shape[0], self.channels  # sizes spelled out: no atoms (an empty domain) is a valid input
+        norms = self.algebra.part_norms(x).reshape(n, 3 * c)  # [N, 3C]: |I|^2, |A|^2, |S|^2
         scalars = self.readout(self.norm(norms))
-        vectors, tensors = x[:, 1:4].transpose(1, 2).reshape(n, -1), x[:, 4:].transpose(1, 2).reshape(n, -1)
+        vectors, tensors = x[:, 1:4].transpose(1, 2).reshape(n, 3 * c), x[:, 4:].transpose(1, 2).reshape(n, 5 * c)
         return torch.cat([scalars, vectors, tensors], dim=-1)
