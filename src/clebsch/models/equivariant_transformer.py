@@ -95,8 +95,8 @@ class AttentionLayer(torch.nn.Module):
 
     def forward(self, x, vec, edges: Edges, rbf, envelope, unit, scalars_only: bool = False, slot=None):
         """The updated ``(x, vec)``; with ``scalars_only`` the vectors are not updated (nothing reads them).
-        With ``slot`` ``[E]``, ``rbf`` and ``envelope`` hold one row per pair of reverse edges (the filters, functions of the
-        length alone, are computed once per pair) and each edge reads its pair's row."""
+        With ``slot`` ``[E]``, ``rbf`` and ``envelope`` hold one row per pair of reverse edges (the filters,
+        functions of the length alone, are computed once per pair) and each edge reads its pair's row."""
         c = self.channels
         h = self.layer_norm(x)
         weights = self.attention_weights(h, edges, rbf, envelope, slot)

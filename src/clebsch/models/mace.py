@@ -110,7 +110,8 @@ class MACELayer(torch.nn.Module):
         a = self.conv.gather_scatter_sum(x, sender, edge_sh * edge_envelope[:, None], weights, receiver,
                                         h.shape[0]) * self.inv_avg
         a = self.linear_a(a)
-        b = self.contraction(self._to_channels(self, a).view(a.shape[0], self.irreps_a[0].mul, self.irreps_a.dim // self.irreps_a[0].mul), species,
+        k = self.irreps_a[0].mul  # [N, K, components]: sizes spelled out, as N may be 0
+        b = self.contraction(self._to_channels(self, a).view(a.shape[0], k, self.irreps_a.dim // k), species,
                              first_only=scalars_only)
         if scalars_only:  # [N, K, 1]: the 0e output (the first irrep), zeros for the others
             rest = self.contraction.irreps_out.dim - self.contraction.first_dim

@@ -82,11 +82,6 @@ PARTS = (0, 1, 1, 1, 2, 2, 2, 2, 2)
 """The part (0: scalar ``I``, 1: skew ``A``, 2: symmetric traceless ``S``) of each of the nine coordinates."""
 
 
-def _spread(dtype=torch.float64) -> torch.Tensor:
-    """``[3, 9]``: ``w @ spread`` repeats a weight per part onto the coordinates of that part."""
-    return torch.nn.functional.one_hot(torch.tensor(PARTS), 3).T.to(dtype).contiguous()
-
-
 def symmetric_product_constants(basis: torch.Tensor) -> torch.Tensor:
     """``T [9 * 9, 9]`` with ``T[(a, b), k] = <B_k, B_a B_b + B_b B_a>``.
 
@@ -154,21 +149,20 @@ def _float64_tables():
     basis = tensor_basis()
     table = symmetric_product_constants(basis).view(9, 9, 9)
     ia, ib, ik = (table.abs() > 1e-12).nonzero(as_tuple=True)
-    return basis, _spread(), table[ia, ib, ik], torch.stack([ia, ib, ik])
+    return basis, table[ia, ib, ik], torch.stack([ia, ib, ik])
 
 
 @constant_cache
 def _tables(dtype: torch.dtype, device: torch.device):
-    """``(basis [9, 3, 3], spread [3, 9], product [83], product_terms [3, 83])`` in ``dtype``, from float64.
+    """``(basis [9, 3, 3], product [83], product_terms [3, 83])`` in ``dtype``, from float64.
 
     Not buffers: a model built in float32 and moved to float64 (``.double()``) would keep constants
     rounded to float32, and its equivariance would hold to 1e-8 instead of float64's precision.
     ``product`` and ``product_terms`` are the non-zero terms of :func:`symmetric_product_constants`
     (83 of 729): ``YM + MY`` as a sparse bilinear map of the coordinates.
     """
-    basis, spread, product, terms = _float64_tables()
-    return (basis.to(dtype=dtype, device=device), spread.to(dtype=dtype, device=device),
-            product.to(dtype=dtype, device=device), terms.to(device))
+    basis, product, terms = _float64_tables()
+    return basis.to(dtype=dtype, device=device), product.to(dtype=dtype, device=device), terms.to(device)
 
 
 class TensorAlgebra(torch.nn.Module):
@@ -204,7 +198,7 @@ class TensorAlgebra(torch.nn.Module):
         3x3 matrix products: those are one tiny matmul per channel and atom, and their backward
         and double backward (force training) as many again.
         """
-        _, _, product, terms = _tables(y.dtype, y.device)
+        _, product, terms = _tables(y.dtype, y.device)
         return _bilinear(y, m, product, (terms[0], terms[1], terms[2]), 9, False)
 
 

@@ -46,7 +46,7 @@ _SOURCE = r"""
 #define RB 16
 #define CH 256
 
-/* An operand holds N nodes of `inner` rows: row c of node n at n * sn + c * sc, component k k * sk further
+/* An operand holds N nodes of `inner` rows: row c of node n at n * sn + c * sr, component k k * sk further
    (a [R, K] operand: N = 1, inner = R; an [N, K, C] operand: inner = C). Blocks of rows never straddle nodes,
    so each is read at a fixed stride. */
 
