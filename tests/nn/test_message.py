@@ -99,11 +99,15 @@ def test_result_does_not_depend_on_threads_or_index_layout():
     try:
         torch.set_num_threads(1)
         one = message_sum(w, x, Edges(sender, receiver, n))
-        torch.set_num_threads(2)
+        dot_one = edge_dot(x, x.flip(0), Edges(sender, receiver, n))
+        torch.set_num_threads(2)  # the kernels split nodes and edges between two threads
         two = message_sum(w, x, Edges(sender, receiver, n))
+        dot_two = edge_dot(x, x.flip(0), Edges(sender, receiver, n))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)  # edges summed in the same order whatever the threads
+    assert torch.equal(dot_one, dot_two)
+    torch.testing.assert_close(dot_one, (x[sender] * x.flip(0)[receiver]).sum(1, keepdim=True))
     # an [E, 2] index read column-wise (strided rows) and int32 indices give the same sums
     pairs = torch.stack([sender, receiver], dim=1).to(torch.int32)
     strided = message_sum(w, x, Edges(pairs[:, 0], pairs[:, 1], n))

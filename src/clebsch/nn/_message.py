@@ -112,11 +112,11 @@ void order_by(const int64_t* restrict index, int64_t E, int64_t N, int64_t* rest
     for (int64_t e = 0; e < E; ++e) order[next[index[e]]++] = e;
 }
 
-/* out[i, a, :] = sum over edges e into i of w[e, part[a], :] * x[sender[e], a, :] */
-void message_sum(const T* restrict w, const T* restrict x, const int64_t* restrict sender,
-                 const int64_t* restrict order, const int64_t* restrict start, const int64_t* restrict part,
-                 T* restrict out, int64_t A, int64_t B, int64_t C, int64_t lo, int64_t hi, int threads) {
-    #pragma omp parallel for num_threads(threads) schedule(dynamic, 16) if (threads > 1)
+/* out[i, a, :] = sum over edges e into i of w[e, part[a], :] * x[sender[e], a, :], for i in [lo, hi) */
+static __attribute__((noinline)) void message_sum_rows(
+        const T* restrict w, const T* restrict x, const int64_t* restrict sender, const int64_t* restrict order,
+        const int64_t* restrict start, const int64_t* restrict part, T* restrict out, int64_t A, int64_t B,
+        int64_t C, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
         T* restrict o = out + i * A * C;
         memset(o, 0, sizeof(T) * A * C);
@@ -134,11 +134,25 @@ void message_sum(const T* restrict w, const T* restrict x, const int64_t* restri
     }
 }
 
-/* out[e, b, :] = sum over a with part[a] = b of x[sender[e], a, :] * g[receiver[e], a, :] */
-void edge_dot(const T* restrict x, const T* restrict g, const int64_t* restrict sender,
-              const int64_t* restrict receiver, const int64_t* restrict part, T* restrict out,
-              int64_t A, int64_t B, int64_t C, int64_t lo, int64_t hi, int threads) {
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+/* the loops run outside OpenMP's outlined regions (inside one, on one thread, they lost their vectorisation) */
+void message_sum(const T* w, const T* x, const int64_t* sender, const int64_t* order, const int64_t* start,
+                 const int64_t* part, T* out, int64_t A, int64_t B, int64_t C, int64_t lo, int64_t hi, int threads) {
+    if (threads <= 1) {
+        message_sum_rows(w, x, sender, order, start, part, out, A, B, C, lo, hi);
+        return;
+    }
+    const int64_t chunks = (hi - lo + 15) / 16;
+    #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t k = 0; k < chunks; ++k) {
+        const int64_t l = lo + 16 * k, h = l + 16 < hi ? l + 16 : hi;
+        message_sum_rows(w, x, sender, order, start, part, out, A, B, C, l, h);
+    }
+}
+
+/* out[e, b, :] = sum over a with part[a] = b of x[sender[e], a, :] * g[receiver[e], a, :], for e in [lo, hi) */
+static __attribute__((noinline)) void edge_dot_rows(
+        const T* restrict x, const T* restrict g, const int64_t* restrict sender, const int64_t* restrict receiver,
+        const int64_t* restrict part, T* restrict out, int64_t A, int64_t B, int64_t C, int64_t lo, int64_t hi) {
     for (int64_t e = lo; e < hi; ++e) {
         T* restrict o = out + e * B * C;
         memset(o, 0, sizeof(T) * B * C);
@@ -151,6 +165,18 @@ void edge_dot(const T* restrict x, const T* restrict g, const int64_t* restrict 
             for (int64_t c = 0; c < C; ++c) ob[c] += xa[c] * ga[c];
         }
     }
+}
+
+void edge_dot(const T* x, const T* g, const int64_t* sender, const int64_t* receiver, const int64_t* part, T* out,
+              int64_t A, int64_t B, int64_t C, int64_t lo, int64_t hi, int threads) {
+    if (threads <= 1) {
+        edge_dot_rows(x, g, sender, receiver, part, out, A, B, C, lo, hi);
+        return;
+    }
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int k = 0; k < threads; ++k)
+        edge_dot_rows(x, g, sender, receiver, part, out, A, B, C, lo + (hi - lo) * k / threads,
+                      lo + (hi - lo) * (k + 1) / threads);
 }
 """
 
