@@ -7,6 +7,7 @@ plus the wall time at which the validation force MAE first reached 5 meV/Å.
 
     OMP_NUM_THREADS=2 python benchmarks/ethanol.py --budget 30m --out runs/bench-ethanol
     OMP_NUM_THREADS=1 python benchmarks/ethanol.py --budget 30m --threads 1 --family mace --layers 2
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/ethanol.py --threads 1 ...   (data parallel)
 
 (``--family`` any registered family; ``--channels``, ``--lmax`` and ``--layers`` set the model's size.)
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -73,6 +75,8 @@ def main(argv=None):
     }
     config = load_config(None, args.overrides, base=base)
     result = train(config)
+    if os.environ.get("RANK", "0") != "0":  # another process of a torchrun job: rank 0 tests and reports
+        return
     metrics = result["test_metrics"]["all"]
     reached = None
     with open(Path(args.out) / "metrics.csv") as fh:

@@ -69,12 +69,16 @@ def test_captured_graph_gives_eager_values_and_weight_gradients(name, periodic, 
     ga = torch.autograd.grad(_probe_loss(out, keys), params, allow_unused=True)
     gb = torch.autograd.grad(_probe_loss(ref, keys), params, allow_unused=True)
     worst = 0.0
+    # a weight whose gradient cancels to rounding (1e-14 where others are 1) is compared on the scale of the
+    # gradients: a thousandth of the largest
+    floor = 1e-3 * max(float(b.abs().max()) for b in gb if b is not None and b.numel())
     for p, a, b in zip(params, ga, gb):
         a = torch.zeros_like(p) if a is None else a
         b = torch.zeros_like(p) if b is None else b
         if b.numel():
-            worst = max(worst, float((a - b).abs().max()) / max(float(b.abs().max()), 1e-12))
-            assert torch.allclose(a, b, rtol=1e-8, atol=1e-9 * max(float(b.abs().max()), 1e-6))
+            scale = max(float(b.abs().max()), floor)
+            worst = max(worst, float((a - b).abs().max()) / scale)
+            assert torch.allclose(a, b, rtol=1e-8, atol=1e-9 * scale)
     assert any(g is not None and float(g.abs().max()) > 0 for g in ga)  # the gradients are not trivially zero
     assert worst < 1e-7
 

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..nn import BesselBasis, FullyConnectedTensorProduct, Linear, PolynomialCutoff, ScalarMLP
+from ..nn import BesselBasis, FullyConnectedTensorProduct, Linear, PolynomialCutoff, ScalarMLP, SiLU
 from ..o3 import Irrep, Irreps, spherical_harmonics, wigner_3j
 from ..targets import Target
 
@@ -87,7 +87,7 @@ class ScalarReadout(torch.nn.Module):
             raise ValueError(f"a scalar readout needs 0e features, but the representation gives {self.irreps_in}")
         if hidden > 0:
             self.net = torch.nn.Sequential(
-                torch.nn.Linear(n, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, num_outputs)
+                torch.nn.Linear(n, hidden), SiLU(), torch.nn.Linear(hidden, num_outputs)
             )
         else:
             self.net = torch.nn.Linear(n, num_outputs)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..nn import PolynomialCutoff, ScalarMLP, radial_basis_of
+from ..nn import PolynomialCutoff, ScalarMLP, radial_basis_of, silu
 from ..o3 import Irreps
 from ._registry import register
 
@@ -23,7 +23,7 @@ class CartesianLayer(torch.nn.Module):
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
 
     def forward(self, h, sender, receiver, edge_features, envelope):
-        m = torch.nn.functional.silu(self.edge_mlp(torch.cat([h[receiver], h[sender], edge_features], dim=-1)))
+        m = silu(self.edge_mlp(torch.cat([h[receiver], h[sender], edge_features], dim=-1)))
         m = m * envelope[:, None]
         agg = torch.zeros(h.shape[0], m.shape[1], dtype=h.dtype, device=h.device).index_add_(0, receiver, m)
         return h + self.node_mlp(torch.cat([h, agg * self.norm], dim=-1))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from ..nn import PolynomialCutoff
+from ..nn import PolynomialCutoff, silu
 from ..o3 import Irreps
 from ._registry import register
 
@@ -250,7 +250,7 @@ class Residual(torch.nn.Module):
         self.first, self.second = _dense(channels, channels), _dense(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = torch.nn.functional.silu
+        act = silu
         return x + act(self.second(act(self.first(x))))
 
 
@@ -265,7 +265,7 @@ class Embedding(torch.nn.Module):
         self.mix = torch.nn.Linear(3 * hidden_channels, hidden_channels)
 
     def forward(self, species, sender, receiver, rbf):
-        act = torch.nn.functional.silu
+        act = silu
         h = self.species(species).to(rbf.dtype)
         return act(self.mix(torch.cat([h[receiver], h[sender], act(self.radial(rbf))], dim=-1)))
 
@@ -296,7 +296,7 @@ class Interaction(torch.nn.Module):
         self.after_skip = torch.nn.ModuleList(Residual(hidden_channels) for _ in range(num_after_skip))
 
     def forward(self, m, rbf, sbf, idx_kj, idx_ji):
-        act = torch.nn.functional.silu
+        act = silu
         x_ji = act(self.ji(m))
         x_kj = act(self.down(act(self.kj(m)) * self.rbf_up(self.rbf_down(rbf))))
         messages = x_kj[idx_kj] * self.sbf_up(self.sbf_down(sbf))
@@ -326,7 +326,7 @@ class Output(torch.nn.Module):
         x = torch.zeros(num_atoms, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, receiver, x)
         x = self.up(x)
         for layer in self.layers:
-            x = torch.nn.functional.silu(layer(x))
+            x = silu(layer(x))
         return self.final(x)
 
 

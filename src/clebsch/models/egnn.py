@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..nn import PolynomialCutoff, ScalarMLP, radial_basis_of
+from ..nn import PolynomialCutoff, ScalarMLP, radial_basis_of, silu
 from ..o3 import Irreps
 from ._registry import register
 
@@ -31,7 +31,7 @@ class EGNNLayer(torch.nn.Module):
 
     def forward(self, h, vectors, sender, receiver, scaled_cutoff, basis, envelope):
         d2 = vectors.pow(2).sum(-1, keepdim=True) * scaled_cutoff
-        m = torch.nn.functional.silu(self.edge_mlp(torch.cat([h[receiver], h[sender], d2, basis], dim=-1)))
+        m = silu(self.edge_mlp(torch.cat([h[receiver], h[sender], d2, basis], dim=-1)))
         if self.attention is not None:
             m = m * torch.sigmoid(self.attention(m))
         m = m * envelope[:, None]

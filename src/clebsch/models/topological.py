@@ -43,6 +43,7 @@ import math
 import torch
 
 from ..graph.laplacian import laplacian_positional_encoding, structure_slots
+from ..nn import SiLU
 from ..o3 import Irreps
 from ._registry import register
 
@@ -53,7 +54,7 @@ READOUTS = ("atom", "sum", "mean", "cls")
 
 
 def _activation() -> torch.nn.Module:
-    return torch.nn.SiLU()
+    return SiLU()
 
 
 def _check_readout(readout: str, allowed: tuple[str, ...], family: str) -> None:

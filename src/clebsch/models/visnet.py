@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch.nn.functional import silu
 
-from ..nn import CosineCutoff
+from ..nn import CosineCutoff, silu
 from ..nn._message import Edges, edge_dot, message_sum
 from ..o3 import Irreps
 from ._registry import register

@@ -8,6 +8,7 @@ from ._mlp import ScalarMLP
 from ._norm import BatchNorm, LayerNorm
 from ._path import Path
 from ._sparse import sparse_bilinear, sparse_trilinear_sum
+from ._silu import SiLU, silu
 from ._radial import BesselBasis, CosineCutoff, GaussianBasis, PolynomialCutoff, radial_basis_of
 from ._tensor_product import (
     ChannelwiseTensorProduct,
@@ -45,4 +46,6 @@ __all__ = [
     "edge_dot",
     "sparse_bilinear",
     "sparse_trilinear_sum",
+    "silu",
+    "SiLU",
 ]

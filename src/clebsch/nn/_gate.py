@@ -8,6 +8,7 @@ import torch
 
 from ..o3 import Irreps
 from ._activation import activation_parity, normalize2mom
+from ._silu import silu
 from ._tensor_product import ElementwiseTensorProduct
 
 __all__ = ["Gate", "NormActivation", "gate_irreps", "make_gate"]
@@ -128,7 +129,7 @@ def make_gate(irreps) -> Gate:
     (6x0e+2x1o, 4x0e+2x1o)
     """
     scalars, gates, gated = gate_irreps(irreps)
-    acts = [torch.nn.functional.silu if m.ir.p == 1 else torch.tanh for m in scalars]
+    acts = [silu if m.ir.p == 1 else torch.tanh for m in scalars]
     return Gate(scalars, acts, gates, [torch.sigmoid] * len(gates), gated)
 
 

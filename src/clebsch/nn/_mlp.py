@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 import torch
 
 from ._activation import normalize2mom
+from ._silu import silu
 
 __all__ = ["ScalarMLP"]
 
@@ -35,7 +36,7 @@ class ScalarMLP(torch.nn.Module):
     torch.Size([10, 3])
     """
 
-    def __init__(self, dims: Sequence[int], activation: Callable = torch.nn.functional.silu, bias: bool = False) -> None:
+    def __init__(self, dims: Sequence[int], activation: Callable = silu, bias: bool = False) -> None:
         super().__init__()
         dims = [int(d) for d in dims]
         if len(dims) < 2 or any(d < 1 for d in dims):
